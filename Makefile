@@ -1,0 +1,25 @@
+PY ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+# torch and torchvision are pinned to the CPU-usable wheels that lie on this machine's disk;
+# on another machine any torch>=2.1 with its matching torchvision works.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test lint bench train clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/python -m compileall -q src tests bench
+
+bench: install
+	$(BIN)/python bench/overhead.py
