@@ -1,10 +1,47 @@
 """vt_drloc: the dense relative localization loss (DRLoc) for Vision Transformers, for Lightning.
 
 Liu et al., "Efficient Training of Visual Transformers with Small Datasets", NeurIPS 2021.
+
+>>> from vt_drloc import DrLocModule
+>>> module = DrLocModule("vit_tiny_patch16_224", num_classes=10, lambda_drloc=0.1,
+...                      model_kwargs={"img_size": 32, "patch_size": 4, "depth": 2})
 """
 
+from vt_drloc.drloc import (
+    DRLOC_MODES,
+    HEAD_PRESETS,
+    SCHEDULES,
+    TARGETS,
+    DrLocHead,
+    DrLocLoss,
+    drloc_lambda,
+    offset_targets,
+    reduce_grid,
+    sample_cell_pairs,
+)
+from vt_drloc.module import DrLocModule
 from vt_drloc.paths import DATA_ENV_VAR, default_data_root
+from vt_drloc.tap import GridInfo, GridTapError, probe_grid, tap_grid
 
 __version__ = "0.1.0"
 
-__all__ = ["DATA_ENV_VAR", "default_data_root", "__version__"]
+__all__ = [
+    "DATA_ENV_VAR",
+    "DRLOC_MODES",
+    "HEAD_PRESETS",
+    "SCHEDULES",
+    "TARGETS",
+    "DrLocHead",
+    "DrLocLoss",
+    "DrLocModule",
+    "GridInfo",
+    "GridTapError",
+    "default_data_root",
+    "drloc_lambda",
+    "offset_targets",
+    "probe_grid",
+    "reduce_grid",
+    "sample_cell_pairs",
+    "tap_grid",
+    "__version__",
+]
