@@ -1,0 +1,22 @@
+"""CvT and T2T-ViT for timm; importing this package registers the models with timm.
+
+Registered names: ``cvt_13``, ``cvt_21``, ``cvt_13_c32``, ``cvt_21_c32`` (see :mod:`vt_drloc.models.cvt`)
+and ``t2t_vit_14``, ``t2t_vit_t_14``, ``t2t_vit_14_c32``, ``t2t_vit_t_14_c32`` (see :mod:`vt_drloc.models.t2t_vit`).
+"""
+
+from vt_drloc.models import cvt, t2t_vit
+from vt_drloc.models.cvt import CvT
+from vt_drloc.models.t2t_vit import T2TViT
+
+MODEL_NAMES = (
+    "cvt_13",
+    "cvt_21",
+    "cvt_13_c32",
+    "cvt_21_c32",
+    "t2t_vit_14",
+    "t2t_vit_t_14",
+    "t2t_vit_14_c32",
+    "t2t_vit_t_14_c32",
+)
+
+__all__ = ["CvT", "T2TViT", "MODEL_NAMES", "cvt", "t2t_vit"]

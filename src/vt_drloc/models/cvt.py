@@ -1,0 +1,506 @@
+"""CvT: Convolutional vision Transformer, registered with timm.
+
+Wu et al., "CvT: Introducing Convolutions to Vision Transformers", ICCV 2021 (arXiv:2103.15808).
+Implemented for vt_drloc from the paper's description.
+
+Architecture (CvT-13 / CvT-21)
+------------------------------
+Three stages. Each stage starts with a *convolutional token embedding*: a strided ``Conv2d`` over
+the previous stage's 2-D token map followed by LayerNorm over channels. Stage geometry
+(kernel / stride / padding) is 7/4/2, 3/2/1, 3/2/1; widths 64 / 192 / 384; heads 1 / 3 / 6;
+depths 1 / 2 / 10 (CvT-13) or 1 / 4 / 16 (CvT-21); MLP ratio 4. Blocks are pre-norm transformer
+blocks whose attention uses a *convolutional projection*: queries, keys and values each go
+through a depth-wise 3x3 convolution + BatchNorm (stride 1 for queries, stride 2 for keys and
+values) and then a linear (point-wise) projection with bias. There is no position embedding.
+A class token is added in the last stage only; it bypasses the convolutional projection (it is
+concatenated to q / k / v after it). The classifier reads the final-norm class token
+(``global_pool='token'``; ``'avg'`` averages the patch tokens instead).
+
+At 224 px the stages see 56x56, 28x28 and 14x14 token maps; ``forward_features`` returns
+``(B, 1 + 196, 384)`` and ``grid_size == (14, 14)``. CvT-13 has 19.98 M parameters
+(1000 classes) and about 4.5 GMACs at 224 px.
+
+Differences from the authors' release, on purpose: attention logits are scaled by
+``head_dim ** -0.5`` (the usual convention), and stochastic depth rises linearly over all blocks
+of the network rather than per stage.
+
+32-px variants (``*_c32``)
+--------------------------
+The paper trains small datasets at 224 px (images upsampled). For native 32-px inputs the
+``*_c32`` variants change only the first embedding: kernel 7, **stride 1**, padding 3, so the
+stage strides are 1 / 2 / 2 (total 4) and a 32x32 image gives 32x32, 16x16 and finally an
+**8x8** token grid (keys / values of the last stage on a 4x4 map). Parameters are identical to
+the 224-px model (there is no position embedding). Any stride tuple can be passed with
+``timm.create_model('cvt_13', img_size=..., patch_strides=(s1, s2, s3), patch_paddings=...)``.
+
+Every model accepts inputs of any size (no position embedding); ``grid_size`` is the final grid
+for the configured ``img_size``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+import torch.utils.checkpoint
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+
+from vt_drloc.models._layers import (
+    Mlp,
+    check_no_pretrained,
+    conv_out_size,
+    init_weights,
+    linear_drop_path_rates,
+    to_2tuple,
+)
+
+__all__ = ["CvT"]
+
+
+class ConvEmbed(nn.Module):
+    """Convolutional token embedding: strided conv over an NCHW map, then LayerNorm on channels."""
+
+    def __init__(self, in_chs: int, dim: int, kernel: int, stride: int, padding: int, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.proj = nn.Conv2d(in_chs, dim, kernel_size=kernel, stride=stride, padding=padding, **dd)
+        self.norm = nn.LayerNorm(dim, **dd)
+
+    def out_size(self, hw: Tuple[int, int]) -> Tuple[int, int]:
+        return tuple(conv_out_size(s, self.kernel, self.stride, self.padding) for s in hw)  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        x = self.proj(x)
+        hw = (x.shape[-2], x.shape[-1])
+        return self.norm(x.flatten(2).transpose(1, 2)), hw
+
+
+class DepthwiseConvBN(nn.Module):
+    """Depth-wise ``k x k`` convolution (no bias) + BatchNorm; the spatial half of a conv projection."""
+
+    def __init__(self, dim: int, kernel: int, stride: int, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.conv = nn.Conv2d(dim, dim, kernel, stride=stride, padding=kernel // 2, groups=dim, bias=False, **dd)
+        self.bn = nn.BatchNorm2d(dim, **dd)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x)).flatten(2).transpose(1, 2)
+
+
+class ConvProjectionAttention(nn.Module):
+    """Multi-head attention whose q / k / v come from depth-wise conv + BN + linear projections.
+
+    Prefix (class) tokens skip the convolution and are prepended to q, k and v.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        kernel: int = 3,
+        q_stride: int = 1,
+        kv_stride: int = 2,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        dd = {"device": device, "dtype": dtype}
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.conv_q = DepthwiseConvBN(dim, kernel, q_stride, **dd)
+        self.conv_k = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
+        self.conv_v = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        return x.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: Tensor, hw: Tuple[int, int], num_prefix: int) -> Tensor:
+        B, N, C = x.shape
+        prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
+        grid = tokens.transpose(1, 2).reshape(B, C, hw[0], hw[1])
+        q, k, v = self.conv_q(grid), self.conv_k(grid), self.conv_v(grid)
+        if num_prefix:
+            q, k, v = (torch.cat([prefix, t], dim=1) for t in (q, k, v))
+        q, k, v = self._heads(self.q(q)), self._heads(self.k(k)), self._heads(self.v(v))
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class ConvTransformerBlock(nn.Module):
+    """Pre-norm block: ``x + ConvProjAttn(LN(x))``, ``x + MLP(LN(x))`` with stochastic depth."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        kernel: int = 3,
+        kv_stride: int = 2,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.attn = ConvProjectionAttention(
+            dim, num_heads, qkv_bias, kernel, 1, kv_stride, attn_drop, proj_drop, **dd
+        )
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: Tensor, hw: Tuple[int, int], num_prefix: int) -> Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x), hw, num_prefix))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x
+
+
+class CvTStage(nn.Module):
+    """Conv token embedding, optional class token, then ``depth`` conv-projection blocks.
+
+    ``forward`` takes an NCHW map and returns tokens ``(B, prefix + H*W, C)`` and ``(H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int,
+        patch_stride: int,
+        patch_padding: int,
+        class_token: bool = False,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_kernel: int = 3,
+        kv_stride: int = 2,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: Sequence[float] = (),
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.patch_embed = ConvEmbed(in_chs, dim, patch_size, patch_stride, patch_padding, **dd)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim, **dd)) if class_token else None
+        self.num_prefix_tokens = 1 if class_token else 0
+        dpr = list(drop_path) or [0.0] * depth
+        self.blocks = nn.ModuleList(
+            ConvTransformerBlock(dim, num_heads, mlp_ratio, qkv_bias, proj_kernel, kv_stride, proj_drop, attn_drop, dpr[i], **dd)
+            for i in range(depth)
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        x, hw = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, hw, self.num_prefix_tokens, use_reentrant=False)
+            else:
+                x = blk(x, hw, self.num_prefix_tokens)
+        return x, hw
+
+
+def _tokens_to_nchw(x: Tensor, hw: Tuple[int, int], num_prefix: int) -> Tensor:
+    x = x[:, num_prefix:]
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
+
+
+class CvT(nn.Module):
+    """Convolutional vision Transformer with timm's model interface (see module docstring)."""
+
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dims: Sequence[int] = (64, 192, 384),
+        depths: Sequence[int] = (1, 2, 10),
+        num_heads: Sequence[int] = (1, 3, 6),
+        patch_sizes: Sequence[int] = (7, 3, 3),
+        patch_strides: Sequence[int] = (4, 2, 2),
+        patch_paddings: Sequence[int] = (2, 1, 1),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_kernel: int = 3,
+        kv_stride: int = 2,
+        class_token: bool = True,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("", "token", "avg"):
+            raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        n = len(embed_dims)
+        if not all(len(s) == n for s in (depths, num_heads, patch_sizes, patch_strides, patch_paddings)):
+            raise ValueError("embed_dims, depths, num_heads and the patch_* tuples must have the same length")
+        dd = {"device": device, "dtype": dtype}
+        self.img_size = to_2tuple(img_size)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_path_rate = drop_path_rate
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dims[-1]
+        self.grad_checkpointing = False
+
+        dpr = linear_drop_path_rates(drop_path_rate, depths)
+        stages: List[CvTStage] = []
+        self.feature_info: List[Dict[str, Any]] = []
+        in_chs, reduction, hw = in_chans, 1, self.img_size
+        for i in range(n):
+            stages.append(
+                CvTStage(
+                    in_chs, embed_dims[i], depths[i], num_heads[i], patch_sizes[i], patch_strides[i], patch_paddings[i],
+                    class_token=class_token and i == n - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                    proj_kernel=proj_kernel, kv_stride=kv_stride, proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate, drop_path=dpr[i], **dd,
+                )
+            )
+            hw = stages[-1].patch_embed.out_size(hw)
+            reduction *= patch_strides[i]
+            in_chs = embed_dims[i]
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))
+        self.stages = nn.ModuleList(stages)
+        self.grid_size: Tuple[int, int] = hw
+        self.patch_size = reduction  # total stride of the final token grid
+
+        self.norm = nn.LayerNorm(self.num_features, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+        init_weights(self)
+        last = self.stages[-1]
+        if last.cls_token is not None and not last.cls_token.is_meta:
+            nn.init.trunc_normal_(last.cls_token, std=0.02)
+
+    # ------------------------------------------------------------------ timm interface
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {f"stages.{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^stages\.0\.patch_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stages\.(\d+)\.(patch_embed|cls_token)", (0,)),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("", "token", "avg"):
+                raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
+            if global_pool == "token" and not self.num_prefix_tokens:
+                raise ValueError("global_pool='token' needs a class token")
+            self.global_pool = global_pool
+        ref = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else None
+        dd = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear) and not self.head.weight.is_meta:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """Stage outputs as feature maps (class token removed).
+
+        Args:
+            x: input images ``(B, C, H, W)``.
+            indices: take the last ``n`` stages if int, all if None, else the listed stage indices.
+            norm: apply the final norm to the last stage's output (the only stage it fits).
+            stop_early: stop after the last requested stage (only with ``intermediates_only``).
+            output_fmt: ``'NCHW'`` maps or ``'NLC'`` token sequences.
+            intermediates_only: return only the list of intermediates.
+
+        Returns:
+            ``intermediates`` or ``(forward_features(x), intermediates)``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError("output_fmt must be 'NCHW' or 'NLC'")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_index = len(self.stages) - 1
+        stages = self.stages[: max_index + 1] if (stop_early and intermediates_only) else self.stages
+        intermediates: List[Tensor] = []
+        for i, stage in enumerate(stages):
+            tokens, hw = stage(x)
+            prefix = stage.num_prefix_tokens
+            if i in take_indices:
+                y = self.norm(tokens) if (norm and i == last_index) else tokens
+                y = y[:, prefix:]
+                if output_fmt == "NCHW":
+                    y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], hw[0], hw[1])
+                intermediates.append(y)
+            x = tokens if i == last_index else _tokens_to_nchw(tokens, hw, prefix)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop stages after the last requested one (and optionally the norm / head)."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index < len(self.stages) - 1:
+            prune_norm = True  # the final norm belongs to the last stage's width
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Final tokens ``(B, num_prefix_tokens + H*W, C)`` after the final LayerNorm."""
+        for i, stage in enumerate(self.stages):
+            x, hw = stage(x)
+            if i < len(self.stages) - 1:
+                x = _tokens_to_nchw(x, hw, stage.num_prefix_tokens)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------- registration
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stages.0.patch_embed.proj",
+        "classifier": "head",
+        "license": "mit",
+        "paper_ids": "arXiv:2103.15808",
+        "paper_name": "CvT: Introducing Convolutions to Vision Transformers",
+        **kwargs,
+    }
+
+
+_C32 = dict(input_size=(3, 32, 32), crop_pct=1.0)
+
+default_cfgs = generate_default_cfgs(
+    {
+        "cvt_13": _cfg(),
+        "cvt_21": _cfg(),
+        "cvt_13_c32": _cfg(**_C32),
+        "cvt_21_c32": _cfg(**_C32),
+    }
+)
+
+# 32-px embedding: stage-1 conv 7x7 with stride 1 (padding 3); stages 2-3 unchanged (3x3, stride 2).
+C32_EMBED = dict(patch_sizes=(7, 3, 3), patch_strides=(1, 2, 2), patch_paddings=(3, 1, 1))
+
+
+def _create_cvt(variant: str, pretrained: bool = False, **kwargs: Any) -> CvT:
+    check_no_pretrained(variant, pretrained, kwargs)
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(
+        CvT,
+        variant,
+        pretrained,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+@register_model
+def cvt_13(pretrained: bool = False, **kwargs: Any) -> CvT:
+    """CvT-13 (depths 1/2/10), 224 px, final grid 14x14, ~20.0 M params."""
+    args = dict(embed_dims=(64, 192, 384), depths=(1, 2, 10), num_heads=(1, 3, 6))
+    return _create_cvt("cvt_13", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def cvt_21(pretrained: bool = False, **kwargs: Any) -> CvT:
+    """CvT-21 (depths 1/4/16), 224 px, final grid 14x14, ~31.6 M params."""
+    args = dict(embed_dims=(64, 192, 384), depths=(1, 4, 16), num_heads=(1, 3, 6))
+    return _create_cvt("cvt_21", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def cvt_13_c32(pretrained: bool = False, **kwargs: Any) -> CvT:
+    """CvT-13 for 32-px inputs: embedding strides 1/2/2, final grid 8x8 at 32 px."""
+    args = dict(embed_dims=(64, 192, 384), depths=(1, 2, 10), num_heads=(1, 3, 6), **C32_EMBED)
+    return _create_cvt("cvt_13_c32", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def cvt_21_c32(pretrained: bool = False, **kwargs: Any) -> CvT:
+    """CvT-21 for 32-px inputs: embedding strides 1/2/2, final grid 8x8 at 32 px."""
+    args = dict(embed_dims=(64, 192, 384), depths=(1, 4, 16), num_heads=(1, 3, 6), **C32_EMBED)
+    return _create_cvt("cvt_21_c32", pretrained, **dict(args, **kwargs))

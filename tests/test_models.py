@@ -1,0 +1,306 @@
+"""CvT and T2T-ViT (vt_drloc.models): timm registration, sizes, and timm's model surface."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import vt_drloc.models  # registers the models (vt_drloc/__init__ will import it too)
+from vt_drloc.models import MODEL_NAMES, CvT, T2TViT
+from vt_drloc.models.t2t_vit import TokenPerformer
+
+C32 = [n for n in MODEL_NAMES if n.endswith("_c32")]
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _gmacs(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Multiply-accumulates (1e9) of one forward; math SDPA so the attention matmuls are counted."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        out = model(x)
+    return counter.get_total_flops() / 2e9, out
+
+
+@pytest.fixture(scope="module")
+def models_224():
+    torch.manual_seed(0)
+    return {name: timm.create_model(name).eval() for name in ("cvt_13", "t2t_vit_14")}
+
+
+@pytest.fixture(scope="module")
+def models_c32():
+    """One eval-mode 10-class instance of each 32-px family; tests that modify a model deep-copy it."""
+    torch.manual_seed(0)
+    return {name: timm.create_model(name, num_classes=10).eval() for name in ("cvt_13_c32", "t2t_vit_14_c32")}
+
+
+# ----------------------------------------------------------------------------- registry
+def test_names_registered_and_owned_by_vt_drloc():
+    for name in MODEL_NAMES:
+        assert timm.is_model(name), name
+        fn = timm.models.model_entrypoint(name)
+        assert fn.__module__ in ("vt_drloc.models.cvt", "vt_drloc.models.t2t_vit"), (name, fn.__module__)
+    # timm itself ships none of these (a clash would have rerouted the entrypoint above to timm.models.*)
+    assert set(timm.list_models("cvt_*")) == {n for n in MODEL_NAMES if n.startswith("cvt_")}
+    assert set(timm.list_models("t2t_*")) == {n for n in MODEL_NAMES if n.startswith("t2t_")}
+    assert timm.list_models(pretrained=True, filter="cvt_*") == []
+
+
+def test_create_model_after_import_vt_drloc_only():
+    """Registration must happen on plain ``import vt_drloc`` (fresh interpreter)."""
+    code = (
+        "import vt_drloc, timm; "
+        "m = timm.create_model('cvt_13', device='meta'); "
+        "t = timm.create_model('t2t_vit_14', device='meta'); "
+        "print(type(m).__name__, type(t).__name__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["CvT", "T2TViT"]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_pretrained_cfg(name):
+    cfg = timm.get_pretrained_cfg(name).to_dict()
+    assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
+    assert cfg["input_size"] == ((3, 32, 32) if name.endswith("_c32") else (3, 224, 224))
+    assert not cfg.get("url") and not cfg.get("hf_hub_id") and not cfg.get("file")
+
+
+@pytest.mark.parametrize("name", ["cvt_13", "t2t_vit_14_c32"])
+def test_pretrained_true_raises(name):
+    with pytest.raises(RuntimeError, match="No pretrained weights"):
+        timm.create_model(name, pretrained=True)
+
+
+# ----------------------------------------------------------------------------- sizes
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("cvt_13", 20.0e6),
+        ("cvt_13_c32", 20.0e6),
+        ("cvt_21", 31.6e6),
+        ("t2t_vit_14", 21.5e6),
+        ("t2t_vit_14_c32", 21.5e6),
+        ("t2t_vit_t_14", 21.5e6),
+    ],
+)
+def test_param_counts(name, expected):
+    model = timm.create_model(name, device="meta")  # no memory, no init
+    n = _n_params(model)
+    assert abs(n - expected) / expected < 0.01, f"{name}: {n:,} parameters, expected ~{expected:,.0f}"
+
+
+def test_param_count_cpu_build_matches_meta(models_224):
+    assert _n_params(models_224["cvt_13"]) == _n_params(timm.create_model("cvt_13", device="meta"))
+    assert _n_params(models_224["t2t_vit_14"]) == _n_params(timm.create_model("t2t_vit_14", device="meta"))
+
+
+@pytest.mark.parametrize("name, gmacs", [("cvt_13", 4.5), ("t2t_vit_14", 4.8)])
+def test_224_macs_and_logits_shape(models_224, name, gmacs):
+    model = models_224[name]
+    measured, out = _gmacs(model, torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 1000)
+    assert abs(measured - gmacs) / gmacs < 0.05, f"{name}: {measured:.2f} GMACs, paper {gmacs}"
+
+
+# ----------------------------------------------------------------------------- forward surface at 224
+@pytest.mark.parametrize("name", ["cvt_13", "t2t_vit_14"])
+def test_224_features_intermediates_head(models_224, name):
+    model = models_224[name]
+    assert model.grid_size == (14, 14) and model.num_prefix_tokens == 1 and model.num_features == 384
+    assert model.img_size == (224, 224) and model.global_pool == "token"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        final, inter = model.forward_intermediates(x, indices=1, norm=True)
+        logits = model(x)
+        split_logits = model.forward_head(feats)
+        pre = model.forward_head(feats, pre_logits=True)
+    assert feats.shape == (1, 1 + 196, 384)
+    assert len(inter) == 1 and inter[0].shape == (1, 384, 14, 14)
+    torch.testing.assert_close(final, feats)
+    grid_from_feats = feats[:, 1:].transpose(1, 2).reshape(1, 384, 14, 14)
+    torch.testing.assert_close(inter[0], grid_from_feats)
+    assert logits.shape == (1, 1000)
+    torch.testing.assert_close(split_logits, logits)
+    torch.testing.assert_close(pre, feats[:, 0])
+
+
+# ----------------------------------------------------------------------------- 32-px variants
+@pytest.mark.parametrize("name", C32)
+def test_c32_grid_size(name):
+    model = timm.create_model(name, device="meta")
+    assert model.img_size == (32, 32) and model.grid_size == (8, 8) and model.patch_size == 4
+
+
+@pytest.mark.parametrize("name", ["cvt_13_c32", "t2t_vit_14_c32"])
+def test_c32_shapes_and_grid(models_c32, name):
+    model = models_c32[name]
+    assert model.img_size == (32, 32) and model.grid_size == (8, 8)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        logits = model(x)
+        final, inter = model.forward_intermediates(x, indices=1, norm=True)
+        _, raw = model.forward_intermediates(x, indices=1, norm=False)
+    assert feats.shape == (2, 1 + 64, 384)
+    assert logits.shape == (2, 10)
+    torch.testing.assert_close(model.forward_head(feats), logits)
+    torch.testing.assert_close(final, feats)
+    assert inter[0].shape == (2, 384, 8, 8)
+    torch.testing.assert_close(inter[0], feats[:, 1:].transpose(1, 2).reshape(2, 384, 8, 8))
+    assert not torch.allclose(raw[0], inter[0])  # norm=False really is the pre-norm grid
+
+
+def test_cvt_intermediates_all_stages(models_c32):
+    model = models_c32["cvt_13_c32"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        inter = model.forward_intermediates(x, intermediates_only=True)
+        nlc = model.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True, stop_early=True)
+    assert [tuple(t.shape) for t in inter] == [(2, 64, 32, 32), (2, 192, 16, 16), (2, 384, 8, 8)]
+    assert [i["reduction"] for i in model.feature_info] == [1, 2, 4]
+    assert nlc[0].shape == (2, 32 * 32, 64)
+    torch.testing.assert_close(nlc[0], inter[0].flatten(2).transpose(1, 2))
+    # no position embedding: any input size works, grid follows the strides
+    with torch.no_grad():
+        big = model.forward_intermediates(torch.randn(1, 3, 48, 48), indices=1, intermediates_only=True)
+    assert big[0].shape == (1, 384, 12, 12)
+
+
+def test_t2t_intermediates_all_blocks_and_fixed_size(models_c32):
+    model = models_c32["t2t_vit_14_c32"]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        inter = model.forward_intermediates(x, intermediates_only=True)
+    assert len(inter) == 14 and all(t.shape == (1, 384, 8, 8) for t in inter)
+    assert len(model.feature_info) == 14 and model.feature_info[-1]["reduction"] == 4
+    with pytest.raises(ValueError, match="img_size"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize(
+    "name, out_indices, shapes",
+    [
+        ("cvt_13_c32", (0, 1), [(1, 64, 32, 32), (1, 192, 16, 16)]),  # prunes stage 3 and the final norm
+        ("t2t_vit_t_14_c32", (-1,), [(1, 384, 8, 8)]),
+    ],
+)
+def test_features_only_getter(name, out_indices, shapes):
+    shallow = dict(depths=(1, 1, 1)) if name.startswith("cvt") else dict(depth=2)  # same interface, cheaper
+    model = timm.create_model(name, features_only=True, out_indices=out_indices, **shallow).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 32, 32))
+    assert [tuple(f.shape) for f in feats] == shapes
+    assert model.feature_info.channels() == [s[1] for s in shapes]
+
+
+def test_t2t_position_embedding_is_fixed_sinusoid(models_c32):
+    model = models_c32["t2t_vit_14_c32"]
+    pe = model.pos_embed[0]
+    assert pe.shape == (65, 384)
+    assert "pos_embed" not in dict(model.named_parameters())
+    assert "pos_embed" not in model.state_dict()
+    pos, i = 5, 10  # channel 2i = sin(pos / 10000^(2i/d)), 2i+1 = cos(...)
+    angle = pos / 10000 ** (2 * i / 384)
+    assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert torch.all(pe[0, 0::2] == 0) and torch.all(pe[0, 1::2] == 1)
+
+
+def test_default_t2t_attention_is_performer():
+    perf = timm.create_model("t2t_vit_14", device="meta")
+    trans = timm.create_model("t2t_vit_t_14", device="meta")
+    assert perf.patch_embed.t2t_attn == "performer"
+    assert all(isinstance(m, TokenPerformer) for m in perf.patch_embed.token_layers)
+    assert trans.patch_embed.t2t_attn == "transformer"
+
+
+def test_performer_approximates_softmax_attention():
+    """With many random features, the FAVOR+ estimate converges to exact softmax attention."""
+    torch.manual_seed(0)
+    layer = TokenPerformer(dim=8, out_dim=16, kernel_ratio=512)  # 8192 orthogonal random features
+    q = 0.25 * torch.randn(2, 20, 16)
+    k = 0.25 * torch.randn(2, 20, 16)
+    v = torch.randn(2, 20, 16)
+    exact = torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+    approx = layer.attention(q, k, v)
+    assert (approx - exact).abs().max().item() < 0.05
+    # and it is not trivially the uniform average
+    assert (v.mean(dim=1, keepdim=True).expand_as(exact) - exact).abs().max().item() > 0.05
+
+
+# ----------------------------------------------------------------------------- kwargs, head, training
+def test_create_model_kwargs():
+    model = timm.create_model("cvt_13_c32", num_classes=7, drop_path_rate=0.2, global_pool="avg", device="meta")
+    assert isinstance(model, CvT) and model.num_classes == 7 and model.drop_path_rate == 0.2
+    assert model.global_pool == "avg"
+    last_block = model.stages[-1].blocks[-1]
+    assert last_block.drop_path1.drop_prob == pytest.approx(0.2)
+    assert isinstance(model.stages[0].blocks[0].drop_path1, torch.nn.Identity)  # first rate is 0
+    t2t = timm.create_model("t2t_vit_14", img_size=64, num_classes=3, drop_path_rate=0.1, device="meta")
+    assert isinstance(t2t, T2TViT) and t2t.grid_size == (4, 4) and t2t.num_classes == 3
+    assert t2t.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    c = timm.create_model("cvt_13", img_size=96, device="meta")
+    assert c.grid_size == (6, 6)
+
+
+@pytest.mark.parametrize("name", ["cvt_13_c32", "t2t_vit_14_c32"])
+def test_reset_classifier_and_no_weight_decay(models_c32, name):
+    model = copy.deepcopy(models_c32[name])
+    x = torch.randn(2, 3, 32, 32)
+    model.reset_classifier(5)
+    assert model.get_classifier().out_features == 5 and model.num_classes == 5
+    with torch.no_grad():
+        assert model(x).shape == (2, 5)
+    model.reset_classifier(0, "avg")
+    with torch.no_grad():
+        pooled = model(x)
+        feats = model.forward_features(x)
+    assert pooled.shape == (2, 384)
+    torch.testing.assert_close(pooled, feats[:, 1:].mean(dim=1))
+    params = dict(model.named_parameters())
+    nwd = model.no_weight_decay()
+    assert any(n.endswith("cls_token") for n in nwd)
+    assert all(n in params for n in nwd if n != "pos_embed")
+
+
+@pytest.mark.parametrize("name", ["cvt_13_c32", "t2t_vit_14_c32"])
+def test_backward_reaches_every_parameter(models_c32, name):
+    model = copy.deepcopy(models_c32[name]).train()
+    loss = F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", ["cvt_13_c32", "t2t_vit_14_c32"])
+def test_checkpoint_path_roundtrip(models_c32, name, tmp_path):
+    src = copy.deepcopy(models_c32[name])
+    with torch.no_grad():
+        for m in src.modules():  # make BatchNorm running stats non-trivial so they must be restored
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"{name}.pth"
+    torch.save(src.state_dict(), path)
+    loaded = timm.create_model(name, num_classes=10, checkpoint_path=str(path)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref, got = src(x), loaded(x)
+    torch.testing.assert_close(got, ref)
+    loaded_sd = loaded.state_dict()
+    for key, value in src.state_dict().items():  # incl. BN statistics and the Performer's random features
+        assert torch.equal(loaded_sd[key], value), key
