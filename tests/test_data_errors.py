@@ -1,0 +1,269 @@
+"""Every bad input of the data layer fails before training, naming the path / value and the fix."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vt_drloc.data import (
+    KNOWN_DATASETS,
+    CorruptImageError,
+    DatasetLayoutError,
+    DatasetNotFoundError,
+    ImageDataModule,
+)
+
+
+def make_toy_folder(root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class: int = 4,
+                    splits=("train", "val")) -> Path:
+    for split in splits:
+        for c_i, cls in enumerate(classes):
+            d = root / name / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (10, 10), (50 * c_i, 20 * i, 7)).save(d / f"{i:03d}.jpg")
+    return root / name
+
+
+def folder_dm(root: Path, **kw) -> ImageDataModule:
+    kw.setdefault("img_size", 8)
+    kw.setdefault("num_workers", 0)
+    return ImageDataModule("folder", root=str(root), folder_name="toy", **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# missing data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_root_lists_searched_paths_and_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    dm = ImageDataModule("cifar10", root=str(missing), download=False)
+    dm.prepare_data()  # download off: never fetches anything
+    assert not missing.exists()
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.setup()
+    msg = str(err.value)
+    assert str(missing) in msg and "does not exist" in msg
+    assert "cifar10.tar" in msg and "download=True" in msg and "VT_DRLOC_DATA" in msg
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetNotFoundError) as err:
+        ImageDataModule("svhn", root=str(empty)).setup()
+    msg = str(err.value)
+    for searched in ("svhn.tar", f"svhn{'/'}train", "train_32x32.mat"):
+        assert searched in msg
+    assert str(empty) in msg
+
+
+def test_missing_with_default_root_names_candidates(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VT_DRLOC_DATA", str(tmp_path / "env_data"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(DatasetNotFoundError) as err:
+        ImageDataModule("cifar100", root=None).setup()
+    msg = str(err.value)
+    assert str(tmp_path / "torch_home" / "datasets") in msg  # torchvision default searched
+    assert str(tmp_path / "env_data") in msg  # the VT_DRLOC_DATA candidate is listed
+    assert "cifar-100-python" in msg and "download=True" in msg
+
+
+def test_folder_cannot_download(tmp_path: Path) -> None:
+    dm = ImageDataModule("folder", root=str(tmp_path), folder_name="toy", download=True)
+    with pytest.raises(DatasetNotFoundError, match="cannot be downloaded"):
+        dm.prepare_data()
+
+
+def test_root_is_a_non_tar_file_or_compressed_tar(tmp_path: Path) -> None:
+    txt = tmp_path / "data.zip"
+    txt.write_bytes(b"PK")
+    with pytest.raises(DatasetNotFoundError, match=r"data\.zip.*not an uncompressed \.tar"):
+        ImageDataModule("cifar10", root=str(txt)).setup()
+    folder = make_toy_folder(tmp_path / "src")
+    plain = tmp_path / "toy_plain.tar"
+    with tarfile.open(plain, "w") as tf:
+        tf.add(folder, arcname="toy")
+    gz = tmp_path / "toy.tar"
+    with open(plain, "rb") as fi, gzip.open(gz, "wb") as fo:
+        shutil.copyfileobj(fi, fo)
+    with pytest.raises(ValueError, match=r"toy\.tar is a compressed archive"):
+        ImageDataModule("folder", root=str(gz)).setup()
+
+
+# ---------------------------------------------------------------------------------------------
+# layout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_splits_with_different_class_folders(tmp_path: Path) -> None:
+    folder = make_toy_folder(tmp_path)
+    shutil.rmtree(folder / "val" / "dog")
+    with pytest.raises(DatasetLayoutError) as err:
+        folder_dm(tmp_path).setup()
+    msg = str(err.value)
+    assert "'val'" in msg and "missing ['dog']" in msg and str(folder) in msg
+    # The same inside a tar archive, with an extra class instead.
+    (folder / "val" / "dog").mkdir()
+    Image.new("RGB", (4, 4)).save(folder / "val" / "dog" / "x.jpg")
+    (folder / "val" / "yak").mkdir()
+    Image.new("RGB", (4, 4)).save(folder / "val" / "yak" / "y.jpg")
+    tar = tmp_path / "toy.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(folder, arcname="toy")
+    with pytest.raises(DatasetLayoutError, match=r"extra \['yak'\]") as err:
+        ImageDataModule("folder", root=str(tar), img_size=8).setup()
+    assert "toy.tar" in str(err.value)
+
+
+def test_empty_class_folder_and_missing_train(tmp_path: Path) -> None:
+    folder = make_toy_folder(tmp_path)
+    (folder / "train" / "zebra").mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"empty class folders: \['train/zebra'\]"):
+        folder_dm(tmp_path).setup()
+    other = tmp_path / "other"
+    make_toy_folder(other, splits=("val",))
+    (other / "toy" / "train").mkdir()
+    with pytest.raises(DatasetLayoutError, match="no images under a train/<class>/"):
+        folder_dm(other).setup()
+
+
+def test_wrong_class_count_for_named_dataset(tmp_path: Path) -> None:
+    make_toy_folder(tmp_path, name="cifar10")
+    with pytest.raises(DatasetLayoutError, match="cifar10 needs 10 classes.*has 3"):
+        ImageDataModule("cifar10", root=str(tmp_path), num_workers=0).setup()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_corrupt_image_is_named_and_skip_mode_counts(tmp_path: Path, caplog) -> None:
+    folder = make_toy_folder(tmp_path)
+    bad = folder / "train" / "dog" / "002.jpg"
+    bad.write_text("this is not a JPEG")
+    with pytest.raises(CorruptImageError) as err:
+        folder_dm(tmp_path).setup()
+    assert str(bad) in str(err.value) and "skip_corrupt=True" in str(err.value)
+    # Opt-in skip mode: counted, reported, the file left out.
+    dm = folder_dm(tmp_path, skip_corrupt=True)
+    with caplog.at_level("WARNING", logger="vt_drloc.data"):
+        dm.setup()
+    assert dm.train_size == 11 and len(dm.skipped) == 1 and str(bad) in dm.skipped[0]
+    assert dm.subset_info["skipped_files"] == 1
+    assert "skipped 1 bad file" in caplog.text and "002.jpg" in caplog.text
+    assert "train/dog/002.jpg" not in dm.train_dataset.keys()
+
+
+def test_non_image_file_in_class_folder(tmp_path: Path) -> None:
+    folder = make_toy_folder(tmp_path)
+    note = folder / "val" / "emu" / "notes.txt"
+    note.write_text("hello")
+    with pytest.raises(CorruptImageError, match=r"non-image file.*notes\.txt.*skip_corrupt=True"):
+        folder_dm(tmp_path).setup()
+    dm = folder_dm(tmp_path, skip_corrupt=True)
+    dm.setup()
+    assert dm.val_size == 12 and len(dm.skipped) == 1 and "notes.txt" in dm.skipped[0]
+
+
+def test_truncated_image_in_tar_full_verify_cache_and_getitem(tmp_path: Path) -> None:
+    folder = make_toy_folder(tmp_path / "src")
+    src = folder / "train" / "cat" / "001.jpg"
+    src.write_bytes(src.read_bytes()[:60])  # valid JPEG header, truncated data
+    tar = tmp_path / "toy.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(folder, arcname="toy")
+    where = f"{tar}:toy/train/cat/001.jpg"
+    with pytest.raises(CorruptImageError, match="001.jpg") as err:
+        ImageDataModule("folder", root=str(tar), img_size=8, num_workers=0, verify="full").setup()
+    assert where in str(err.value)
+    # The header check cannot see truncation; caching decodes and catches it before training.
+    dm = ImageDataModule("folder", root=str(tar), img_size=8, num_workers=0, cache=True)
+    dm.setup()
+    with pytest.raises(CorruptImageError, match="001.jpg"):
+        dm.train_dataloader()
+    skip = ImageDataModule("folder", root=str(tar), img_size=8, num_workers=0, cache=True, skip_corrupt=True)
+    skip.setup()
+    skip.train_dataloader()
+    assert skip.train_size == 11 and len(skip.skipped) == 1
+    # Without verify/cache the error surfaces when the sample is read, still naming the file.
+    lazy = ImageDataModule("folder", root=str(tar), img_size=8, num_workers=0, augment="none")
+    lazy.setup()
+    k = lazy.train_dataset.keys().index("train/cat/001.jpg")
+    with pytest.raises(CorruptImageError, match=where.replace(".", r"\.")):
+        lazy.train_dataset[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# bad values
+# ---------------------------------------------------------------------------------------------
+
+
+def test_samples_per_class_larger_than_a_class(cifar10_tar: Path, flowers102_tar: Path) -> None:
+    with pytest.raises(ValueError, match=r"samples_per_class=5001 .*5000 samples.*<= 5000"):
+        ImageDataModule("cifar10", root=str(cifar10_tar), samples_per_class=5001, num_workers=0).setup()
+    with pytest.raises(ValueError, match=r"samples_per_class=11 .*'000_pink_primrose': 10 samples"):
+        ImageDataModule("flowers102", root=str(flowers102_tar), samples_per_class=11, num_workers=0).setup()
+
+
+def test_unknown_dataset_name_lists_known() -> None:
+    with pytest.raises(ValueError) as err:
+        ImageDataModule("imagenet21k")
+    msg = str(err.value)
+    assert "'imagenet21k'" in msg
+    for name in KNOWN_DATASETS:
+        assert name in msg
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (dict(samples_per_class=5, train_fraction=0.1), "not both"),
+        (dict(samples_per_class=0), "samples_per_class=0 must be a positive integer"),
+        (dict(samples_per_class=2.5), "samples_per_class=2.5"),
+        (dict(train_fraction=0.0), r"train_fraction=0.0 must lie in \(0, 1\]"),
+        (dict(train_fraction=1.5), "train_fraction=1.5"),
+        (dict(val_split="dev"), "val_split='dev' is not one of"),
+        (dict(val_fraction=1.0), "val_fraction=1.0"),
+        (dict(augment="heavy"), "augment='heavy' is not one of"),
+        (dict(verify="sometimes"), "verify='sometimes' is not one of"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(mixup_alpha=-1.0), "mixup_alpha=-1.0"),
+        (dict(mixup_mode="row"), "mixup_mode='row'"),
+        (dict(mean=[0.5, 0.5]), "need 3 values"),
+        (dict(name="folder"), "name='folder' needs folder_name"),
+    ],
+)
+def test_bad_constructor_values(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        ImageDataModule(**kwargs)
+
+
+def test_val_split_val_on_cifar_has_no_val_split(cifar10_tar: Path) -> None:
+    with pytest.raises(DatasetLayoutError, match="no val split.*val_split='test'"):
+        ImageDataModule("cifar10", root=str(cifar10_tar), val_split="val", num_workers=0).setup()
+
+
+def test_drop_last_with_too_few_images(tmp_path: Path) -> None:
+    make_toy_folder(tmp_path)
+    dm = folder_dm(tmp_path, batch_size=64, drop_last=True)
+    dm.setup()
+    with pytest.raises(ValueError, match="drop_last=True with 12 training images"):
+        dm.train_dataloader()
+    auto = folder_dm(tmp_path, batch_size=64)
+    auto.setup()
+    assert len(auto.train_dataloader()) == 1  # auto: keep the partial batch of a tiny subset
+
+
+def test_properties_before_setup() -> None:
+    dm = ImageDataModule("cifar10")
+    assert dm.num_classes == 10
+    with pytest.raises(RuntimeError, match=r"after setup\(\)"):
+        _ = dm.class_names
+    with pytest.raises(RuntimeError, match=r"after setup\(\)"):
+        dm.train_dataloader()
