@@ -339,3 +339,35 @@ def drloc_lambda(
         return float(lambda_drloc)
     remaining = (max_epochs - epoch) / (max_epochs - warmup_epochs)
     return float(lambda_drloc) * min(max(remaining, 0.0), 1.0)
+
+
+def epoch_progress(epoch: int, batch_idx: int, num_batches: int | float | None) -> float:
+    """Fractional epoch ``epoch + batch_idx / num_batches`` for the λ schedule (``epoch`` when the
+    number of batches is unknown or infinite)."""
+    fraction = batch_idx / num_batches if isinstance(num_batches, int) and num_batches > 0 else 0.0
+    return epoch + fraction
+
+
+def pair_generator(
+    device: torch.device | str,
+    seed: int | None = None,
+    rank: int = 0,
+    state: Tensor | None = None,
+) -> torch.Generator:
+    """The generator :func:`sample_cell_pairs` draws from, living on ``device``.
+
+    Seeded with ``seed + rank`` (``seed`` defaults to the global ``torch.initial_seed()``), so each
+    data-parallel rank samples its own pairs. ``state`` (from ``Generator.get_state()``, saved in a
+    checkpoint by rank 0) restores the stream exactly on rank 0; other ranks derive a distinct
+    stream from it, so resumed ranks do not sample identical pairs.
+    """
+    if seed is None:
+        seed = torch.initial_seed() % (2**62)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed) + int(rank))
+    if state is not None:
+        generator.set_state(state)
+        if rank:
+            derived = torch.randint(2**62, (1,), device=generator.device, generator=generator)
+            generator.manual_seed(int(derived) + int(rank))
+    return generator

@@ -15,7 +15,7 @@ from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from vt_drloc.drloc import DrLocLoss, drloc_lambda, resolve_hidden_dims
+from vt_drloc.drloc import DrLocLoss, drloc_lambda, epoch_progress, pair_generator, resolve_hidden_dims
 from vt_drloc.tap import GridInfo, probe_grid, tap_grid
 
 
@@ -191,10 +191,7 @@ class DrLocModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ λ and sampling
     def _epoch_progress(self) -> float:
-        trainer = self.trainer
-        batches = trainer.num_training_batches
-        fraction = self._batch_idx / batches if isinstance(batches, int) and batches > 0 else 0.0
-        return trainer.current_epoch + fraction
+        return epoch_progress(self.trainer.current_epoch, self._batch_idx, self.trainer.num_training_batches)
 
     @property
     def current_lambda(self) -> float:
@@ -215,15 +212,8 @@ class DrLocModule(pl.LightningModule):
 
     def _sampler(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
-            seed = self.hparams.drloc_seed
-            if seed is None:
-                seed = torch.initial_seed() % (2**62)
-            generator = torch.Generator(device=device)
-            generator.manual_seed(int(seed) + self.global_rank)
-            if self._generator_state is not None:
-                generator.set_state(self._generator_state)
-                self._generator_state = None
-            self._generator = generator
+            self._generator = pair_generator(device, self.hparams.drloc_seed, self.global_rank, self._generator_state)
+            self._generator_state = None
         return self._generator
 
     # ------------------------------------------------------------------ steps

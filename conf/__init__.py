@@ -1,0 +1,1 @@
+"""Hydra configs of vt_drloc (the top-level conf/ folder, installed as vt_drloc.conf)."""

@@ -1,0 +1,3 @@
+from vt_drloc.train import main
+
+main()

@@ -1,0 +1,110 @@
+"""Evaluate a checkpoint: ``python -m vt_drloc.eval ckpt_path=<run>/checkpoints/last.ckpt data=cifar10``.
+
+The model (and its input size) come from the checkpoint; the data from ``data=...``. Writes the
+same ``results.json`` fields as a training run (val/test acc1/acc5, parameter counts, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from vt_drloc.module import DrLocModule
+from vt_drloc.run import (
+    CONFIG_PATH,
+    UserError,
+    check_output_dir,
+    exit_on_user_error,
+    load_checkpoint_file,
+    metric,
+    print_config_tree,
+    run_cli,
+    write_results,
+)
+
+log = logging.getLogger("vt_drloc.eval")
+
+
+def checkpoint_img_size(hparams: dict[str, Any]) -> int | None:
+    size = hparams.get("input_size") or (hparams.get("model_kwargs") or {}).get("img_size")
+    if isinstance(size, (list, tuple)):
+        size = size[-1]
+    return size
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score the checkpoint ``cfg.ckpt_path`` on ``cfg.data``; returns what goes into ``results.json``."""
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint = load_checkpoint_file(cfg.ckpt_path)
+    hparams = checkpoint["hyper_parameters"]
+    check_output_dir(output_dir)
+    with open_dict(cfg):
+        cfg.data.img_size = checkpoint_img_size(hparams)
+        cfg.data.mixup_alpha = 0.0
+        cfg.data.cutmix_alpha = 0.0
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    if datamodule.num_classes != hparams["num_classes"]:
+        raise UserError(
+            f"ckpt_path={cfg.ckpt_path!r} has {hparams['num_classes']} classes but data={cfg.data.name!r} has "
+            f"{datamodule.num_classes}; evaluate it on the data it was trained for."
+        )
+    model = DrLocModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(output_dir))
+    results: dict[str, Any] = {
+        "status": "ok",
+        "task_name": cfg.task_name,
+        "ckpt_path": str(cfg.ckpt_path),
+        "model": hparams["model_name"],
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "lambda_drloc": float(hparams.get("lambda_drloc", 0.0)),
+        "train_size": datamodule.train_size,
+        "img_size": cfg.data.img_size,
+        "epochs": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "backbone_params": model.num_backbone_params,
+        "head_params": model.num_head_params,
+    }
+    for split in cfg.splits:
+        if split not in ("val", "test"):
+            raise UserError(f"splits contains {split!r}; use val and/or test.")
+        loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+        # the module logs under test/ for any loader passed to trainer.test
+        trainer.test(model, dataloaders=loader, verbose=trainer.is_global_zero)
+        results[f"{split}_acc1"] = metric(trainer.callback_metrics, "test/acc1")
+        results[f"{split}_acc5"] = metric(trainer.callback_metrics, "test/acc5")
+    results["wall_time_s"] = time.perf_counter() - start
+    results["output_dir"] = str(output_dir)
+    if trainer.is_global_zero:
+        path = write_results(output_dir, results)
+        log.info("val acc1 %s, test acc1 %s; wrote %s", results.get("val_acc1"), results.get("test_acc1"), path)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@exit_on_user_error
+def _hydra_main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry point (``vt-drloc-eval`` / ``python -m vt_drloc.eval``)."""
+    run_cli(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Train a timm model with DRLoc: ``python -m vt_drloc.train model=cvt_13 data=flowers102``.
+
+Hydra composes ``conf/train.yaml`` (installed as ``vt_drloc.conf``); ``train(cfg)`` builds
+datamodule -> model -> callbacks -> loggers -> trainer in plain sight, fits, tests, and writes
+``results.json`` into the run's output folder. Sweeps: ``-m drloc.lambda_drloc=0,0.1,0.5``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vt_drloc.module import DrLocModule
+from vt_drloc.run import (
+    CONFIG_PATH,
+    Throughput,
+    UserError,
+    check_drloc_config,
+    check_output_dir,
+    exit_on_user_error,
+    check_resume_checkpoint,
+    metric,
+    print_config_tree,
+    run_cli,
+    write_results,
+)
+from vt_drloc.tap import GridTapError
+
+log = logging.getLogger("vt_drloc.train")
+
+
+def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float) -> DrLocModule:
+    """The LightningModule of a run: backbone from ``cfg.model``, loss from ``cfg.drloc``, AdamW from ``cfg.optim``."""
+    drloc, optim = cfg.drloc, cfg.optim
+    try:
+        return DrLocModule(
+            model_name=cfg.model.name,
+            num_classes=num_classes,
+            lambda_drloc=lambda_drloc,
+            model_kwargs=OmegaConf.to_container(cfg.model.kwargs, resolve=True),
+            drloc_mode=drloc.mode,
+            sample_size=drloc.sample_size,
+            drloc_target=drloc.target,
+            head_hidden_dims=OmegaConf.to_container(drloc.hidden_dims) if OmegaConf.is_list(drloc.hidden_dims) else drloc.hidden_dims,
+            grid_size=drloc.grid_size,
+            lambda_schedule=drloc.schedule,
+            lambda_warmup_epochs=drloc.warmup_epochs,
+            lr=optim.lr,
+            weight_decay=optim.weight_decay,
+            warmup_epochs=optim.warmup_epochs,
+            min_lr=optim.min_lr,
+            label_smoothing=optim.label_smoothing,
+            drloc_seed=drloc.seed,
+        )
+    except GridTapError as err:
+        raise UserError(str(err)) from None
+    except ValueError as err:
+        raise UserError(f"model / drloc / optim config: {err}") from None
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks / logger group."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job described by ``cfg``; returns what it writes to ``results.json``."""
+    output_dir = Path(cfg.paths.output_dir)
+    # Everything a user can get wrong is checked here, before any data is read or weights built.
+    check_drloc_config(cfg.drloc)
+    model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
+    if cfg.ckpt_path:
+        check_resume_checkpoint(cfg.ckpt_path, cfg.model.name, model_kwargs)
+    if cfg.test_ckpt not in ("last", "best"):
+        raise UserError(f"test_ckpt={cfg.test_ckpt!r} is invalid: use 'last' or 'best'.")
+    check_output_dir(output_dir)
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+
+    pl.seed_everything(cfg.seed, workers=True)
+    start = time.perf_counter()
+
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    drloc_callbacks = [cb for cb in callbacks if type(cb).__name__ == "DrLocCallback"]
+    # With DrLocCallback the module is a plain timm classifier and the callback adds the loss.
+    lambda_drloc = 0.0 if drloc_callbacks else float(cfg.drloc.lambda_drloc)
+    model = build_module(cfg, datamodule.num_classes, lambda_drloc)
+    throughput = Throughput()
+    callbacks.append(throughput)
+    loggers = instantiate_all(cfg.get("logger"))
+
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir))
+    if cfg.optim.lr_batch_scale:
+        global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        model.hparams.lr = cfg.optim.lr * global_batch / cfg.optim.lr_batch_scale
+        model.hparams.min_lr = min(cfg.optim.min_lr, model.hparams.lr)
+    if trainer.is_global_zero:
+        share = model.num_head_params / max(1, model.num_backbone_params + model.num_head_params)
+        log.info(
+            "params: backbone %.2fM, DRLoc head %.3fM (%.1f%% of the total); train images %d; lr %.3g",
+            model.num_backbone_params / 1e6, model.num_head_params / 1e6, 100 * share, datamodule.train_size, model.hparams.lr,
+        )
+        for lg in loggers:
+            lg.log_hyperparams({"train_size": datamodule.train_size, "backbone_params": model.num_backbone_params, "head_params": model.num_head_params})
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
+    fit_metrics = dict(trainer.callback_metrics)
+    test_metrics: dict[str, Any] = {}
+    if cfg.test:
+        ckpt = "best" if cfg.test_ckpt == "best" and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=trainer.is_global_zero)
+        test_metrics = dict(trainer.callback_metrics)
+
+    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    results = {
+        "status": "ok",
+        "task_name": cfg.task_name,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "lambda_drloc": float(cfg.drloc.lambda_drloc),
+        "drloc_via": "callback" if drloc_callbacks else ("module" if lambda_drloc > 0 else "none"),
+        "drloc": OmegaConf.to_container(cfg.drloc, resolve=True),
+        "train_size": datamodule.train_size,
+        "img_size": cfg.data.img_size,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "val_acc1": metric(fit_metrics, "val/acc1"),
+        "val_acc5": metric(fit_metrics, "val/acc5"),
+        "best_val_acc1": float(best) if best is not None else None,
+        "test_acc1": metric(test_metrics, "test/acc1"),
+        "test_acc5": metric(test_metrics, "test/acc5"),
+        "test_ckpt": cfg.test_ckpt,
+        "backbone_params": model.num_backbone_params,
+        "head_params": model.num_head_params + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks),
+        "lr": float(model.hparams.lr),
+        "wall_time_s": time.perf_counter() - start,
+        "images_per_s": throughput.images_per_second,
+        "world_size": trainer.world_size,
+        "output_dir": str(output_dir),
+    }
+    if trainer.is_global_zero:
+        path = write_results(output_dir, results)
+        log.info("test acc1 %s, acc5 %s; wrote %s", results["test_acc1"], results["test_acc5"], path)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+@exit_on_user_error
+def _hydra_main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+def main() -> None:
+    """Console entry point (``vt-drloc-train`` / ``python -m vt_drloc.train``)."""
+    run_cli(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

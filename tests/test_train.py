@@ -1,0 +1,230 @@
+"""The training app: config composition, train(cfg), the CLI, resume, eval, DDP on CPU, the wheel, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from vt_drloc.module import DrLocModule
+from vt_drloc.run import UserError, group_options
+from vt_drloc.train import build_module, train
+
+REPO = Path(__file__).resolve().parents[1]
+# A 2-batch CIFAR-10 run from the archive: tiny ViT, few images, no caching, no workers.
+TINY = [
+    "experiment=quickstart",
+    "model.kwargs.depth=1",
+    "model.kwargs.embed_dim=32",
+    "model.kwargs.num_heads=2",
+    "drloc.sample_size=8",
+    "drloc.hidden_dims=[32]",
+    "data.samples_per_class=4",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.cache=false",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=2",
+    "print_config=false",
+]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path | None = None, config_name: str = "train"):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="vt_drloc.conf", version_base="1.3"):
+        extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else ["paths.output_dir=/nonexistent"]
+        return compose(config_name=config_name, overrides=overrides + extra)
+
+
+def cli(module: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_results(path: Path) -> dict:
+    return json.loads((path / "results.json").read_text())
+
+
+# ----------------------------------------------------------------------------------- composition
+def test_every_model_and_data_config_composes_and_instantiates():
+    models = group_options("model")
+    datas = group_options("data")
+    assert {"swin_t", "resnet50", "vit_b16", "vit_tiny_c32", "cvt_13", "t2t_vit_14", "cvt_13_c32", "t2t_vit_14_c32"} <= set(models)
+    assert {"cifar10", "cifar100", "svhn", "flowers102", "folder"} <= set(datas)
+    built = {}
+    for model in models:
+        for data in datas:
+            extra = ["data.folder_name=mine"] if data == "folder" else []
+            cfg = compose_cfg([f"model={model}", f"data={data}", *extra])
+            OmegaConf.resolve(cfg)
+            dm = instantiate(cfg.data)
+            assert dm.name == data and cfg.data.img_size == cfg.model.img_size
+            if model not in built:  # one module per model config (a 224-px probe forward each)
+                module = build_module(cfg, 10, float(cfg.drloc.lambda_drloc))
+                assert module.grid_info is not None and min(module.grid_info.hw) >= 4
+                assert module.hparams.lambda_drloc == cfg.model.paper_lambda
+                built[model] = module.drloc.reduced_hw
+    assert built["vit_b16"] == (7, 7) and built["cvt_13"] == (7, 7) and built["swin_t"] == (7, 7)
+    assert built["vit_tiny_c32"] == (8, 8)
+
+
+def test_every_experiment_composes():
+    experiments = [e for e in group_options("experiment") if e != "paper_recipe"]
+    assert "quickstart" in experiments and "paper_swin_t_cifar10" in experiments
+    for exp in experiments:
+        cfg = compose_cfg([f"experiment={exp}"])
+        OmegaConf.resolve(cfg)
+        assert cfg.task_name == exp
+    paper = compose_cfg(["experiment=paper_swin_t_cifar10"])
+    assert paper.data.img_size == 224 and paper.trainer.max_epochs == 100 and paper.data.mixup_alpha == 0.8
+    assert paper.drloc.lambda_drloc == 0.5 and paper.optim.warmup_epochs == 20 and paper.model.kwargs.drop_path_rate == 0.2
+    assert paper.trainer.gradient_clip_val == 5.0 and paper.data.auto_augment == "rand-m9-mstd0.5-inc1"
+
+
+def test_struct_mode_rejects_misspelt_keys():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="lamda_drloc"):
+        compose_cfg(["drloc.lamda_drloc=0.1"])
+
+
+def test_trainer_presets_compose():
+    for preset, expected in {"cpu": "32-true", "gpu": "16-mixed", "ddp": "16-mixed", "ddp_cpu": "32-true"}.items():
+        cfg = compose_cfg([f"trainer={preset}"])
+        assert cfg.trainer.precision == expected
+    assert compose_cfg(["trainer=ddp_cpu"]).trainer.devices == 2
+
+
+# ----------------------------------------------------------------------------------- runs
+def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
+    cfg = compose_cfg(TINY, tmp_path / "run")
+    results = train(cfg)
+    out = tmp_path / "run"
+    written = read_results(out)
+    assert written["status"] == "ok" and written["global_step"] == 2 and written["train_size"] == 40
+    assert written["head_params"] > 0 and written["backbone_params"] > 0 and written["lambda_drloc"] == 0.1
+    for key in ("val_acc1", "val_acc5", "test_acc1", "test_acc5", "wall_time_s", "images_per_s", "seed", "epochs"):
+        assert written[key] is not None, key
+    assert 0 <= written["test_acc1"] <= written["test_acc5"] <= 1
+    assert results["test_acc1"] == written["test_acc1"]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "csv").glob("metrics.csv")) and list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_cli_run_resume_and_eval_round_trip(tmp_path):
+    first = cli("vt_drloc.train", [*TINY, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "a" / ".hydra" / "config.yaml").is_file()
+    a = read_results(tmp_path / "a")
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+
+    # resume: one more epoch continues from step 2 to step 4
+    resumed = cli("vt_drloc.train", [*TINY, "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    b = read_results(tmp_path / "b")
+    assert b["global_step"] == 4 and b["epochs"] == 2
+
+    # eval of the first run's last checkpoint reproduces its test accuracy
+    evaluated = cli("vt_drloc.eval", [f"ckpt_path={last}", "data=cifar10", "data.num_workers=0", "trainer.limit_test_batches=2",
+                                      "trainer.limit_val_batches=1", "print_config=false", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    e = read_results(tmp_path / "e")
+    assert e["test_acc1"] == pytest.approx(a["test_acc1"]) and e["test_acc5"] == pytest.approx(a["test_acc5"])
+    assert e["model"] == a["model"] and e["head_params"] == a["head_params"]
+
+
+@pytest.mark.slow
+def test_ddp_cpu_two_processes_write_one_results_file(tmp_path):
+    run = cli("vt_drloc.train", [*TINY, "trainer=ddp_cpu", "callbacks.rich_progress_bar=null", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = read_results(tmp_path / "ddp")
+    assert results["world_size"] == 2 and results["status"] == "ok"
+    assert len(list(tmp_path.rglob("results.json"))) == 1
+
+
+@pytest.mark.slow
+def test_wheel_ships_its_configs(tmp_path):
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(wheel_dir.glob("vt_drloc-*.whl"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    code = ("import vt_drloc.run as r, vt_drloc; print(vt_drloc.__file__); "
+            "print(','.join(r.group_options('model'))); print(','.join(r.group_options('experiment')))")
+    env = dict(os.environ, PYTHONPATH=str(target))
+    probe = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    location, models, experiments = probe.stdout.strip().splitlines()
+    assert location.startswith(str(target))
+    assert {"cvt_13", "swin_t", "vit_tiny_c32"} <= set(models.split(",")) and "quickstart" in experiments.split(",")
+    composed = subprocess.run([sys.executable, "-m", "vt_drloc.train", "experiment=quickstart", "--cfg", "job", "--resolve"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert composed.returncode == 0 and "task_name: quickstart" in composed.stdout, composed.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["drloc.lambda_drloc=-0.5"], "drloc.lambda_drloc=-0.5"),
+        (["drloc.sample_size=0"], "drloc.sample_size=0"),
+        (["drloc.mode=l2"], "drloc.mode='l2'"),
+        (["model.kwargs.patch_size=32"], "1x1 grid"),
+        (["test_ckpt=middle"], "test_ckpt='middle'"),
+    ],
+)
+def test_bad_config_values_fail_before_training(tmp_path, overrides, message):
+    cfg = compose_cfg(TINY + overrides, tmp_path / "run")
+    with pytest.raises(UserError, match=message.replace("[", r"\[")):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        train(compose_cfg(TINY + [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path / "r1"))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a vt_drloc checkpoint"):
+        train(compose_cfg(TINY + [f"ckpt_path={junk}"], tmp_path / "r2"))
+    other = tmp_path / "other.ckpt"
+    module = DrLocModule("resnet18", num_classes=10, lambda_drloc=0.0)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, other)
+    with pytest.raises(UserError, match="holds model 'resnet18'"):
+        train(compose_cfg(TINY + [f"ckpt_path={other}"], tmp_path / "r3"))
+
+
+def test_cli_errors_are_one_paragraph_with_exit_code(tmp_path):
+    unknown = cli("vt_drloc.train", ["model=swin_tt"], tmp_path, timeout=300)
+    assert unknown.returncode == 2
+    assert "unknown model config 'swin_tt'" in unknown.stderr and "swin_t" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    unknown_exp = cli("vt_drloc.train", ["experiment=quickstrat"], tmp_path, timeout=300)
+    assert unknown_exp.returncode == 2 and "quickstart" in unknown_exp.stderr
+    negative = cli("vt_drloc.train", [*TINY, "drloc.lambda_drloc=-1", f"hydra.run.dir={tmp_path / 'neg'}"], tmp_path, timeout=300)
+    assert negative.returncode == 2 and "drloc.lambda_drloc=-1" in negative.stderr and "Traceback" not in negative.stderr
+
+
+def test_existing_output_dir_is_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"precious")
+    with pytest.raises(UserError, match="already holds a run"):
+        train(compose_cfg(TINY, out))
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"precious"
