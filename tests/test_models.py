@@ -304,3 +304,23 @@ def test_checkpoint_path_roundtrip(models_c32, name, tmp_path):
     loaded_sd = loaded.state_dict()
     for key, value in src.state_dict().items():  # incl. BN statistics and the Performer's random features
         assert torch.equal(loaded_sd[key], value), key
+
+
+@pytest.mark.parametrize("name", ["cvt_13_c32", "t2t_vit_14_c32"])
+def test_one_drloc_module_optimisation_step(name):
+    from vt_drloc import DrLocModule
+
+    torch.manual_seed(0)
+    module = DrLocModule(name, num_classes=10, lambda_drloc=0.1, lambda_schedule="constant", drloc_seed=0)
+    assert module.grid_info.hw == (8, 8) and module.drloc.reduced_hw == (8, 8)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    loss = module.training_step((x, y), 0)
+    assert torch.isfinite(loss)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    changed = {n for n, p in module.named_parameters() if not torch.equal(before[n], p)}
+    assert any(n.startswith("drloc.head") for n in changed)
+    assert any(n.startswith("model.") and "head" not in n.split(".")[1] for n in changed)
