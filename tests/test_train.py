@@ -124,7 +124,9 @@ def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_resume_and_eval_round_trip(tmp_path):
-    first = cli("vt_drloc.train", [*TINY, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
+    # the whole 10,000-image test split (sorted by class: a prefix would hold one class only)
+    full_test = ["trainer.limit_test_batches=1.0", "data.eval_batch_size=500"]
+    first = cli("vt_drloc.train", [*TINY, *full_test, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (tmp_path / "a" / ".hydra" / "config.yaml").is_file()
     a = read_results(tmp_path / "a")
@@ -138,10 +140,11 @@ def test_cli_run_resume_and_eval_round_trip(tmp_path):
     assert b["global_step"] == 4 and b["epochs"] == 2
 
     # eval of the first run's last checkpoint reproduces its test accuracy
-    evaluated = cli("vt_drloc.eval", [f"ckpt_path={last}", "data=cifar10", "data.num_workers=0", "trainer.limit_test_batches=2",
+    evaluated = cli("vt_drloc.eval", [f"ckpt_path={last}", "data=cifar10", "data.num_workers=0", *full_test,
                                       "trainer.limit_val_batches=1", "print_config=false", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     e = read_results(tmp_path / "e")
+    assert 0.0 < a["test_acc1"] < 1.0
     assert e["test_acc1"] == pytest.approx(a["test_acc1"]) and e["test_acc5"] == pytest.approx(a["test_acc5"])
     assert e["model"] == a["model"] and e["head_params"] == a["head_params"]
 

@@ -8,6 +8,7 @@ Liu et al., "Efficient Training of Visual Transformers with Small Datasets", Neu
 """
 
 from vt_drloc import models  # registers cvt_13, cvt_21, t2t_vit_14, ... with timm
+from vt_drloc.callback import DrLocCallback
 from vt_drloc.drloc import (
     DRLOC_MODES,
     HEAD_PRESETS,
@@ -32,6 +33,7 @@ __all__ = [
     "HEAD_PRESETS",
     "SCHEDULES",
     "TARGETS",
+    "DrLocCallback",
     "DrLocHead",
     "DrLocLoss",
     "DrLocModule",
