@@ -1,0 +1,38 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def section_code(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    body = text[start : end if end != -1 else None]
+    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    assert blocks, f"no python block in README section {title!r}"
+    return "\n".join(blocks)
+
+
+def test_callback_section_example_trains_with_drloc(capsys):
+    namespace: dict = {}
+    exec(compile(section_code("Add DRLoc to your Lightning project"), "README.md", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.global_step == 4
+    assert trainer.callback_metrics["train/drloc"].item() > 0
+    module = trainer.lightning_module
+    assert not hasattr(module, "_drloc_loss")  # the callback leaves the module as it was
+    assert "tensor(" in capsys.readouterr().out
+
+
+def test_two_commands_are_the_make_targets():
+    text = README.read_text()
+    assert "make train" in text and "make test" in text
+    makefile = (README.parent / "Makefile").read_text()
+    assert re.search(r"^train: install$", makefile, flags=re.M) and re.search(r"^test: install$", makefile, flags=re.M)
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "make test" in ci
