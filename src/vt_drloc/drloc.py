@@ -116,12 +116,16 @@ def offset_targets(cells_a: Tensor, cells_b: Tensor, height: int, width: int, ta
     """
     _check_choice("target", target, TARGETS)
     delta = (cells_a - cells_b).float()
-    sides = torch.tensor([height, width], dtype=delta.dtype, device=delta.device)
     if target == "abs":
         return delta.abs()
     if target == "abs_norm":
-        return delta.abs() / sides
-    return delta + (sides - 1)
+        return _per_axis(delta.abs(), lambda d, side: d / side, height, width)
+    return _per_axis(delta, lambda d, side: d + (side - 1), height, width)
+
+
+def _per_axis(delta: Tensor, fn, height: int, width: int) -> Tensor:
+    # Python scalars per axis: no small tensor is built (and copied to the device) every step.
+    return torch.stack([fn(delta[..., 0], height), fn(delta[..., 1], width)], dim=-1)
 
 
 def offset_classes(cells_a: Tensor, cells_b: Tensor, height: int, width: int, target: str = "abs") -> Tensor:
@@ -129,7 +133,7 @@ def offset_classes(cells_a: Tensor, cells_b: Tensor, height: int, width: int, ta
     _check_choice("target", target, TARGETS)
     delta = cells_a - cells_b
     if target == "signed":
-        return delta + torch.tensor([height - 1, width - 1], device=delta.device)
+        return _per_axis(delta, lambda d, side: d + (side - 1), height, width)
     return delta.abs()
 
 
