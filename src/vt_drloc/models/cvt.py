@@ -39,24 +39,27 @@ for the configured ``img_size``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
-import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from vt_drloc.models._layers import (
-    Mlp,
-    check_no_pretrained,
+    C32_CFG,
+    ClassifierMixin,
+    MultiHeadAttentionBase,
+    TransformerBlock,
+    build_model,
+    cfg_factory,
+    check_output_fmt,
     conv_out_size,
     init_weights,
     linear_drop_path_rates,
-    to_2tuple,
+    tokens_to_nchw,
 )
 
 __all__ = ["CvT"]
@@ -94,7 +97,7 @@ class DepthwiseConvBN(nn.Module):
         return self.bn(self.conv(x)).flatten(2).transpose(1, 2)
 
 
-class ConvProjectionAttention(nn.Module):
+class ConvProjectionAttention(MultiHeadAttentionBase):
     """Multi-head attention whose q / k / v come from depth-wise conv + BN + linear projections.
 
     Prefix (class) tokens skip the convolution and are prepended to q, k and v.
@@ -113,21 +116,15 @@ class ConvProjectionAttention(nn.Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        super().__init__(dim, num_heads)
         dd = {"device": device, "dtype": dtype}
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
         self.conv_q = DepthwiseConvBN(dim, kernel, q_stride, **dd)
         self.conv_k = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
         self.conv_v = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
         self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
         self.k = nn.Linear(dim, dim, bias=qkv_bias, **dd)
         self.v = nn.Linear(dim, dim, bias=qkv_bias, **dd)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self._init_output(dim, attn_drop, proj_drop, **dd)
 
     def _heads(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
@@ -136,18 +133,19 @@ class ConvProjectionAttention(nn.Module):
     def forward(self, x: Tensor, hw: Tuple[int, int], num_prefix: int) -> Tensor:
         B, N, C = x.shape
         prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
-        grid = tokens.transpose(1, 2).reshape(B, C, hw[0], hw[1])
+        grid = tokens_to_nchw(tokens, hw)
         q, k, v = self.conv_q(grid), self.conv_k(grid), self.conv_v(grid)
         if num_prefix:
             q, k, v = (torch.cat([prefix, t], dim=1) for t in (q, k, v))
         q, k, v = self._heads(self.q(q)), self._heads(self.k(k)), self._heads(self.v(v))
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+        return self._attend(q, k, v, (B, N, C))
 
 
-class ConvTransformerBlock(nn.Module):
-    """Pre-norm block: ``x + ConvProjAttn(LN(x))``, ``x + MLP(LN(x))`` with stochastic depth."""
+class ConvTransformerBlock(TransformerBlock):
+    """Pre-norm block: ``x + ConvProjAttn(LN(x))``, ``x + MLP(LN(x))`` with stochastic depth.
+
+    ``forward(x, hw, num_prefix)``: the token grid ``hw`` and prefix count go to the attention.
+    """
 
     def __init__(
         self,
@@ -163,21 +161,11 @@ class ConvTransformerBlock(nn.Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.norm1 = nn.LayerNorm(dim, **dd)
-        self.attn = ConvProjectionAttention(
-            dim, num_heads, qkv_bias, kernel, 1, kv_stride, attn_drop, proj_drop, **dd
+        attn_layer = partial(ConvProjectionAttention, kernel=kernel, q_stride=1, kv_stride=kv_stride)
+        super().__init__(
+            dim, num_heads, mlp_ratio, qkv_bias, proj_drop, attn_drop, drop_path, device=device, dtype=dtype,
+            attn_layer=attn_layer,
         )
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-
-    def forward(self, x: Tensor, hw: Tuple[int, int], num_prefix: int) -> Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x), hw, num_prefix))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
 
 
 class CvTStage(nn.Module):
@@ -230,12 +218,7 @@ class CvTStage(nn.Module):
         return x, hw
 
 
-def _tokens_to_nchw(x: Tensor, hw: Tuple[int, int], num_prefix: int) -> Tensor:
-    x = x[:, num_prefix:]
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
-
-
-class CvT(nn.Module):
+class CvT(ClassifierMixin, nn.Module):
     """Convolutional vision Transformer with timm's model interface (see module docstring)."""
 
     def __init__(
@@ -263,22 +246,13 @@ class CvT(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        if global_pool not in ("", "token", "avg"):
-            raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True")
         n = len(embed_dims)
+        self._init_classifier_surface(
+            img_size, in_chans, num_classes, global_pool, embed_dims[-1], 1 if class_token else 0, drop_path_rate
+        )
         if not all(len(s) == n for s in (depths, num_heads, patch_sizes, patch_strides, patch_paddings)):
             raise ValueError("embed_dims, depths, num_heads and the patch_* tuples must have the same length")
         dd = {"device": device, "dtype": dtype}
-        self.img_size = to_2tuple(img_size)
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.drop_path_rate = drop_path_rate
-        self.num_prefix_tokens = 1 if class_token else 0
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dims[-1]
-        self.grad_checkpointing = False
 
         dpr = linear_drop_path_rates(drop_path_rate, depths)
         stages: List[CvTStage] = []
@@ -301,9 +275,7 @@ class CvT(nn.Module):
         self.grid_size: Tuple[int, int] = hw
         self.patch_size = reduction  # total stride of the final token grid
 
-        self.norm = nn.LayerNorm(self.num_features, **dd)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self._init_head(drop_rate, **dd)
 
         init_weights(self)
         last = self.stages[-1]
@@ -332,25 +304,6 @@ class CvT(nn.Module):
         for s in self.stages:
             s.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("", "token", "avg"):
-                raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
-            if global_pool == "token" and not self.num_prefix_tokens:
-                raise ValueError("global_pool='token' needs a class token")
-            self.global_pool = global_pool
-        ref = self.norm.weight if isinstance(self.norm, nn.LayerNorm) else None
-        dd = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear) and not self.head.weight.is_meta:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
     def forward_intermediates(
         self,
         x: Tensor,
@@ -373,8 +326,7 @@ class CvT(nn.Module):
         Returns:
             ``intermediates`` or ``(forward_features(x), intermediates)``.
         """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError("output_fmt must be 'NCHW' or 'NLC'")
+        check_output_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_index = len(self.stages) - 1
         stages = self.stages[: max_index + 1] if (stop_early and intermediates_only) else self.stages
@@ -384,11 +336,8 @@ class CvT(nn.Module):
             prefix = stage.num_prefix_tokens
             if i in take_indices:
                 y = self.norm(tokens) if (norm and i == last_index) else tokens
-                y = y[:, prefix:]
-                if output_fmt == "NCHW":
-                    y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], hw[0], hw[1])
-                intermediates.append(y)
-            x = tokens if i == last_index else _tokens_to_nchw(tokens, hw, prefix)
+                intermediates.append(tokens_to_nchw(y, hw, prefix) if output_fmt == "NCHW" else y[:, prefix:])
+            x = tokens if i == last_index else tokens_to_nchw(tokens, hw, prefix)
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
@@ -400,65 +349,35 @@ class CvT(nn.Module):
         prune_head: bool = True,
     ) -> List[int]:
         """Drop stages after the last requested one (and optionally the norm / head)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        _, max_index = feature_take_indices(len(self.stages), indices)
         if max_index < len(self.stages) - 1:
             prune_norm = True  # the final norm belongs to the last stage's width
-        self.stages = self.stages[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
+        return self._prune_trunk("stages", indices, prune_norm, prune_head)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Final tokens ``(B, num_prefix_tokens + H*W, C)`` after the final LayerNorm."""
         for i, stage in enumerate(self.stages):
             x, hw = stage(x)
             if i < len(self.stages) - 1:
-                x = _tokens_to_nchw(x, hw, stage.num_prefix_tokens)
+                x = tokens_to_nchw(x, hw, stage.num_prefix_tokens)
         return self.norm(x)
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "token":
-            x = x[:, 0]
-        elif self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens :].mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------- registration
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stages.0.patch_embed.proj",
-        "classifier": "head",
-        "license": "mit",
-        "paper_ids": "arXiv:2103.15808",
-        "paper_name": "CvT: Introducing Convolutions to Vision Transformers",
-        **kwargs,
-    }
-
-
-_C32 = dict(input_size=(3, 32, 32), crop_pct=1.0)
+_cfg = cfg_factory(
+    crop_pct=0.875,
+    first_conv="stages.0.patch_embed.proj",
+    license="mit",
+    paper_ids="arXiv:2103.15808",
+    paper_name="CvT: Introducing Convolutions to Vision Transformers",
+)
 
 default_cfgs = generate_default_cfgs(
     {
         "cvt_13": _cfg(),
         "cvt_21": _cfg(),
-        "cvt_13_c32": _cfg(**_C32),
-        "cvt_21_c32": _cfg(**_C32),
+        "cvt_13_c32": _cfg(**C32_CFG),
+        "cvt_21_c32": _cfg(**C32_CFG),
     }
 )
 
@@ -467,15 +386,7 @@ C32_EMBED = dict(patch_sizes=(7, 3, 3), patch_strides=(1, 2, 2), patch_paddings=
 
 
 def _create_cvt(variant: str, pretrained: bool = False, **kwargs: Any) -> CvT:
-    check_no_pretrained(variant, pretrained, kwargs)
-    out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
-        CvT,
-        variant,
-        pretrained,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    return build_model(CvT, variant, pretrained, **kwargs)
 
 
 @register_model

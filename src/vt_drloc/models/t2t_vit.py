@@ -53,46 +53,63 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from vt_drloc.models._layers import (
+    C32_CFG,
+    ClassifierMixin,
     Mlp,
     TransformerBlock,
-    check_no_pretrained,
+    build_model,
+    cfg_factory,
+    check_output_fmt,
     conv_out_size,
     init_weights,
     linear_drop_path_rates,
     sinusoid_table,
     to_2tuple,
+    tokens_to_nchw,
 )
 
 __all__ = ["T2TViT", "T2TModule", "TokenPerformer", "TokenTransformer"]
 
 
-class TokenTransformer(nn.Module):
-    """Single-head softmax-attention token layer mapping width ``dim`` to ``out_dim``."""
+class _TokenLayer(nn.Module):
+    """Single-head token layer mapping width ``dim`` to ``out_dim``: ``y = v + proj(attention(q, k, v))``
+    on ``LN(x)``, then ``y + MLP(LN(y))``. Subclasses define :meth:`attention`."""
 
-    def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 1.0, device: Any = None, dtype: Any = None) -> None:
+    def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 1.0, qkv_bias: bool = True, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.out_dim = out_dim
         self.norm1 = nn.LayerNorm(dim, **dd)
-        self.qkv = nn.Linear(dim, 3 * out_dim, bias=False, **dd)
+        self.qkv = nn.Linear(dim, 3 * out_dim, bias=qkv_bias, **dd)
         self.proj = nn.Linear(out_dim, out_dim, **dd)
         self.norm2 = nn.LayerNorm(out_dim, **dd)
         self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), **dd)
 
+    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(self.norm1(x)).split(self.out_dim, dim=-1)
-        a = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
-        x = v + self.proj(a)
+        x = v + self.proj(self.attention(q, k, v))
         return x + self.mlp(self.norm2(x))
 
 
-class TokenPerformer(nn.Module):
+class TokenTransformer(_TokenLayer):
+    """Single-head softmax-attention token layer mapping width ``dim`` to ``out_dim``."""
+
+    def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 1.0, device: Any = None, dtype: Any = None) -> None:
+        super().__init__(dim, out_dim, mlp_ratio, qkv_bias=False, device=device, dtype=dtype)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+
+
+class TokenPerformer(_TokenLayer):
     """Single-head Performer (FAVOR+) token layer mapping width ``dim`` to ``out_dim``.
 
     Softmax kernel ``exp(q.k)`` approximated by positive random features
@@ -111,16 +128,9 @@ class TokenPerformer(nn.Module):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.out_dim = out_dim
+        super().__init__(dim, out_dim, mlp_ratio, qkv_bias=True, device=device, dtype=dtype)
         self.num_features_rf = max(1, int(out_dim * kernel_ratio))
         self.eps = eps
-        self.norm1 = nn.LayerNorm(dim, **dd)
-        self.qkv = nn.Linear(dim, 3 * out_dim, **dd)
-        self.proj = nn.Linear(out_dim, out_dim, **dd)
-        self.norm2 = nn.LayerNorm(out_dim, **dd)
-        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), **dd)
         self.register_buffer("random_features", torch.empty(self.num_features_rf, out_dim, device=device, dtype=torch.float32))
         self.reset_random_features()
 
@@ -151,11 +161,6 @@ class TokenPerformer(nn.Module):
             denom = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1)
             y = (qp @ kv) / (denom + self.eps)
         return y.to(out_dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv(self.norm1(x)).split(self.out_dim, dim=-1)
-        x = v + self.proj(self.attention(q, k, v))
-        return x + self.mlp(self.norm2(x))
 
 
 class T2TModule(nn.Module):
@@ -219,12 +224,12 @@ class T2TModule(nn.Module):
         x = self.soft_splits[0](x).transpose(1, 2)
         for layer, split, hw in zip(self.token_layers, self.soft_splits[1:], self.grid_sizes):
             x = layer(x)
-            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])  # re-structurization
+            x = tokens_to_nchw(x, hw)  # re-structurization
             x = split(x).transpose(1, 2)
         return self.proj(x)
 
 
-class T2TViT(nn.Module):
+class T2TViT(ClassifierMixin, nn.Module):
     """Tokens-to-Token ViT with timm's model interface (see module docstring)."""
 
     def __init__(
@@ -253,17 +258,8 @@ class T2TViT(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        if global_pool not in ("", "token", "avg"):
-            raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
+        self._init_classifier_surface(img_size, in_chans, num_classes, global_pool, embed_dim, 1, drop_path_rate)
         dd = {"device": device, "dtype": dtype}
-        self.img_size = to_2tuple(img_size)
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.drop_path_rate = drop_path_rate
-        self.num_prefix_tokens = 1
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.grad_checkpointing = False
 
         self.patch_embed = T2TModule(
             self.img_size, in_chans, embed_dim, token_dim, t2t_attn, t2t_kernels, t2t_strides, t2t_paddings,
@@ -282,9 +278,7 @@ class T2TViT(nn.Module):
             TransformerBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, dpr[i], **dd)
             for i in range(depth)
         )
-        self.norm = nn.LayerNorm(embed_dim, **dd)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self._init_head(drop_rate, **dd)
         self.feature_info = [
             dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=self.patch_size) for i in range(depth)
         ]
@@ -305,22 +299,6 @@ class T2TViT(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("", "token", "avg"):
-                raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
-            self.global_pool = global_pool
-        dd = {"device": self.cls_token.device, "dtype": self.cls_token.dtype}
-        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear) and not self.head.weight.is_meta:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
 
     def _embed(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
@@ -354,20 +332,17 @@ class T2TViT(nn.Module):
         Returns:
             ``intermediates`` or ``(forward_features(x), intermediates)``.
         """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError("output_fmt must be 'NCHW' or 'NLC'")
+        check_output_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         blocks = self.blocks[: max_index + 1] if (stop_early and intermediates_only) else self.blocks
         x = self._embed(x)
         intermediates: List[Tensor] = []
-        H, W = self.grid_size
+        prefix = self.num_prefix_tokens
         for i, blk in enumerate(blocks):
             x = self._run_block(blk, x)
             if i in take_indices:
-                y = (self.norm(x) if norm else x)[:, self.num_prefix_tokens :]
-                if output_fmt == "NCHW":
-                    y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], H, W)
-                intermediates.append(y)
+                y = self.norm(x) if norm else x
+                intermediates.append(tokens_to_nchw(y, self.grid_size, prefix) if output_fmt == "NCHW" else y[:, prefix:])
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
@@ -379,13 +354,7 @@ class T2TViT(nn.Module):
         prune_head: bool = True,
     ) -> List[int]:
         """Drop blocks after the last requested one (and optionally the norm / head)."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
+        return self._prune_trunk("blocks", indices, prune_norm, prune_head)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Final tokens ``(B, 1 + H*W, C)`` after the final LayerNorm."""
@@ -394,47 +363,21 @@ class T2TViT(nn.Module):
             x = self._run_block(blk, x)
         return self.norm(x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        if self.global_pool == "token":
-            x = x[:, 0]
-        elif self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens :].mean(dim=1)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 # ---------------------------------------------------------------------- registration
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": None,
-        "classifier": "head",
-        "license": "bsd-3-clause-clear",
-        "paper_ids": "arXiv:2101.11986",
-        "paper_name": "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet",
-        **kwargs,
-    }
-
-
-_C32 = dict(input_size=(3, 32, 32), crop_pct=1.0)
+_cfg = cfg_factory(
+    crop_pct=0.9,
+    license="bsd-3-clause-clear",
+    paper_ids="arXiv:2101.11986",
+    paper_name="Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet",
+)
 
 default_cfgs = generate_default_cfgs(
     {
         "t2t_vit_14": _cfg(),
         "t2t_vit_t_14": _cfg(),
-        "t2t_vit_14_c32": _cfg(**_C32),
-        "t2t_vit_t_14_c32": _cfg(**_C32),
+        "t2t_vit_14_c32": _cfg(**C32_CFG),
+        "t2t_vit_t_14_c32": _cfg(**C32_CFG),
     }
 )
 
@@ -444,15 +387,7 @@ _T2T_14 = dict(token_dim=64, embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.0
 
 
 def _create_t2t_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> T2TViT:
-    check_no_pretrained(variant, pretrained, kwargs)
-    out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
-        T2TViT,
-        variant,
-        pretrained,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    return build_model(T2TViT, variant, pretrained, **kwargs)
 
 
 @register_model
