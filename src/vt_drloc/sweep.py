@@ -1,49 +1,625 @@
-"""End-of-sweep summary: a Hydra callback that prints each job's swept values and accuracies."""
+"""Sweep summaries: from a multirun folder to a table and two figures.
+
+A Hydra multirun (``python -m vt_drloc.train -m drloc.lambda_drloc=0,0.1,0.5 seed=0,1,2``) writes
+one folder per job below its sweep dir, each with ``.hydra/overrides.yaml`` and ``results.json``
+(status ``ok`` or ``failed``). :func:`write_summary` turns the sweep dir into
+
+* ``summary.csv``: one row per job (swept values, val/test acc1/acc5, wall time, status, error);
+* ``summary.md``: mean ± std over seeds per setting (the swept values except ``seed``) and, when
+  ``drloc.lambda_drloc`` is swept, the change vs the λ=0 baseline of the same setting, computed as
+  the mean ± std of the per-seed paired differences;
+* ``summary.png``: accuracy vs λ (or vs the first swept key) with error bars, one line per
+  combination of the other swept keys;
+* ``curves.png``: val/acc1 per epoch (from the CSV logger), baseline vs DRLoc.
+
+It runs at the end of every multirun (the :class:`SweepSummary` Hydra callback of
+``conf/hydra/default.yaml``) and on demand: ``python -m vt_drloc.report <sweep dir>``.
+Figures are drawn with matplotlib's Agg canvas, never pyplot, so this works headless and does not
+change the backend of a notebook that imports it.
+"""
 
 from __future__ import annotations
 
-import json
+import csv
+import io
+import logging
+import math
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+log = logging.getLogger("vt_drloc.sweep")
 
-def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per job folder of ``sweep_dir``: its overrides and ``results.json`` (or status 'failed')."""
-    rows = []
-    for job in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        if not overrides_file.is_file():
-            continue
-        import yaml
-
-        overrides = [o for o in (yaml.safe_load(overrides_file.read_text()) or []) if not o.startswith("hydra")]
-        results_file = job / "results.json"
-        results = json.loads(results_file.read_text()) if results_file.is_file() else {"status": "failed"}
-        rows.append({"job": job.name, "overrides": overrides, **results})
-    return rows
+SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png")
+LAMBDA_KEY = "drloc.lambda_drloc"
+SEED_KEY = "seed"
+# results.json fields copied into summary.csv, after the swept values.
+RESULT_COLUMNS = (
+    "seed", "lambda_drloc", "model", "data", "train_size", "epochs",
+    "val_acc1", "val_acc5", "best_val_acc1", "test_acc1", "test_acc5", "wall_time_s", "images_per_s",
+)
+# (results.json key, column title) of the accuracies aggregated in summary.md.
+SUMMARY_METRICS = (("val_acc1", "val acc1"), ("test_acc1", "test acc1"), ("test_acc5", "test acc5"))
+DELTA_METRICS = (("val_acc1", "Δ val acc1"), ("test_acc1", "Δ test acc1"))
+CURVE_METRIC = "val/acc1"
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    def pct(value):
-        return "-" if value is None else f"{100 * value:.2f}"
+class SweepError(Exception):
+    """The folder is not a sweep dir (no job folders with ``.hydra/overrides.yaml``)."""
 
-    lines = [f"{'job':>4}  {'test acc1':>9}  {'test acc5':>9}  {'wall s':>7}  {'status':>6}  overrides"]
-    for r in rows:
-        wall = r.get("wall_time_s")
-        lines.append(
-            f"{r['job']:>4}  {pct(r.get('test_acc1')):>9}  {pct(r.get('test_acc5')):>9}  "
-            f"{'-' if wall is None else f'{wall:.0f}':>7}  {r.get('status', '?'):>6}  {' '.join(r['overrides'])}"
+
+# ---------------------------------------------------------------------------------- values
+def parse_value(text: str) -> Any:
+    """An override value as YAML reads it (``0.1`` -> 0.1, ``[32]`` -> [32]); the text if it does not parse."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def as_number(text: str | None) -> float | None:
+    value = parse_value(text) if isinstance(text, str) else text
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
+
+
+def _value_key(text: str) -> tuple:
+    """Sort key of override values: numbers numerically, before other values."""
+    number = as_number(text)
+    return (0, number, "") if number is not None else (1, 0.0, text)
+
+
+def split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~").removeprefix("override ").strip(), value
+
+
+# ---------------------------------------------------------------------------------- jobs
+def read_curve(job_dir: Path, metric: str = CURVE_METRIC) -> list[tuple[int, float]]:
+    """``(epoch, value)`` of ``metric`` from the job's CSV logger (``**/metrics.csv``), last value per epoch."""
+    files = sorted(job_dir.rglob("metrics.csv"))
+    if not files:
+        return []
+    by_epoch: dict[int, float] = {}
+    with files[0].open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            text, epoch = row.get(metric), row.get("epoch")
+            if text in (None, "") or epoch in (None, ""):
+                continue
+            by_epoch[int(float(epoch))] = float(text)
+    return sorted(by_epoch.items())
+
+
+def final_metrics(job_dir: Path) -> dict[str, float]:
+    """The last logged value of every column of the job's CSV logger (``epoch`` / ``step`` excluded)."""
+    files = sorted(Path(job_dir).rglob("metrics.csv"))
+    last: dict[str, float] = {}
+    if not files:
+        return last
+    with files[0].open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, text in row.items():
+                if key in ("epoch", "step") or text in (None, ""):
+                    continue
+                try:
+                    last[key] = float(text)
+                except ValueError:
+                    continue
+    return last
+
+
+def non_finite_metrics(results: dict[str, Any], job_dir: Path) -> list[str]:
+    """``name=value`` of every non-finite accuracy in ``results`` and final loss / metric in the CSV log."""
+    bad = []
+    for key in ("val_acc1", "val_acc5", "best_val_acc1", "test_acc1", "test_acc5"):
+        value = results.get(key)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            bad.append(f"{key}={value}")
+    for key, value in final_metrics(job_dir).items():
+        if not math.isfinite(value):
+            bad.append(f"{key}={value}")
+    return bad
+
+
+@dataclass
+class Job:
+    """One job folder of a sweep: its command-line overrides and its ``results.json``."""
+
+    name: str
+    path: Path
+    overrides: dict[str, str]
+    results: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.results.get("status", "failed"))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def error(self) -> str:
+        return str(self.results.get("error") or "")
+
+    @property
+    def seed(self) -> Any:
+        if "seed" in self.results:
+            return self.results["seed"]
+        return parse_value(self.overrides[SEED_KEY]) if SEED_KEY in self.overrides else None
+
+    def metric(self, key: str) -> float | None:
+        """A finite value of ``results[key]`` of a successful job, else None."""
+        return finite(self.results.get(key)) if self.ok else None
+
+    def curve(self, metric: str = CURVE_METRIC) -> list[tuple[int, float]]:
+        return read_curve(self.path, metric)
+
+
+def load_job(job_dir: Path, name: str) -> Job:
+    overrides_list = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    overrides = dict(split_override(str(o)) for o in overrides_list)
+    overrides = {k: v for k, v in overrides.items() if not k.startswith("hydra.") and k != "hydra"}
+    results_file = job_dir / "results.json"
+    if results_file.is_file():
+        import json
+
+        try:
+            results = json.loads(results_file.read_text())
+        except ValueError as err:
+            results = {"status": "failed", "error": f"results.json does not parse: {err}"}
+    else:
+        results = {"status": "failed", "error": "no results.json: the job crashed, was killed, or is still running"}
+    return Job(name=name, path=job_dir, overrides=overrides, results=results)
+
+
+@dataclass
+class Setting:
+    """The jobs of a sweep that share every swept value except the seed."""
+
+    values: dict[str, str]
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def ok_jobs(self) -> list[Job]:
+        return [j for j in self.jobs if j.ok]
+
+    def stats(self, key: str) -> tuple[float | None, float | None, int]:
+        """Mean, sample std (None below two values) and count of ``key`` over the successful jobs."""
+        values = [v for v in (j.metric(key) for j in self.jobs) if v is not None]
+        return _mean_std(values)
+
+    def by_seed(self, key: str) -> dict[Any, float]:
+        out: dict[Any, float] = {}
+        for job in self.jobs:
+            value = job.metric(key)
+            if value is not None and job.seed is not None:
+                out.setdefault(_hashable(job.seed), value)
+        return out
+
+    def mean_curve(self, metric: str = CURVE_METRIC) -> list[tuple[int, float, float | None]]:
+        """``(epoch, mean, std)`` over the successful jobs' curves."""
+        per_epoch: dict[int, list[float]] = {}
+        for job in self.ok_jobs:
+            for epoch, value in job.curve(metric):
+                per_epoch.setdefault(epoch, []).append(value)
+        return [(epoch, *_mean_std(vals)[:2]) for epoch, vals in sorted(per_epoch.items())]
+
+
+def _hashable(value: Any) -> Any:
+    return repr(value) if isinstance(value, (list, dict)) else value
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    if not values:
+        return None, None, 0
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return mean, std, len(values)
+
+
+@dataclass
+class Sweep:
+    """A loaded sweep dir: its jobs and which override keys vary between them."""
+
+    path: Path
+    jobs: list[Job]
+    swept: list[str]
+    fixed: dict[str, str]
+    optuna: dict[str, Any] | None = None
+
+    @property
+    def setting_keys(self) -> list[str]:
+        """Swept keys that define a setting (all but ``seed``)."""
+        return [k for k in self.swept if k != SEED_KEY]
+
+    @property
+    def x_key(self) -> str | None:
+        """The x axis of ``summary.png``: λ if swept, else the first swept key."""
+        keys = self.setting_keys
+        return LAMBDA_KEY if LAMBDA_KEY in keys else (keys[0] if keys else None)
+
+    @property
+    def group_keys(self) -> list[str]:
+        """The other setting keys: one line of ``summary.png`` / panel of ``curves.png`` per combination."""
+        return [k for k in self.setting_keys if k != self.x_key]
+
+    @property
+    def failed(self) -> list[Job]:
+        return [j for j in self.jobs if not j.ok]
+
+    def settings(self) -> list[Setting]:
+        """One :class:`Setting` per combination of setting values, sorted by the group keys, then x."""
+        groups: dict[tuple, Setting] = {}
+        for job in self.jobs:
+            values = {k: job.overrides.get(k, "") for k in self.setting_keys}
+            key = tuple(_canonical(values[k]) for k in self.setting_keys)
+            groups.setdefault(key, Setting(values=values)).jobs.append(job)
+        order = [*self.group_keys, *([self.x_key] if self.x_key else [])]
+        return sorted(groups.values(), key=lambda s: [_value_key(s.values[k]) for k in order])
+
+    def baseline_of(self, setting: Setting, settings: Sequence[Setting]) -> Setting | None:
+        """The λ=0 setting with the same other swept values (None when λ is not swept)."""
+        if LAMBDA_KEY not in self.setting_keys:
+            return None
+        for other in settings:
+            if as_number(other.values[LAMBDA_KEY]) == 0.0 and all(
+                _canonical(other.values[k]) == _canonical(setting.values[k]) for k in self.setting_keys if k != LAMBDA_KEY
+            ):
+                return other
+        return None
+
+
+def _canonical(text: str) -> Any:
+    number = as_number(text)
+    return number if number is not None else text
+
+
+def find_job_dirs(sweep_dir: Path) -> list[Path]:
+    """Folders below ``sweep_dir`` holding ``.hydra/overrides.yaml`` (the jobs), in natural order."""
+    dirs = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
+    dirs.discard(sweep_dir)
+    dirs = {d for d in dirs if ".submitit" not in d.relative_to(sweep_dir).parts}
+    return sorted(dirs, key=lambda d: _natural_key(d.relative_to(sweep_dir).as_posix()))
+
+
+def load_sweep(sweep_dir: str | Path) -> Sweep:
+    """Read every job of ``sweep_dir``; raises :class:`SweepError` if it holds none."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise SweepError(f"{str(sweep_dir)!r} is not a folder. Pass the sweep dir of a multirun (the folder holding multirun.yaml and one subfolder per job).")
+    jobs = [load_job(d, d.relative_to(sweep_dir).as_posix()) for d in find_job_dirs(sweep_dir)]
+    if not jobs:
+        raise SweepError(
+            f"{str(sweep_dir)!r} holds no job folders (<job>/.hydra/overrides.yaml). Pass the sweep dir of a multirun, "
+            "e.g. outputs/train/multiruns/<date>, not a job folder or a single run's folder."
         )
+    keys: list[str] = []
+    for job in jobs:
+        keys.extend(k for k in job.overrides if k not in keys)
+    swept = [k for k in keys if len({_canonical(j.overrides[k]) if k in j.overrides else None for j in jobs}) > 1]
+    fixed = {k: jobs[0].overrides[k] for k in keys if k not in swept}
+    optuna = None
+    optuna_file = sweep_dir / "optimization_results.yaml"
+    if optuna_file.is_file():
+        optuna = yaml.safe_load(optuna_file.read_text())
+    return Sweep(path=sweep_dir, jobs=jobs, swept=swept, fixed=fixed, optuna=optuna)
+
+
+# ---------------------------------------------------------------------------------- tables
+def _number_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def summary_csv(sweep: Sweep) -> str:
+    """``summary.csv``: one row per job. Numbers are written exactly as in ``results.json``."""
+    result_cols = [c for c in RESULT_COLUMNS if c not in sweep.swept]
+    header = ["job", "status", *sweep.swept, *result_cols, "error"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for job in sweep.jobs:
+        writer.writerow([
+            job.name,
+            job.status,
+            *(job.overrides.get(k, "") for k in sweep.swept),
+            *(_number_text(job.results.get(c)) for c in result_cols),
+            job.error.splitlines()[0][:300] if job.error else "",
+        ])
+    return buffer.getvalue()
+
+
+def _pct(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def paired_delta(setting: Setting, baseline: Setting, key: str) -> tuple[float | None, float | None, int]:
+    """Mean, std and count of ``setting - baseline`` over the seeds both ran successfully."""
+    mine, base = setting.by_seed(key), baseline.by_seed(key)
+    diffs = [mine[s] - base[s] for s in mine if s in base]
+    return _mean_std(diffs)
+
+
+def _delta_text(delta: tuple[float | None, float | None, int]) -> str:
+    mean, std, n = delta
+    if mean is None:
+        return "–"
+    return f"{100 * mean:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(sweep: Sweep) -> str:
+    """``summary.md``: mean ± std over seeds per setting and the paired change vs λ=0."""
+    settings = sweep.settings()
+    n_ok = sum(j.ok for j in sweep.jobs)
+    seeds = sorted({repr(_hashable(j.seed)) for j in sweep.jobs if j.seed is not None})
+    lines = [
+        f"# Sweep `{sweep.path.name}`",
+        "",
+        f"{len(sweep.jobs)} jobs: {n_ok} ok, {len(sweep.jobs) - n_ok} failed. "
+        f"Swept: {', '.join(f'`{k}`' for k in sweep.swept) or 'nothing'}; "
+        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} per setting at most.",
+    ]
+    if sweep.fixed:
+        lines += ["", "Fixed overrides: " + " ".join(f"`{k}={v}`" for k, v in sweep.fixed.items())]
+    lines += [
+        "",
+        "Accuracies in %, mean ± std (sample std) over the seeds of each setting; failed jobs are left out.",
+    ]
+    has_delta = LAMBDA_KEY in sweep.setting_keys
+    if has_delta:
+        lines.append(
+            "Δ: change vs the λ=0 baseline of the same setting in percentage points, mean ± std of the "
+            "per-seed paired differences (DRLoc run minus baseline run of the same seed), n = seeds paired."
+        )
+    header = [*(f"`{k}`" for k in sweep.setting_keys), "jobs ok", *(t for _, t in SUMMARY_METRICS)]
+    if has_delta:
+        header += [t for _, t in DELTA_METRICS]
+    header.append("wall s / job")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for setting in settings:
+        row = [_md_cell(setting.values[k]) for k in sweep.setting_keys]
+        row.append(f"{len(setting.ok_jobs)}/{len(setting.jobs)}")
+        row += [_pct(*setting.stats(key)[:2]) for key, _ in SUMMARY_METRICS]
+        if has_delta:
+            baseline = sweep.baseline_of(setting, settings)
+            is_base = baseline is setting
+            for key, _ in DELTA_METRICS:
+                row.append("baseline" if is_base else ("–" if baseline is None else _delta_text(paired_delta(setting, baseline, key))))
+        wall = setting.stats("wall_time_s")[0]
+        row.append("–" if wall is None else f"{wall:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    if sweep.failed:
+        lines += ["", "## Failed jobs", "", "| job | overrides | error |", "|---|---|---|"]
+        for job in sweep.failed:
+            swept = " ".join(f"{k}={job.overrides.get(k, '')}" for k in sweep.swept)
+            error = job.error.splitlines()[0][:200] if job.error else job.status
+            lines.append(f"| {job.name} | `{_md_cell(swept)}` | {_md_cell(error)} |")
+    if sweep.optuna and "best_params" in sweep.optuna:
+        best = ", ".join(f"`{k}={v}`" for k, v in sweep.optuna["best_params"].items())
+        lines += ["", f"Optuna best: {best} → {sweep.optuna.get('best_value')}"]
+    lines += ["", "Figures: `summary.png` (accuracy vs " + f"`{sweep.x_key or 'job'}`), `curves.png` ({CURVE_METRIC} per epoch).", ""]
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------- figures
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _group_label(sweep: Sweep, setting: Setting) -> str:
+    return ", ".join(f"{k}={setting.values[k]}" for k in sweep.group_keys) or "all"
+
+
+def _grouped(sweep: Sweep) -> list[tuple[str, list[Setting]]]:
+    out: dict[str, list[Setting]] = {}
+    for setting in sweep.settings():
+        out.setdefault(_group_label(sweep, setting), []).append(setting)
+    return list(out.items())
+
+
+def _x_positions(sweep: Sweep) -> tuple[dict[str, float], bool]:
+    """x position of each value of the x key; numeric keys keep their values."""
+    key = sweep.x_key
+    texts = sorted({j.overrides.get(key, "") for j in sweep.jobs} if key else {""}, key=_value_key)
+    numbers = [as_number(t) for t in texts]
+    if key and all(n is not None for n in numbers):
+        return {t: n for t, n in zip(texts, numbers)}, True
+    return {t: float(i) for i, t in enumerate(texts)}, False
+
+
+def plot_summary(sweep: Sweep):
+    """``summary.png``: val / test acc1 vs the x key, mean ± std over seeds, one line per group."""
+    metrics = [(k, t) for k, t in (("val_acc1", "val acc1"), ("test_acc1", "test acc1")) if any(j.metric(k) is not None for j in sweep.jobs)]
+    metrics = metrics or [("val_acc1", "val acc1")]
+    fig = _figure(5.2 * len(metrics), 4.0)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    positions, numeric = _x_positions(sweep)
+    groups = _grouped(sweep)
+    n_seeds = max((len(s.ok_jobs) for _, ss in groups for s in ss), default=0)
+    for ax, (key, title) in zip(axes, metrics):
+        for index, (label, settings) in enumerate(groups):
+            xs, ys, errs = [], [], []
+            for setting in settings:
+                mean, std, _ = setting.stats(key)
+                if mean is None:
+                    continue
+                xs.append(positions[setting.values.get(sweep.x_key, "")] if sweep.x_key else 0.0)
+                ys.append(100 * mean)
+                errs.append(100 * std if std is not None else 0.0)
+            if xs:
+                ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=4, color=f"C{index % 10}", label=label)
+        ax.set_title(f"{title} (mean ± std over ≤{n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=10)
+        ax.set_xlabel("λ (drloc.lambda_drloc)" if sweep.x_key == LAMBDA_KEY else (sweep.x_key or "job"))
+        ax.set_ylabel(f"{title} (%)")
+        if not numeric:
+            ax.set_xticks(list(positions.values()), list(positions.keys()), rotation=30 if len(positions) > 4 else 0)
+        ax.grid(alpha=0.3)
+        if len(groups) > 1:
+            ax.legend(fontsize=8, title=", ".join(sweep.group_keys), title_fontsize=8)
+    failed = len(sweep.failed)
+    fig.suptitle(f"Sweep {sweep.path.name}" + (f" ({failed} failed job{'s' if failed != 1 else ''} left out)" if failed else ""), fontsize=11)
+    return fig
+
+
+def plot_curves(sweep: Sweep, metric: str = CURVE_METRIC):
+    """``curves.png``: ``metric`` per epoch, baseline (λ=0, dashed black) vs DRLoc, one panel per group."""
+    groups = _grouped(sweep)
+    columns = min(3, len(groups))
+    rows = math.ceil(len(groups) / columns)
+    fig = _figure(5.0 * columns, 3.8 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    x_values = sorted({s.values.get(sweep.x_key, "") for _, ss in groups for s in ss}, key=_value_key) if sweep.x_key else [""]
+    cmap = _colormap()
+    drloc_values = [v for v in x_values if not (sweep.x_key == LAMBDA_KEY and as_number(v) == 0.0)]
+    anything = False
+    for ax, (label, settings) in zip(axes, groups):
+        for setting in settings:
+            curve = setting.mean_curve(metric)
+            if not curve:
+                continue
+            anything = True
+            value = setting.values.get(sweep.x_key, "") if sweep.x_key else ""
+            epochs = [e + 1 for e, _, _ in curve]
+            means = [100 * m for _, m, _ in curve]
+            stds = [100 * s if s is not None else 0.0 for _, _, s in curve]
+            if sweep.x_key == LAMBDA_KEY and as_number(value) == 0.0:
+                style = {"color": "black", "linestyle": "--", "label": "baseline (λ=0)"}
+            else:
+                shade = drloc_values.index(value) / max(1, len(drloc_values) - 1) if value in drloc_values else 0.0
+                name = "DRLoc λ" if sweep.x_key == LAMBDA_KEY else (sweep.x_key or "run")
+                style = {"color": cmap(0.15 + 0.7 * shade), "label": f"{name}={value}" if sweep.x_key else name}
+            ax.plot(epochs, means, marker="o", markersize=3, **style)
+            if any(stds):
+                ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=style["color"], alpha=0.15)
+        if sweep.group_keys:
+            ax.set_title(label, fontsize=10)
+        ax.xaxis.set_major_locator(_integer_locator())
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    for ax in axes[len(groups):]:
+        ax.set_axis_off()
+    if not anything:
+        axes[0].text(0.5, 0.5, f"no {metric} logged\n(the CSV logger writes <job>/csv/metrics.csv)", ha="center", va="center", transform=axes[0].transAxes)
+    fig.suptitle(f"{metric} per epoch, mean ± std over seeds: baseline vs DRLoc", fontsize=11)
+    return fig
+
+
+def _integer_locator():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def _colormap():
+    from matplotlib import colormaps
+
+    return colormaps["viridis"]
+
+
+def _png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------- writing
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
+    """Write ``summary.csv``, ``summary.md``, ``summary.png`` and ``curves.png`` into ``sweep_dir``."""
+    sweep = load_sweep(sweep_dir)
+    outputs = {
+        "summary.csv": summary_csv(sweep).encode(),
+        "summary.md": summary_markdown(sweep).encode(),
+        "summary.png": _png_bytes(plot_summary(sweep)),
+        "curves.png": _png_bytes(plot_curves(sweep)),
+    }
+    paths = {}
+    for name, data in outputs.items():
+        path = sweep.path / name
+        _write_atomic(path, data)
+        paths[name] = path
+    return paths
+
+
+def settings_table(sweep: Sweep) -> str:
+    """The per-setting table of ``summary.md`` (the lines starting with ``|`` before the failed jobs)."""
+    text = summary_markdown(sweep).split("## Failed jobs")[0]
+    return "\n".join(line for line in text.splitlines() if line.startswith("|"))
+
+
 class SweepSummary(Callback):
-    """Prints a table of the sweep's jobs when a multirun ends."""
+    """Hydra callback: at the end of a multirun, write the summary files into the sweep dir and print the table.
+
+    A failure here is logged, never raised: the jobs' own results stay in place and
+    ``python -m vt_drloc.report <sweep dir>`` can redo the summary."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            print(f"\nSweep {sweep_dir}:\n{format_table(collect_jobs(sweep_dir))}")
+        if not sweep_dir.is_dir():
+            return
+        try:
+            paths = write_summary(sweep_dir)
+            sweep = load_sweep(sweep_dir)
+        except Exception:  # reporting must not turn a finished sweep into a failure
+            log.exception("could not write the sweep summary of %s; retry with: python -m vt_drloc.report %s", sweep_dir, sweep_dir)
+            return
+        failed = len(sweep.failed)
+        print(
+            f"\nSweep {sweep_dir}: {len(sweep.jobs)} jobs, {failed} failed\n{settings_table(sweep)}\n"
+            f"wrote {', '.join(p.name for p in paths.values())} into {sweep_dir}"
+        )
+
+
+def iter_values(sweep: Sweep, key: str) -> Iterable[str]:
+    """The distinct values of a swept key, sorted (numbers numerically)."""
+    return sorted({j.overrides.get(key, "") for j in sweep.jobs}, key=_value_key)
+
+
+__all__ = [
+    "SUMMARY_FILES", "Job", "Setting", "Sweep", "SweepError", "SweepSummary", "final_metrics", "iter_values",
+    "load_sweep", "non_finite_metrics", "paired_delta", "plot_curves", "plot_summary", "read_curve",
+    "summary_csv", "summary_markdown", "write_summary",
+]

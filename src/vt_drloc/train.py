@@ -160,8 +160,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @exit_on_user_error
-def _hydra_main(cfg: DictConfig) -> None:
-    train(cfg)
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """One job; returns the sweep objective (best val/acc1, else the last val/acc1) for Optuna.
+
+    In a multirun a failing or non-finite job writes ``results.json`` with status "failed" and the
+    error, and returns None (Optuna records a failed trial), so the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        results = train(cfg)
+        return results["best_val_acc1"] if results["best_val_acc1"] is not None else results["val_acc1"]
+    return _sweep_job(cfg)
+
+
+def _sweep_job(cfg: DictConfig) -> float | None:
+    import math
+    import traceback
+
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from vt_drloc.sweep import non_finite_metrics
+
+    output_dir = Path(cfg.paths.output_dir)
+    had_results = (output_dir / "results.json").exists()
+    try:
+        results = train(cfg)
+        bad = non_finite_metrics(results, output_dir)
+        objective = results["best_val_acc1"] if results["best_val_acc1"] is not None else results["val_acc1"]
+        if not bad and (objective is None or math.isfinite(objective)):
+            return objective
+        record = {**results, "status": "failed", "error": f"non-finite final metrics: {', '.join(bad) or f'objective={objective}'}"}
+        log.error("job failed: %s", record["error"])
+    except Exception as err:
+        log.error("job failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, UserError))
+        if had_results:  # refused to overwrite an earlier run's results: keep them
+            return None
+        record = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(), "output_dir": str(output_dir)}
+        for key, path in (("task_name", "task_name"), ("model", "model.name"), ("data", "data.name"), ("seed", "seed"), ("lambda_drloc", "drloc.lambda_drloc")):
+            try:
+                record[key] = OmegaConf.select(cfg, path, throw_on_resolution_failure=False)
+            except Exception:
+                record[key] = None
+    if rank_zero_only.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_results(output_dir, record)
+    return None
 
 
 def main() -> None:
