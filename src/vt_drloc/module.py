@@ -223,10 +223,12 @@ class DrLocModule(pl.LightningModule):
         logits, grid = self.forward_with_grid(x)
         ce = classification_loss(logits, y, self.hparams.label_smoothing)
         loss = ce
+        self.loss_terms = {"ce": ce.detach()}  # read by vt_drloc.reliability.NonFiniteLossGuard
         if grid is not None:
             lam = self.current_lambda
             drloc = self.drloc(grid, generator=self._sampler(grid.device))
             loss = ce + lam * drloc
+            self.loss_terms["drloc"] = drloc.detach()
             self.log("train/drloc", drloc, on_step=True, on_epoch=True)
             self.log("train/lambda", lam, on_step=True, on_epoch=False)
         self.log("train/ce", ce, on_step=True, on_epoch=True)

@@ -110,15 +110,96 @@ def check_drloc_config(drloc: Mapping[str, Any]) -> None:
         raise UserError(f"drloc.grid_size={grid} is invalid: use an integer >= 2 (the paper pools to 7) or null to keep the grid.")
 
 
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint written by vt_drloc, with ``weights_only=True``."""
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_run_config(cfg: DictConfig) -> None:
+    """The user-facing keys that Lightning / the module would accept silently or fail on late and
+    cryptically (ZeroDivisionError, a run that trains nothing). Run before anything is built."""
+    problems: list[str] = []
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{key}={OmegaConf.select(cfg, key)!r} is invalid: {rule}")
+
+    need(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", "use an integer in [0, 2**32)")
+    for key in ("test", "print_config", "trust_checkpoint"):
+        if key in cfg:
+            need(isinstance(cfg[key], bool), key, "use true or false")
+    drloc, optim, trainer = cfg.get("drloc"), cfg.get("optim"), cfg.get("trainer")
+    if drloc is not None:
+        need(_is_number(drloc.warmup_epochs) and drloc.warmup_epochs >= 0, "drloc.warmup_epochs", "use a number >= 0")
+        need(drloc.seed is None or (_is_int(drloc.seed) and drloc.seed >= 0), "drloc.seed", "use an integer >= 0, or null")
+    if optim is not None and "lr_batch_scale" in optim:
+        scale = optim.lr_batch_scale
+        need(scale is None or (_is_number(scale) and scale > 0), "optim.lr_batch_scale", "use a batch size > 0 (the paper: 512), or null to use lr as given")
+    if trainer is not None:
+        epochs = trainer.get("max_epochs")
+        need(epochs is None or (_is_int(epochs) and (epochs >= 1 or epochs == -1)), "trainer.max_epochs", "use an integer >= 1 (-1: no limit); 0 would train nothing")
+        clip = trainer.get("gradient_clip_val")
+        need(clip is None or (_is_number(clip) and clip >= 0), "trainer.gradient_clip_val", "use a number >= 0, or null for no clipping")
+        algo = trainer.get("gradient_clip_algorithm")
+        need(algo is None or algo in ("norm", "value"), "trainer.gradient_clip_algorithm", "use norm or value")
+        accumulate = trainer.get("accumulate_grad_batches")
+        need(accumulate is None or (_is_int(accumulate) and accumulate >= 1), "trainer.accumulate_grad_batches", "use an integer >= 1")
+        every = trainer.get("check_val_every_n_epoch")
+        need(every is None or (_is_int(every) and every >= 1), "trainer.check_val_every_n_epoch", "use an integer >= 1, or null")
+        log_every = trainer.get("log_every_n_steps")
+        need(log_every is None or (_is_int(log_every) and log_every >= 1), "trainer.log_every_n_steps", "use an integer >= 1")
+        for split in ("train", "val", "test"):
+            limit = trainer.get(f"limit_{split}_batches")
+            rule = "use a fraction in (0, 1], a number of batches >= 1, or null for all" + ("" if split != "train" else "; 0 would train nothing")
+            ok = limit is None or (_is_int(limit) and limit >= (1 if split == "train" else 0)) or (
+                isinstance(limit, float) and (0 < limit <= 1 or (split != "train" and limit == 0)))
+            need(ok, f"trainer.limit_{split}_batches", rule)
+    if problems:
+        raise UserError("; ".join(problems) + ".")
+
+
+def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that reports a rejected value of ``group`` as a :class:`UserError`
+    (the constructor's own message, without Hydra's wrapping and traceback)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException)):
+            target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+            raise UserError(f"{group} config ({target}): {cause}") from None
+        raise
+
+
+def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """Read a Lightning checkpoint written by vt_drloc, with ``weights_only=True``.
+
+    vt_drloc's own checkpoints hold only tensors and plain types, so they always load this way.
+    A file that needs arbitrary unpickling (which can run code) is refused unless ``trust`` is
+    set (``trust_checkpoint=true`` on the command line)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"ckpt_path={str(path)!r} does not exist. Pass the .ckpt file of an earlier run, e.g. <run dir>/checkpoints/last.ckpt.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file, or needs arbitrary unpickling
-        raise UserError(f"ckpt_path={str(path)!r} is not a vt_drloc checkpoint that can be loaded safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}).") from None
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
+        if not trust:
+            raise UserError(
+                f"ckpt_path={str(path)!r} is not a vt_drloc checkpoint that can be loaded safely ({reason}). Loading it would "
+                "need full unpickling, which can run arbitrary code: pass trust_checkpoint=true only if you trust its origin."
+            ) from None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:
+            raise UserError(f"ckpt_path={str(path)!r} cannot be read even with trust_checkpoint=true ({type(err2).__name__}: {err2}).") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise UserError(f"ckpt_path={str(path)!r} is not a Lightning checkpoint of DrLocModule (no state_dict / hyper_parameters).")
     hparams = checkpoint["hyper_parameters"]
@@ -127,8 +208,8 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def check_resume_checkpoint(path: str | Path, model_name: str, model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    checkpoint = load_checkpoint_file(path)
+def check_resume_checkpoint(path: str | Path, model_name: str, model_kwargs: Mapping[str, Any], trust: bool = False) -> dict[str, Any]:
+    checkpoint = load_checkpoint_file(path, trust=trust)
     hparams = checkpoint["hyper_parameters"]
     if hparams["model_name"] != model_name or dict(hparams.get("model_kwargs") or {}) != dict(model_kwargs):
         raise UserError(
@@ -139,9 +220,34 @@ def check_resume_checkpoint(path: str | Path, model_name: str, model_kwargs: Map
     return checkpoint
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """Refuse a folder that already holds a run, and one we cannot write to."""
-    if (output_dir / "results.json").exists() or any((output_dir / "checkpoints").glob("*.ckpt")):
+def resolve_resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``ckpt_path=last`` means ``<output dir>/checkpoints/last.ckpt`` (resume a killed run in place)."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise UserError(
+            f"ckpt_path=last resumes the run in its own folder, but {str(last)!r} does not exist. Set hydra.run.dir to the "
+            "folder of the interrupted run, or pass ckpt_path=<path to a .ckpt file>."
+        )
+    return str(last)
+
+
+def _inside(path: str | Path, folder: Path) -> bool:
+    try:
+        Path(path).expanduser().resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_output_dir(output_dir: Path, resume_from: str | Path | None = None) -> None:
+    """Refuse a folder that already holds a run, and one we cannot write to.
+
+    An unfinished run (no ``results.json``) may be continued in place when ``resume_from`` is one
+    of its own checkpoints (``ckpt_path=last``)."""
+    in_place = resume_from is not None and _inside(resume_from, output_dir) and not (output_dir / "results.json").exists()
+    if not in_place and ((output_dir / "results.json").exists() or any((output_dir / "checkpoints").glob("*.ckpt"))):
         raise UserError(
             f"output dir {str(output_dir)!r} already holds a run (results.json or checkpoints); nothing was overwritten. "
             "Choose another hydra.run.dir, or resume with ckpt_path=<its last.ckpt> (a resumed run writes to a new folder)."

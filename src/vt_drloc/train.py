@@ -26,11 +26,15 @@ from vt_drloc.run import (
     check_output_dir,
     exit_on_user_error,
     check_resume_checkpoint,
+    check_run_config,
+    instantiate_checked,
     metric,
     print_config_tree,
+    resolve_resume_path,
     run_cli,
     write_results,
 )
+from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumeRngState
 from vt_drloc.tap import GridTapError
 
 log = logging.getLogger("vt_drloc.train")
@@ -69,7 +73,7 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` entry of a callbacks / logger group."""
     if not group:
         return []
-    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+    return [instantiate_checked(f"{group._key()}.{name}", entry) for name, entry in group.items() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -77,19 +81,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     # Everything a user can get wrong is checked here, before any data is read or weights built.
     check_drloc_config(cfg.drloc)
+    check_run_config(cfg)
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
-    if cfg.ckpt_path:
-        check_resume_checkpoint(cfg.ckpt_path, cfg.model.name, model_kwargs)
+    ckpt_path = resolve_resume_path(cfg.ckpt_path, output_dir)  # "last": this run dir's checkpoints/last.ckpt
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, cfg.model.name, model_kwargs, trust=bool(cfg.get("trust_checkpoint")))
     if cfg.test_ckpt not in ("last", "best"):
         raise UserError(f"test_ckpt={cfg.test_ckpt!r} is invalid: use 'last' or 'best'.")
-    check_output_dir(output_dir)
+    check_output_dir(output_dir, resume_from=ckpt_path)
     if cfg.get("print_config"):
         print_config_tree(cfg)
 
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
 
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule: pl.LightningDataModule = instantiate_checked("data", cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
 
@@ -100,9 +106,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_module(cfg, datamodule.num_classes, lambda_drloc)
     throughput = Throughput()
     callbacks.append(throughput)
+    # Always on (docs/reliability.md): stop at the first NaN/inf loss term; resume with the same RNG streams.
+    callbacks += [NonFiniteLossGuard(), ResumeRngState()]
     loggers = instantiate_all(cfg.get("logger"))
 
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir))
+    trainer: pl.Trainer = instantiate_checked("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir),
+                                      plugins=[AtomicCheckpointIO()])  # checkpoints: temp file + os.replace, never torn
     if cfg.optim.lr_batch_scale:
         global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
         model.hparams.lr = cfg.optim.lr * global_batch / cfg.optim.lr_batch_scale
@@ -116,7 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for lg in loggers:
             lg.log_hyperparams({"train_size": datamodule.train_size, "backbone_params": model.num_backbone_params, "head_params": model.num_head_params})
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=not cfg.get("trust_checkpoint"))
     fit_metrics = dict(trainer.callback_metrics)
     test_metrics: dict[str, Any] = {}
     if cfg.test:

@@ -1,0 +1,333 @@
+"""Reliability (issue 9): kill and resume, torn checkpoints, non-finite losses, determinism,
+untrusted checkpoints, DDP faults, bad output dirs. The table in docs/reliability.md cites these."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from test_train import TINY, cli, compose_cfg, read_results
+from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossError, atomic_torch_save
+from vt_drloc.run import UserError, check_output_dir
+from vt_drloc.train import train
+
+TESTS = Path(__file__).resolve().parent
+# results.json keys that legitimately differ between two runs of the same config
+VOLATILE = {"wall_time_s", "images_per_s", "output_dir"}
+THREE_EPOCHS = [*TINY, "trainer.max_epochs=3", "trainer.deterministic=true", "callbacks.rich_progress_bar=null"]
+
+
+def cli_faults(module: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``cli`` with tests/ on PYTHONPATH, so ``+callbacks.x._target_=helpers.KillAt`` resolves in the subprocess."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (old, str(TESTS)) if p)
+    try:
+        return cli(module, args, cwd, timeout=timeout)
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def same_weights(a: Path, b: Path) -> list[str]:
+    sa, sb = load(a)["state_dict"], load(b)["state_dict"]
+    assert sa.keys() == sb.keys()
+    return [k for k in sa if not torch.equal(sa[k], sb[k])]
+
+
+def stable(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k not in VOLATILE}
+
+
+# ----------------------------------------------------------------------------------- 3. non-finite loss
+@pytest.mark.parametrize("term, value, step", [("drloc", "nan", 1), ("ce", "inf", 1), ("ce", "nan", 0)])
+def test_non_finite_loss_stops_naming_term_step_and_last_good_checkpoint(tmp_path, term, value, step):
+    out = tmp_path / "run"
+    poison = ["+callbacks.poison._target_=helpers.PoisonLoss", f"+callbacks.poison.term={term}",
+              f"+callbacks.poison.step={step}", f"+callbacks.poison.value={value}",
+              "callbacks.last_checkpoint.every_n_train_steps=1"]
+    cfg = compose_cfg([*TINY, "trainer.max_epochs=2", *poison], out)
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert f"term {term} is not finite at global step {step} (epoch 0)" in message
+    assert f"{term}={value}" in message
+    last = out / "checkpoints" / "last.ckpt"
+    if step == 0:
+        assert "No checkpoint was written" in message and not last.exists()
+    else:
+        assert f"last good checkpoint is {last}" in message
+        ckpt = load(last)  # the guard fires before backward: the saved weights are finite
+        assert ckpt["global_step"] == step
+        assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_non_finite_loss_exits_2_with_one_paragraph(tmp_path):
+    run = cli_faults("vt_drloc.train", [*TINY, "+callbacks.poison._target_=helpers.PoisonLoss", "+callbacks.poison.step=1",
+                                        f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "error: non-finite training loss: term drloc is not finite at global step 1" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_gradient_clipping_is_configurable():
+    cfg = compose_cfg([*TINY, "trainer.gradient_clip_val=0.5", "trainer.gradient_clip_algorithm=value"])
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
+    assert compose_cfg(TINY).trainer.gradient_clip_val == 5.0
+
+
+# ----------------------------------------------------------------------------------- 2. torn checkpoints
+def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert load(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # temporary file removed
+
+
+SAVE_LOOP = """
+import sys, torch
+from vt_drloc.reliability import AtomicCheckpointIO
+io, path, step = AtomicCheckpointIO(), sys.argv[1], 0
+payload = torch.randn(4_000_000)  # 16 MB per write
+while True:
+    step += 1
+    io.save_checkpoint({"step": step, "w": payload}, path)
+    print(step, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_writes_never_tears(tmp_path):
+    """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, at 4 different moments."""
+    path = tmp_path / "last.ckpt"
+    steps = []
+    for i in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(path)], stdout=subprocess.PIPE, text=True)
+        first = proc.stdout.readline()  # one complete write exists
+        assert first.strip(), "writer did not start"
+        time.sleep(0.05 + 0.07 * i)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        steps.append(load(path)["step"])  # always loadable, never torn
+    assert all(s >= 1 for s in steps)
+    assert not list(tmp_path.glob("*.ckpt.*")) or all(p.name.startswith(".tmp-") for p in tmp_path.iterdir() if p.name != "last.ckpt")
+
+
+def test_checkpoint_folder_holds_no_partial_files_after_a_run(tmp_path):
+    out = tmp_path / "run"
+    train(compose_cfg([*TINY, "callbacks.last_checkpoint.every_n_train_steps=1"], out))
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "last.ckpt" in names and not [n for n in names if n.startswith(".tmp-")]
+    assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+# ----------------------------------------------------------------------------------- 1. kill and resume
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run = cli_faults("vt_drloc.train", [*THREE_EPOCHS, f"hydra.run.dir={out}"], out.parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    killed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, "+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.epoch=2",
+                                           f"hydra.run.dir={out}"], tmp_path)
+    assert killed.returncode == -signal.SIGKILL
+    assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 4  # epochs 0 and 1 done
+    # rerun the same command in the same folder with ckpt_path=last
+    resumed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, "ckpt_path=last", f"hydra.run.dir={out}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = read_results(uninterrupted), read_results(out)
+    assert b["global_step"] == a["global_step"] == 6 and b["epochs"] == a["epochs"] == 3
+    assert stable(a) == stable(b)  # every metric, best_val_acc1 included
+    assert same_weights(uninterrupted / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt") == []
+
+    # resuming into a new folder with an explicit path gives the same weights and steps too
+    other = tmp_path / "other"
+    again = cli_faults("vt_drloc.train", [*THREE_EPOCHS, f"ckpt_path={out / 'checkpoints' / 'epoch000-acc1_1.0000.ckpt'}",
+                                          f"hydra.run.dir={other}"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    c = read_results(other)
+    assert c["global_step"] == 6 and c["epochs"] == 3
+    assert same_weights(uninterrupted / "checkpoints" / "last.ckpt", other / "checkpoints" / "last.ckpt") == []
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_resumes_from_step_checkpoint(tmp_path, uninterrupted):
+    """every_n_train_steps=1: killed before step 4 (mid epoch 1), the run resumes from step 3 and ends
+    with the same optimizer steps and epochs; see docs/reliability.md for what is not guaranteed."""
+    out = tmp_path / "run"
+    steps = ["callbacks.last_checkpoint.every_n_train_steps=1"]
+    killed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, *steps, "+callbacks.kill._target_=helpers.KillAt",
+                                           "+callbacks.kill.step=3", f"hydra.run.dir={out}"], tmp_path)
+    assert killed.returncode == -signal.SIGKILL
+    ckpt = load(out / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3 and ckpt["epoch"] == 1  # at most one step lost
+    resumed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, *steps, "ckpt_path=last", f"hydra.run.dir={out}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = read_results(uninterrupted), read_results(out)
+    assert b["status"] == "ok" and b["global_step"] == a["global_step"] == 6 and b["epochs"] == a["epochs"] == 3
+    weights = load(out / "checkpoints" / "last.ckpt")["state_dict"]
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    differing = same_weights(uninterrupted / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt")
+    print(f"mid-epoch resume: {len(differing)} of {len(weights)} tensors differ from the uninterrupted run")
+
+
+def test_restored_rng_state_is_what_makes_the_resume_exact(tmp_path, monkeypatch):
+    """In-process twin of the SIGKILL test: 1 epoch + resume to 3 equals 3 epochs only with ResumeRngState."""
+    import vt_drloc.reliability as reliability
+
+    base = [*TINY, "trainer.deterministic=true", "callbacks.rich_progress_bar=null"]
+    train(compose_cfg([*base, "trainer.max_epochs=3"], tmp_path / "full"))
+    train(compose_cfg([*base, "trainer.max_epochs=1"], tmp_path / "first"))
+    resume = [*base, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"]
+    train(compose_cfg(resume, tmp_path / "with_rng"))
+    monkeypatch.setattr(reliability.ResumeRngState, "load_state_dict", lambda self, state: None)
+    train(compose_cfg(resume, tmp_path / "without_rng"))
+    full = tmp_path / "full" / "checkpoints" / "last.ckpt"
+    assert same_weights(full, tmp_path / "with_rng" / "checkpoints" / "last.ckpt") == []
+    assert same_weights(full, tmp_path / "without_rng" / "checkpoints" / "last.ckpt") != []  # data order differs
+
+
+def test_ckpt_path_last_needs_a_checkpoint_in_the_run_folder(tmp_path):
+    with pytest.raises(UserError, match="ckpt_path=last resumes the run in its own folder"):
+        train(compose_cfg([*TINY, "ckpt_path=last"], tmp_path / "fresh"))
+
+
+def test_finished_run_is_not_resumed_in_place(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    check_output_dir(out, resume_from=out / "checkpoints" / "last.ckpt")  # unfinished: allowed
+    (out / "results.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds a run"):
+        check_output_dir(out, resume_from=out / "checkpoints" / "last.ckpt")
+
+
+# ----------------------------------------------------------------------------------- 4. determinism
+def test_same_config_and_seed_give_identical_results_and_weights(tmp_path):
+    overrides = [*TINY, "trainer.max_epochs=2", "trainer.deterministic=true", "data.mixup_alpha=0.8"]
+    a = train(compose_cfg(overrides, tmp_path / "a"))
+    b = train(compose_cfg(overrides, tmp_path / "b"))
+    assert stable(a) == stable(b)
+    assert stable(read_results(tmp_path / "a")) == stable(read_results(tmp_path / "b"))
+    assert same_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "b" / "checkpoints" / "last.ckpt") == []
+    c = train(compose_cfg([*overrides, "seed=1"], tmp_path / "c"))
+    assert same_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "c" / "checkpoints" / "last.ckpt") != []
+    assert c["seed"] == 1
+
+
+# ----------------------------------------------------------------------------------- 5. untrusted files
+class Payload:  # any non-allow-listed class forces full unpickling
+    pass
+
+
+def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
+    out = tmp_path / "a"
+    train(compose_cfg(TINY, out))
+    own = load(out / "checkpoints" / "last.ckpt")  # weights_only=True, RNG states included
+    assert "ResumeRngState" in own["callbacks"] and own["global_step"] == 2
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({**own, "extra": Payload()}, unsafe)
+    with pytest.raises(UserError, match="trust_checkpoint=true") as info:
+        train(compose_cfg([*TINY, f"ckpt_path={unsafe}"], tmp_path / "b"))
+    assert "arbitrary code" in str(info.value) and not (tmp_path / "b" / "checkpoints").exists()
+    resumed = train(compose_cfg([*TINY, f"ckpt_path={unsafe}", "trust_checkpoint=true", "trainer.max_epochs=2"], tmp_path / "c"))
+    assert resumed["global_step"] == 4
+
+
+# ----------------------------------------------------------------------------------- 7. DDP faults
+@pytest.mark.slow
+def test_ddp_one_rank_raising_ends_the_job_quickly_with_nonzero_exit(tmp_path):
+    start = time.monotonic()
+    run = cli_faults("vt_drloc.train", [*TINY, "trainer=ddp_cpu", "callbacks.rich_progress_bar=null", "trainer.max_epochs=2",
+                                        "+callbacks.fault._target_=helpers.RaiseOnRank", "+callbacks.fault.rank=1",
+                                        "+callbacks.fault.step=1", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, timeout=240)
+    elapsed = time.monotonic() - start
+    assert run.returncode != 0
+    assert "injected fault on rank 1 at step 1" in run.stderr
+    assert elapsed < 180, elapsed
+    assert not (tmp_path / "ddp" / "results.json").exists()
+    print(f"DDP fault: exit {run.returncode} after {elapsed:.1f} s")
+
+
+# ----------------------------------------------------------------------------------- 6. output dir
+def test_output_dir_that_cannot_be_created_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="is not writable"):
+        train(compose_cfg(TINY, blocker / "run"))
+
+
+def test_full_disk_is_detected_before_training(tmp_path, monkeypatch):
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == ".write_test":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(UserError, match="No space left on device"):
+        train(compose_cfg(TINY, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------------- 6. every user-facing key
+BAD_VALUES = [
+    "seed=-1", "seed=abc", "test=maybe", "print_config=2", "trust_checkpoint=yes",
+    "optim.lr=0", "optim.lr=-1", "optim.weight_decay=-1", "optim.min_lr=1", "optim.label_smoothing=1.5",
+    "optim.warmup_epochs=-1", "optim.lr_batch_scale=0",
+    "data.batch_size=0", "data.batch_size=-3", "data.num_workers=-1", "data.img_size=0", "data.samples_per_class=0",
+    "data.val_split=bogus", "data.mixup_alpha=-1",
+    "trainer.max_epochs=0", "trainer.max_epochs=-5", "trainer.precision=17", "trainer.gradient_clip_val=-1",
+    "trainer.gradient_clip_algorithm=l3", "trainer.accelerator=tpu", "trainer.devices=0", "trainer.accumulate_grad_batches=0",
+    "trainer.check_val_every_n_epoch=0", "trainer.log_every_n_steps=-1", "trainer.limit_train_batches=0",
+    "trainer.limit_val_batches=-1",
+    "drloc.lambda_drloc=nan", "drloc.lambda_drloc=inf", "drloc.sample_size=-2", "drloc.grid_size=1",
+    "drloc.warmup_epochs=-1", "drloc.hidden_dims=[0]", "drloc.seed=abc", "drloc.target=rel", "drloc.schedule=cosine",
+    "model.kwargs.depth=0", "callbacks.last_checkpoint.every_n_train_steps=-1",
+]
+
+
+@pytest.mark.parametrize("override", BAD_VALUES)
+def test_bad_user_facing_value_is_a_user_error_before_training(tmp_path, override):
+    # the message names the key, except where the library's own message says what is missing
+    expected = {"trainer.accelerator=tpu": "torch_xla", "model.kwargs.depth=0": "could not probe model"}
+    key = override.split("=", 1)[0]
+    with pytest.raises(UserError) as info:
+        train(compose_cfg([*TINY, override], tmp_path / "run"))
+    assert expected.get(override, key.split(".")[-1]) in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "results.json").exists()
