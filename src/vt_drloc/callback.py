@@ -45,7 +45,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
-from vt_drloc.drloc import DrLocLoss, drloc_lambda, epoch_progress, pair_generator, reduced_grid_size
+from vt_drloc.drloc import DrLocLoss, drloc_lambda, epoch_progress, pair_generator, reduced_grid_hw
 from vt_drloc.module import _plain, weight_decay_groups
 from vt_drloc.tap import MIN_GRID, GridTapError, _num_prefix_tokens, model_input_size, tokens_to_grid
 
@@ -303,7 +303,7 @@ class DrLocCallback(Callback):
         channels, height, width, device = self._probe(pl_module, runner, backbone, tap_module)
 
         loss = self.loss  # kept from an earlier fit (or resumed) when the grid is the same
-        reduced_hw = tuple(reduced_grid_size(side, self.grid_size) for side in (height, width))
+        reduced_hw = reduced_grid_hw((height, width), self.grid_size)
         if loss is None or loss.head.in_dim != channels or loss.reduced_hw != reduced_hw:
             loss = DrLocLoss(
                 channels,

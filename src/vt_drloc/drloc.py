@@ -60,12 +60,19 @@ def resolve_hidden_dims(hidden_dims: Sequence[int] | str) -> tuple[int, ...]:
     return dims
 
 
-def reduced_grid_size(size: int, grid_size: int | None) -> int:
-    """Side of the grid the loss sees after :func:`reduce_grid` (same rule, no tensors)."""
+def reduced_grid_hw(hw: tuple[int, int], grid_size: int | None) -> tuple[int, int]:
+    """(H, W) of the grid the loss sees after :func:`reduce_grid` (same rule, no tensors)."""
+    height, width = int(hw[0]), int(hw[1])
     if grid_size is not None:
-        while size >= 2 * grid_size:
-            size = (size - 1) // 2 + 1  # AvgPool2d(3, stride 2, padding 1)
-    return size
+        while min(height, width) >= 2 * grid_size:
+            # AvgPool2d(3, stride 2, padding 1) halves both sides at once
+            height, width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    return height, width
+
+
+def reduced_grid_size(size: int, grid_size: int | None) -> int:
+    """Side of a square grid after :func:`reduce_grid`."""
+    return reduced_grid_hw((size, size), grid_size)[0]
 
 
 def reduce_grid(grid: Tensor, grid_size: int | None = 7) -> Tensor:
@@ -207,7 +214,8 @@ class DrLocLoss(nn.Module):
     :class:`DrLocHead` and compares it with the true offset. The returned value is L_drloc
     (unweighted); the caller adds ``λ · L_drloc`` to its task loss.
 
-    Input contract: ``grid`` is (B, C, H, W) with C = ``in_dim``, any float dtype; prefix
+    Input contract: ``grid`` is (B, C, H, W) with C = ``in_dim``, any float dtype (cast to the
+    head's dtype outside autocast); prefix
     (class / distillation / register) tokens must already be removed. Grids whose side is at least
     ``2 * grid_size`` are average-pooled first (:func:`reduce_grid`). For ``ce``/``cbr`` the grid
     side after pooling must equal the one given at construction (``grid_hw``), since it fixes the
@@ -259,7 +267,7 @@ class DrLocLoss(nn.Module):
         self.reduced_hw: tuple[int, int] | None = None
         num_classes = None
         if grid_hw is not None:
-            self.reduced_hw = tuple(reduced_grid_size(int(s), self.grid_size) for s in grid_hw)
+            self.reduced_hw = reduced_grid_hw(tuple(grid_hw), self.grid_size)
             if min(self.reduced_hw) < 2:
                 raise ValueError(f"grid_hw={tuple(grid_hw)} leaves no offsets to predict; DRLoc needs a grid of at least 2x2")
         if mode != "l1":
@@ -284,6 +292,9 @@ class DrLocLoss(nn.Module):
             return grid.sum() * 0.0
         cells_a, cells_b = sample_cell_pairs(batch, height, width, self.sample_size, device=grid.device, generator=generator)
         pairs = torch.cat([gather_cells(grid, cells_a), gather_cells(grid, cells_b)], dim=-1)
+        if not torch.is_autocast_enabled(pairs.device.type):
+            # a half / double grid outside autocast meets the head in the head's own dtype
+            pairs = pairs.to(self.head.mlp[0].weight.dtype)
         pred = self.head(pairs)
         return self.loss_from_prediction(pred, cells_a, cells_b, height, width)
 
