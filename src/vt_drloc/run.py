@@ -21,7 +21,7 @@ from vt_drloc.drloc import DRLOC_MODES, SCHEDULES, TARGETS
 
 CONFIG_PACKAGE = "vt_drloc.conf"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
-SELECTABLE_GROUPS = ("model", "data", "experiment", "trainer", "drloc", "optim", "callbacks", "logger")
+SELECTABLE_GROUPS = ("model", "data", "experiment", "trainer", "drloc", "optim", "callbacks", "logger", "hparams_search")
 
 
 class UserError(Exception):

@@ -14,7 +14,6 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vt_drloc.module import DrLocModule
@@ -140,7 +139,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model.name,
         "data": cfg.data.name,
         "seed": cfg.seed,
-        "lambda_drloc": float(cfg.drloc.lambda_drloc),
+        "lambda_drloc": float(drloc_callbacks[0].lambda_drloc) if drloc_callbacks else lambda_drloc,
         "drloc_via": "callback" if drloc_callbacks else ("module" if lambda_drloc > 0 else "none"),
         "drloc": OmegaConf.to_container(cfg.drloc, resolve=True),
         "train_size": datamodule.train_size,
