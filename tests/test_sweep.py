@@ -22,27 +22,11 @@ from omegaconf import OmegaConf
 from vt_drloc import report
 from vt_drloc.sweep import SUMMARY_FILES, load_sweep, summary_markdown, write_summary
 
+from test_train import TINY as TRAIN_TINY
+
 # The TINY run of tests/test_train.py (a 2-batch CIFAR-10 run from the archive), without the
 # progress bar, which only slows down a captured subprocess.
-TINY = [
-    "experiment=quickstart",
-    "model.kwargs.depth=1",
-    "model.kwargs.embed_dim=32",
-    "model.kwargs.num_heads=2",
-    "drloc.sample_size=8",
-    "drloc.hidden_dims=[32]",
-    "data.samples_per_class=4",
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "data.cache=false",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=2",
-    "print_config=false",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-]
+TINY = [*TRAIN_TINY, "callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
 def without(overrides: list[str], *keys: str) -> list[str]:

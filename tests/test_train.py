@@ -34,7 +34,11 @@ TINY = [
     "data.cache=false",
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
+    # validation: the whole stratified 100-image hold-out (10 per class), never a one-class prefix
+    "data.val_fraction=0.002",
+    "data.eval_batch_size=100",
+    "trainer.limit_val_batches=1.0",
+    # test: 2 batches only, for speed; tests that compare test accuracies use the full split
     "trainer.limit_test_batches=2",
     "print_config=false",
 ]
@@ -117,6 +121,7 @@ def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
     for key in ("val_acc1", "val_acc5", "test_acc1", "test_acc5", "wall_time_s", "images_per_s", "seed", "epochs"):
         assert written[key] is not None, key
     assert 0 <= written["test_acc1"] <= written["test_acc5"] <= 1
+    assert 0.0 < written["val_acc1"] < 1.0  # a balanced 10-class hold-out, not a one-class prefix
     assert results["test_acc1"] == written["test_acc1"]
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "csv").glob("metrics.csv")) and list((out / "tensorboard").glob("events.out.tfevents.*"))
