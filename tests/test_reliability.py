@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,8 @@ def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path
                                            f"hydra.run.dir={out}"], tmp_path)
     assert killed.returncode == -signal.SIGKILL
     assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 4  # epochs 0 and 1 done
+    saved = tmp_path / "killed_last.ckpt"
+    shutil.copyfile(out / "checkpoints" / "last.ckpt", saved)
     # rerun the same command in the same folder with ckpt_path=last
     resumed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, "ckpt_path=last", f"hydra.run.dir={out}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -176,8 +179,7 @@ def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path
 
     # resuming into a new folder with an explicit path gives the same weights and steps too
     other = tmp_path / "other"
-    again = cli_faults("vt_drloc.train", [*THREE_EPOCHS, f"ckpt_path={out / 'checkpoints' / 'epoch000-acc1_1.0000.ckpt'}",
-                                          f"hydra.run.dir={other}"], tmp_path)
+    again = cli_faults("vt_drloc.train", [*THREE_EPOCHS, f"ckpt_path={saved}", f"hydra.run.dir={other}"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     c = read_results(other)
     assert c["global_step"] == 6 and c["epochs"] == 3
