@@ -268,6 +268,14 @@ def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
     assert "arbitrary code" in str(info.value) and not (tmp_path / "b" / "checkpoints").exists()
     resumed = train(compose_cfg([*TINY, f"ckpt_path={unsafe}", "trust_checkpoint=true", "trainer.max_epochs=2"], tmp_path / "c"))
     assert resumed["global_step"] == 4
+    # vt_drloc.eval follows the same rule
+    from vt_drloc.eval import evaluate
+
+    quick = ["data.num_workers=0", "data.eval_batch_size=100", "trainer.limit_test_batches=1", "trainer.limit_val_batches=1", "print_config=false"]
+    with pytest.raises(UserError, match="trust_checkpoint=true"):
+        evaluate(compose_cfg([f"ckpt_path={unsafe}", *quick], tmp_path / "e1", config_name="eval"))
+    scored = evaluate(compose_cfg([f"ckpt_path={unsafe}", "trust_checkpoint=true", *quick], tmp_path / "e2", config_name="eval"))
+    assert scored["model"] == own["hyper_parameters"]["model_name"] and 0 <= scored["test_acc1"] <= 1
 
 
 # ----------------------------------------------------------------------------------- 7. DDP faults

@@ -42,7 +42,8 @@ def checkpoint_img_size(hparams: dict[str, Any]) -> int | None:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score the checkpoint ``cfg.ckpt_path`` on ``cfg.data``; returns what goes into ``results.json``."""
     output_dir = Path(cfg.paths.output_dir)
-    checkpoint = load_checkpoint_file(cfg.ckpt_path)
+    trust = bool(cfg.get("trust_checkpoint"))
+    checkpoint = load_checkpoint_file(cfg.ckpt_path, trust=trust)
     hparams = checkpoint["hyper_parameters"]
     check_output_dir(output_dir)
     with open_dict(cfg):
@@ -62,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"ckpt_path={cfg.ckpt_path!r} has {hparams['num_classes']} classes but data={cfg.data.name!r} has "
             f"{datamodule.num_classes}; evaluate it on the data it was trained for."
         )
-    model = DrLocModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
+    model = DrLocModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=not trust)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(output_dir))
     results: dict[str, Any] = {
         "status": "ok",
