@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from image_folders import make_image_folder
 from vt_drloc.data import (
     KNOWN_DATASETS,
     CorruptImageError,
@@ -21,13 +22,7 @@ from vt_drloc.data import (
 
 def make_toy_folder(root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class: int = 4,
                     splits=("train", "val")) -> Path:
-    for split in splits:
-        for c_i, cls in enumerate(classes):
-            d = root / name / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.new("RGB", (10, 10), (50 * c_i, 20 * i, 7)).save(d / f"{i:03d}.jpg")
-    return root / name
+    return make_image_folder(root, name, classes, per_class, splits, size=10, ext="jpg")
 
 
 def folder_dm(root: Path, **kw) -> ImageDataModule:

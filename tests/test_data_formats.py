@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from image_folders import make_image_folder
 from vt_drloc.data import ImageDataModule, read_tar_index
 from vt_drloc.data.matlab import MatFileError, load_mat, save_mat
 from vt_drloc.data.sampling import stratified_holdout, stratified_subset
@@ -38,16 +39,9 @@ def _write_cifar_pickle(path: Path, images: np.ndarray, labels: list[int], label
 
 def make_toy_folder(root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class=None,
                     splits=("train", "val", "test"), size: int = 12) -> Path:
-    """``root/name/<split>/<class>/<i>.png`` with distinct solid-colour images."""
+    """``root/name/<split>/<class>/<i>.png`` with distinct solid-colour images of distinct sizes."""
     per_class = per_class or {"train": 6, "val": 2, "test": 3}
-    for s_i, split in enumerate(splits):
-        for c_i, cls in enumerate(classes):
-            d = root / name / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class[split]):
-                colour = (40 * c_i + 5, 10 * i + 3, 60 * s_i + 1)
-                Image.new("RGB", (size, size + i), colour).save(d / f"{i:03d}.png")
-    return root / name
+    return make_image_folder(root, name, classes, per_class, splits, size=size, ext="png", vary_height=True)
 
 
 def tar_folder(folder: Path, out: Path, fmt=tarfile.USTAR_FORMAT, arcroot: str | None = None) -> Path:

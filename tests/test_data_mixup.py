@@ -11,18 +11,13 @@ from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 
+from image_folders import make_image_folder
 from vt_drloc.data import ImageDataModule, apply_mixup, build_eval_transform, build_mixup, build_train_transform
 from vt_drloc.data.specs import SPECS
 
 
 def make_toy_folder(root: Path, name: str = "toy", classes=("cat", "dog", "emu", "fox"), per_class: int = 6) -> Path:
-    for split in ("train", "val"):
-        for c_i, cls in enumerate(classes):
-            d = root / name / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.new("RGB", (16, 16), (60 * c_i, 30 * i, 9)).save(d / f"{i:03d}.png")
-    return root / name
+    return make_image_folder(root, name, classes, per_class, size=16, ext="png")
 
 
 # ---------------------------------------------------------------------------------------------
