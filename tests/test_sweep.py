@@ -58,11 +58,12 @@ def delta(values: list[float]) -> str:
     return text + (f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else "") + f" (n={len(values)})"
 
 
-def md_rows(markdown: str) -> dict[tuple[str, ...], list[str]]:
-    """Rows of the settings table of summary.md, keyed by their setting cells (all before 'jobs ok')."""
+def md_rows(markdown: str, n_keys: int | None = None) -> dict[tuple[str, ...], list[str]]:
+    """Rows of the settings table of summary.md, keyed by their setting cells (all before 'jobs ok',
+    or the first ``n_keys``)."""
     lines = [line for line in markdown.split("## Failed jobs")[0].splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    n_keys = header.index("jobs ok")
+    n_keys = header.index("jobs ok") if n_keys is None else n_keys
     rows = {}
     for line in lines[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -348,3 +349,59 @@ def test_optuna_search_runs_and_maximises_val_acc1(tmp_path, cifar10_tar):
     rows = read_csv(sweep_dir / "summary.csv")
     assert len(rows) == 2 and all(0.0 <= float(r["drloc.lambda_drloc"]) <= 1.0 for r in rows)
     assert "Optuna best" in (sweep_dir / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------------- a study of several cells
+def test_study_tables_pair_each_drloc_setting_with_its_own_cells_baseline(tmp_path, capsys):
+    """Two cells (different models, λ 0.1 vs 0.5, one with a failed DRLoc seed) -> one row each, the
+    numbers those of the cells' results.json; the CLI also rewrites the cells' summaries."""
+    study = tmp_path / "study_x"
+    truth = {}
+    for cell, lam, model in (("b_swin", "0.5", "swin"), ("a_vit", "0.1", "vit")):
+        jobs = []
+        for lam_value in ("0", lam):
+            for seed in (0, 1, 2):
+                test = 0.30 + (0.05 if model == "swin" else 0.0) + 0.01 * seed + (0.02 * seed * float(lam_value))
+                extra = {"backbone_params": 1_200_000, "head_params": 400_000 if lam_value != "0" else 0,
+                         "drloc": {"target": "abs", "schedule": "warmup_decay", "hidden_dims": "released", "mode": "l1"}}
+                results = fake_results(float(lam_value), seed, test + 0.01, test, model=model, **extra)
+                if (cell, lam_value, seed) == ("b_swin", lam, 2):
+                    results = {"status": "failed", "error": "killed", "seed": seed}
+                else:
+                    truth[(cell, lam_value, seed)] = test
+                jobs.append({"overrides": {"drloc.lambda_drloc": lam_value, "seed": seed}, "results": results})
+        fake_sweep(study / cell, jobs, fixed=("experiment=study_cifar10", f"model={model}"))
+
+    from vt_drloc.study import STUDY_FILES, load_study
+
+    rows = load_study(study)
+    assert [(r.cell, r.lam) for r in rows] == [("a_vit", "0.1"), ("b_swin", "0.5")]
+    assert report.main(["--study", str(study)]) == 0
+    out = capsys.readouterr().out
+    for name in STUDY_FILES:
+        assert (study / name).stat().st_size > 0
+    assert (study / "study.png").read_bytes()[:4] == b"\x89PNG"
+    for cell in ("a_vit", "b_swin"):
+        assert all((study / cell / name).is_file() for name in SUMMARY_FILES)
+
+    csv_rows = {r["cell"]: r for r in read_csv(study / "study.csv")}
+    table = md_rows((study / "study.md").read_text(), n_keys=1)
+    assert out.count("| a_vit |") == 1 and out.count("| b_swin |") == 1
+    for cell, lam in (("a_vit", "0.1"), ("b_swin", "0.5")):
+        seeds = [s for s in (0, 1, 2) if (cell, lam, s) in truth]
+        diffs = [truth[(cell, lam, s)] - truth[(cell, "0", s)] for s in seeds]
+        row = csv_rows[cell]
+        assert row["lambda_drloc"] == lam and int(row["seeds_paired"]) == len(seeds)
+        assert math.isclose(float(row["delta_test_acc1_mean"]), statistics.fmean(diffs), abs_tol=1e-12)
+        assert math.isclose(float(row["baseline_test_acc1_mean"]), statistics.fmean(truth[(cell, "0", s)] for s in (0, 1, 2)), abs_tol=1e-12)
+        assert row["drloc_options"] == "abs, warmup_decay, released, l1" and row["train_size"] == "500"
+        md = table[(cell,)]
+        assert md["Δ test acc1"] == delta(diffs)
+        assert md["DRLoc test acc1"] == pct([truth[(cell, lam, s)] for s in seeds])
+        assert md["params"] == "1.20 M (0.40 M)"
+    assert csv_rows["b_swin"]["seeds_paired"] == "2"
+
+    # a single sweep dir, or a folder without cells, is refused with a pointer to the right use
+    assert report.main(["--study", str(study / "a_vit")]) == 2
+    assert "not a study dir" in capsys.readouterr().err
+    assert report.main(["--study", str(tmp_path / "nope")]) == 2

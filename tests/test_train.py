@@ -81,6 +81,25 @@ def test_every_model_and_data_config_composes_and_instantiates():
                 built[model] = module.drloc.reduced_hw
     assert built["vit_b16"] == (7, 7) and built["cvt_13"] == (7, 7) and built["swin_t"] == (7, 7)
     assert built["vit_tiny_c32"] == (8, 8)
+    # the study's small models (docs/results.md): native 8x8 grids at 32 px, no pooling
+    assert built["vit_study"] == built["swin_study"] == built["cvt_study"] == (8, 8)
+
+
+def test_study_experiments_keep_8x8_grids_and_the_paper_lambdas():
+    """The study settings of docs/results.md: each family at its paper λ, 8x8 grids at 32 and 64 px."""
+    for overrides, img, lam in (
+        (["experiment=study_cifar10"], 32, 0.1),
+        (["experiment=study_cifar10", "model=swin_study"], 32, 0.5),
+        (["experiment=study_cifar10", "model=cvt_study"], 32, 0.1),
+        (["experiment=study_flowers102"], 64, 0.1),
+    ):
+        cfg = compose_cfg(overrides)
+        OmegaConf.resolve(cfg)
+        assert cfg.data.img_size == img and cfg.drloc.lambda_drloc == lam and cfg.drloc.schedule == "warmup_decay"
+        module = build_module(cfg, 10, float(cfg.drloc.lambda_drloc))
+        assert module.grid_info.hw == (8, 8) and module.drloc.reduced_hw == (8, 8), overrides
+    flowers = compose_cfg(["experiment=study_flowers102"])
+    assert flowers.data.name == "flowers102" and flowers.data.val_split == "val" and flowers.model.kwargs.patch_size == 8
 
 
 def test_every_experiment_composes():

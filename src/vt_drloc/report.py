@@ -2,7 +2,9 @@
 
 Writes ``summary.csv``, ``summary.md``, ``summary.png`` and ``curves.png`` into the sweep dir (the
 same files the end-of-multirun callback writes; see :mod:`vt_drloc.sweep`) and prints the table.
-Running it again on the same folder rewrites identical files.
+``--study <study dir>`` does that for every sweep dir (cell) below the study dir and adds
+``study.csv`` / ``study.md`` / ``study.png``, each DRLoc setting against its baseline
+(:mod:`vt_drloc.study`). Running it again on the same folder rewrites identical files.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vt_drloc.study import load_study, study_markdown, write_study
 from vt_drloc.sweep import SweepError, load_sweep, summary_markdown, write_summary
 
 
@@ -18,16 +21,22 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m vt_drloc.report",
         description="Write summary.csv / summary.md / summary.png / curves.png into a Hydra multirun sweep dir.",
     )
-    parser.add_argument("sweep_dir", help="the sweep dir of a multirun, e.g. outputs/train/multiruns/<date>")
-    parser.add_argument("-q", "--quiet", action="store_true", help="do not print summary.md")
+    parser.add_argument("sweep_dir", help="the sweep dir of a multirun, e.g. outputs/train/multiruns/<date> (with --study: a folder of sweep dirs)")
+    parser.add_argument("--study", action="store_true", help="sweep_dir holds one sweep dir per cell: summarise each and write study.csv/md/png")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
     args = parser.parse_args(argv)
     try:
-        paths = write_summary(args.sweep_dir)
+        paths = write_study(args.sweep_dir) if args.study else write_summary(args.sweep_dir)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not args.quiet:
-        print(summary_markdown(load_sweep(args.sweep_dir)))
+        if args.study:
+            from pathlib import Path
+
+            print(study_markdown(load_study(args.sweep_dir), Path(args.sweep_dir).name))
+        else:
+            print(summary_markdown(load_sweep(args.sweep_dir)))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -1,0 +1,207 @@
+"""Study tables: several sweeps side by side, each DRLoc setting against its own baseline.
+
+A study dir holds one sweep dir per *cell* (a model × data setting swept over λ and seeds), e.g.
+``docs/results/study_cifar10/{spc100_vit,spc100_swin,...}/<job>/results.json``.
+:func:`write_study` writes into the study dir
+
+* ``study.csv`` / ``study.md``: one row per DRLoc setting (λ > 0) of every cell, beside the λ=0
+  baseline of the same cell and setting: model and parameter count, training images, epochs, the
+  DRLoc options (target, λ schedule, head), seeds, test top-1 of both (mean ± std), the paired
+  per-seed difference DRLoc − baseline (mean ± std) on test and validation, wall time per run;
+* ``study.png``: the paired test differences per row, each seed a dot, the mean with its std.
+
+``python -m vt_drloc.report --study <study dir>`` also rewrites each cell's own summary files
+(:func:`vt_drloc.sweep.write_summary`). Everything is computed from the jobs' ``results.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vt_drloc.sweep import (
+    LAMBDA_KEY, Setting, Sweep, SweepError, _delta_text, _figure, _md_cell, _mean_std, _natural_key, _pct,
+    _png_bytes, _write_atomic, find_job_dirs, load_sweep, paired_delta,
+)
+
+STUDY_FILES = ("study.csv", "study.md", "study.png")
+
+
+@dataclass
+class StudyRow:
+    """One DRLoc setting of one cell and its λ=0 baseline."""
+
+    cell: str
+    sweep: Sweep
+    drloc: Setting
+    baseline: Setting
+
+    def _first(self, key: str, setting: Setting | None = None) -> Any:
+        jobs = (setting or self.drloc).ok_jobs or (setting or self.drloc).jobs
+        return jobs[0].results.get(key) if jobs else None
+
+    @property
+    def label(self) -> str:
+        """The cell name, plus the setting's other swept values when the cell sweeps more than λ."""
+        others = [f"{k}={self.drloc.values[k]}" for k in self.sweep.setting_keys if k != LAMBDA_KEY]
+        return self.cell + (f" ({', '.join(others)})" if others else "")
+
+    @property
+    def lam(self) -> str:
+        return self.drloc.values[LAMBDA_KEY]
+
+    @property
+    def options(self) -> str:
+        """DRLoc options of the run: target, λ schedule, head, loss."""
+        opts = self._first("drloc") or {}
+        if not isinstance(opts, dict):
+            return ""
+        return ", ".join(str(opts.get(k, "?")) for k in ("target", "schedule", "hidden_dims", "mode"))
+
+    def paired_test(self) -> list[float]:
+        mine, base = self.drloc.by_seed("test_acc1"), self.baseline.by_seed("test_acc1")
+        return [mine[s] - base[s] for s in mine if s in base]
+
+    def values(self) -> dict[str, Any]:
+        """The row as raw numbers (fractions, seconds), as written to ``study.csv``."""
+        base_test, drl_test = self.baseline.stats("test_acc1"), self.drloc.stats("test_acc1")
+        d_test, d_val = paired_delta(self.drloc, self.baseline, "test_acc1"), paired_delta(self.drloc, self.baseline, "val_acc1")
+        return {
+            "cell": self.label,
+            "model": self._first("model"),
+            "backbone_params": self._first("backbone_params"),
+            "head_params": self._first("head_params"),
+            "train_size": self._first("train_size"),
+            "epochs": self._first("epochs"),
+            "lambda_drloc": self.lam,
+            "drloc_options": self.options,
+            "seeds_paired": d_test[2],
+            "baseline_test_acc1_mean": base_test[0], "baseline_test_acc1_std": base_test[1],
+            "drloc_test_acc1_mean": drl_test[0], "drloc_test_acc1_std": drl_test[1],
+            "delta_test_acc1_mean": d_test[0], "delta_test_acc1_std": d_test[1],
+            "delta_val_acc1_mean": d_val[0], "delta_val_acc1_std": d_val[1],
+            "baseline_wall_s": self.baseline.stats("wall_time_s")[0], "drloc_wall_s": self.drloc.stats("wall_time_s")[0],
+        }
+
+
+def find_cells(study_dir: Path) -> list[Path]:
+    """The sweep dirs directly below ``study_dir`` (folders holding job folders), in natural order."""
+    cells = [d for d in study_dir.iterdir() if d.is_dir() and find_job_dirs(d)]
+    return sorted(cells, key=lambda d: _natural_key(d.name))
+
+
+def load_study(study_dir: str | Path) -> list[StudyRow]:
+    """One :class:`StudyRow` per DRLoc setting with a λ=0 baseline, cell by cell."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise SweepError(f"{str(study_dir)!r} is not a folder. Pass a study dir: a folder holding one sweep dir per cell.")
+    cells = find_cells(study_dir)
+    if not cells or any(job.parent == study_dir for job in find_job_dirs(study_dir)):
+        raise SweepError(
+            f"{str(study_dir)!r} is not a study dir: it must hold sweep dirs (one per cell, each with "
+            "<job>/.hydra/overrides.yaml), not job folders. For a single sweep drop --study."
+        )
+    rows = []
+    for cell in cells:
+        sweep = load_sweep(cell)
+        settings = sweep.settings()
+        for setting in settings:
+            baseline = sweep.baseline_of(setting, settings)
+            if baseline is not None and baseline is not setting:
+                rows.append(StudyRow(cell.name, sweep, setting, baseline))
+    if not rows:
+        raise SweepError(f"{str(study_dir)!r}: no cell sweeps drloc.lambda_drloc with a λ=0 baseline, so there is nothing to compare.")
+    return rows
+
+
+def study_csv(rows: list[StudyRow]) -> str:
+    buffer = io.StringIO()
+    table = [row.values() for row in rows]
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    for values in table:
+        writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in values.items()})
+    return buffer.getvalue()
+
+
+def _params(value: Any) -> str:
+    return f"{value / 1e6:.2f} M" if isinstance(value, (int, float)) and value else "–"
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def study_markdown(rows: list[StudyRow], title: str) -> str:
+    lines = [
+        f"# Study `{title}`",
+        "",
+        "Test top-1 in %, mean ± std (sample std) over seeds; Δ = DRLoc − baseline in percentage points, "
+        "mean ± std of the per-seed paired differences, n = seeds paired. DRLoc options: target, λ schedule, "
+        "head hidden widths, loss. Params: backbone (DRLoc head). Wall: seconds per run, baseline / DRLoc.",
+        "",
+        "| cell | model | params | train imgs | epochs | λ | DRLoc options | baseline test acc1 | DRLoc test acc1 "
+        "| Δ test acc1 | Δ val acc1 | wall s / run |",
+        "|" + "|".join(["---"] * 12) + "|",
+    ]
+    for row in rows:
+        v = row.values()
+        lines.append("| " + " | ".join([
+            _md_cell(row.label), f"`{v['model']}`", f"{_params(v['backbone_params'])} ({_params(v['head_params'])})",
+            f"{v['train_size']:,}" if isinstance(v["train_size"], int) else "–", str(v["epochs"] or "–"), row.lam,
+            _md_cell(v["drloc_options"]),
+            _pct(*row.baseline.stats("test_acc1")[:2]), _pct(*row.drloc.stats("test_acc1")[:2]),
+            _delta_text(paired_delta(row.drloc, row.baseline, "test_acc1")),
+            _delta_text(paired_delta(row.drloc, row.baseline, "val_acc1")),
+            f"{_seconds(v['baseline_wall_s'])} / {_seconds(v['drloc_wall_s'])}",
+        ]) + " |")
+    lines += ["", "Per-cell tables and figures: `<cell>/summary.md`, `<cell>/summary.png`, `<cell>/curves.png`; figure: `study.png`.", ""]
+    return "\n".join(lines)
+
+
+def plot_study(rows: list[StudyRow], title: str):
+    """``study.png``: paired test top-1 differences per row (dots: seeds; bar: mean ± std)."""
+    fig = _figure(7.5, 0.9 + 0.55 * len(rows))
+    ax = fig.subplots()
+    for y, row in enumerate(rows):
+        diffs = [100 * d for d in row.paired_test()]
+        if not diffs:
+            continue
+        mean, std, _ = _mean_std(diffs)
+        color = "C2" if mean > 0 else "C3"
+        ax.errorbar([mean], [y], xerr=[std or 0.0], fmt="s", color=color, capsize=4, markersize=7)
+        ax.scatter(diffs, [y] * len(diffs), color="black", s=12, zorder=3, alpha=0.7)
+    ax.axvline(0.0, color="gray", linewidth=1)
+    ax.set_yticks(range(len(rows)), [f"{row.label}, λ={row.lam}" for row in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("Δ test top-1, DRLoc − baseline (points); dots = seeds, square = mean ± std")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"Study {title}: paired difference per seed", fontsize=10)
+    return fig
+
+
+def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path]:
+    """Write ``study.csv``, ``study.md`` and ``study.png`` (and, with ``cells_too``, each cell's summary)."""
+    from vt_drloc.sweep import write_summary
+
+    study_dir = Path(study_dir)
+    rows = load_study(study_dir)
+    if cells_too:
+        for cell in find_cells(study_dir):
+            write_summary(cell)
+    outputs = {
+        "study.csv": study_csv(rows).encode(),
+        "study.md": study_markdown(rows, study_dir.name).encode(),
+        "study.png": _png_bytes(plot_study(rows, study_dir.name)),
+    }
+    paths = {}
+    for name, data in outputs.items():
+        _write_atomic(study_dir / name, data)
+        paths[name] = study_dir / name
+    return paths
+
+
+__all__ = ["STUDY_FILES", "StudyRow", "find_cells", "load_study", "plot_study", "study_csv", "study_markdown", "write_study"]
