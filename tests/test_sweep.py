@@ -405,3 +405,21 @@ def test_study_tables_pair_each_drloc_setting_with_its_own_cells_baseline(tmp_pa
     assert report.main(["--study", str(study / "a_vit")]) == 2
     assert "not a study dir" in capsys.readouterr().err
     assert report.main(["--study", str(tmp_path / "nope")]) == 2
+
+
+def test_copy_to_keeps_the_light_files_and_never_overwrites(tmp_path, capsys):
+    sweep_dir, truth = example_sweep(tmp_path / "sweep")
+    (sweep_dir / "0" / "checkpoints").mkdir()
+    (sweep_dir / "0" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (sweep_dir / "0" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    dest = tmp_path / "docs" / "cell"
+    assert report.main([str(sweep_dir), "--copy-to", str(dest), "--quiet"]) == 0
+    assert not (dest / "0" / "checkpoints").exists() and (dest / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
+    assert (dest / "multirun.yaml").is_file() and (dest / "0" / "csv" / "metrics.csv").is_file()
+    assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == sorted(str(i) for i in range(18))
+    # the report written at DEST equals the one of the source sweep (same jobs, same numbers)
+    write_summary(sweep_dir)
+    assert (dest / "summary.csv").read_text() == (sweep_dir / "summary.csv").read_text()
+    before = (dest / "summary.md").read_bytes()
+    assert report.main([str(sweep_dir), "--copy-to", str(dest)]) == 2
+    assert "already holds files" in capsys.readouterr().err and (dest / "summary.md").read_bytes() == before

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,34 @@ from vt_drloc.sweep import (
 )
 
 STUDY_FILES = ("study.csv", "study.md", "study.png")
+# The files of a job worth keeping beside a write-up: what ran and what it scored (no checkpoints,
+# no TensorBoard events), a few kB per job.
+KEPT_JOB_FILES = (".hydra/overrides.yaml", ".hydra/config.yaml", "results.json", "csv/metrics.csv")
+
+
+def copy_sweep_results(sweep_dir: str | Path, dest: str | Path) -> list[Path]:
+    """Copy ``multirun.yaml`` and each job's :data:`KEPT_JOB_FILES` from ``sweep_dir`` to ``dest``.
+
+    ``dest`` must not exist yet or be empty, so committed results are never overwritten. Returns the
+    job folders written."""
+    sweep_dir, dest = Path(sweep_dir), Path(dest)
+    jobs = find_job_dirs(sweep_dir) if sweep_dir.is_dir() else []
+    if not jobs:
+        raise SweepError(f"{str(sweep_dir)!r} holds no job folders (<job>/.hydra/overrides.yaml): nothing to copy.")
+    if dest.exists() and any(dest.iterdir()):
+        raise SweepError(f"{str(dest)!r} already holds files; copy into a new or empty folder (nothing was overwritten).")
+    written = []
+    for job in jobs:
+        target = dest / job.relative_to(sweep_dir)
+        for name in KEPT_JOB_FILES:
+            source = job / name
+            if source.is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target / name)
+        written.append(target)
+    if (sweep_dir / "multirun.yaml").is_file():
+        shutil.copy2(sweep_dir / "multirun.yaml", dest / "multirun.yaml")
+    return written
 
 
 @dataclass
@@ -204,4 +233,4 @@ def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path
     return paths
 
 
-__all__ = ["STUDY_FILES", "StudyRow", "find_cells", "load_study", "plot_study", "study_csv", "study_markdown", "write_study"]
+__all__ = ["KEPT_JOB_FILES", "STUDY_FILES", "StudyRow", "copy_sweep_results", "find_cells", "load_study", "plot_study", "study_csv", "study_markdown", "write_study"]
