@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from vt_drloc.drloc import (
     DrLocHead,
     DrLocLoss,
+    chance_l1,
     drloc_lambda,
     gather_cells,
     offset_classes,
@@ -212,3 +213,19 @@ def test_loss_matches_manual_l1_on_the_sampled_pairs():
     pairs = torch.cat([gather_cells(grid, a), gather_cells(grid, b)], -1)
     manual = F.l1_loss(loss_fn.head(pairs), (a - b).abs().float())
     assert loss.item() == pytest.approx(manual.item())
+
+
+def test_chance_l1_is_the_loss_of_the_best_constant_prediction():
+    # 2x2 grid: per axis |Δ| is 0 or 1 with probability 1/2 each -> median 0, loss 1/2
+    assert chance_l1(2, 2) == 0.5
+    # abs_norm divides by the side; non-square grids average the two axes
+    assert chance_l1(8, 8, "abs_norm") == pytest.approx(chance_l1(8, 8) / 8)
+    assert chance_l1(4, 8) == pytest.approx((chance_l1(4, 4) + chance_l1(8, 8)) / 2)
+    # sampled pairs: a constant head at the median scores chance_l1, any other constant scores worse
+    gen = torch.Generator().manual_seed(0)
+    cells_a, cells_b = sample_cell_pairs(400, 8, 8, 500, generator=gen)
+    targets = offset_targets(cells_a, cells_b, 8, 8)
+    at_median = F.l1_loss(torch.full_like(targets, 2.0), targets).item()
+    assert at_median == pytest.approx(chance_l1(8, 8), abs=0.01)
+    for other in (1.0, 2.5, 3.0, targets.mean().item()):
+        assert F.l1_loss(torch.full_like(targets, other), targets).item() > at_median

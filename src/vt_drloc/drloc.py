@@ -130,6 +130,25 @@ def offset_targets(cells_a: Tensor, cells_b: Tensor, height: int, width: int, ta
     return _per_axis(delta, lambda d, side: d + (side - 1), height, width)
 
 
+def chance_l1(height: int, width: int, target: str = "abs") -> float:
+    """The ``l1`` loss of a head that has learned nothing about positions.
+
+    The best constant prediction (each axis's median target) scored over the pair distribution of
+    :func:`sample_cell_pairs` (independent uniform cells), averaged over the axes like
+    :class:`DrLocLoss`. A training DRLoc loss that stays near it means the localisation task was not
+    learned. Exact: every pair of cells is enumerated.
+
+    >>> chance_l1(8, 8)  # |Δ| in grid units on an 8x8 grid
+    1.5625
+    """
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    cells = torch.stack([rows.flatten(), cols.flatten()], dim=-1)
+    n = cells.shape[0]
+    targets = offset_targets(cells[:, None].expand(n, n, 2), cells[None, :].expand(n, n, 2), height, width, target)
+    targets = targets.reshape(-1, 2).double()
+    return (targets - targets.median(dim=0).values).abs().mean().item()
+
+
 def _per_axis(delta: Tensor, fn, height: int, width: int) -> Tensor:
     # Python scalars per axis: no small tensor is built (and copied to the device) every step.
     return torch.stack([fn(delta[..., 0], height), fn(delta[..., 1], width)], dim=-1)

@@ -1,0 +1,94 @@
+"""Did the DRLoc head learn its task? Training DRLoc loss of a study's runs against chance.
+
+For every DRLoc setting (λ > 0) of every cell of the given study dirs (see vt_drloc.study), reads
+``train/drloc_epoch`` from each job's CSV log and prints, mean ± std over seeds, the loss of the
+first and of the last epoch beside ``chance_l1``: the loss of a head that predicts the best
+constant offset, i.e. knows nothing about positions. A last-epoch loss near chance means the
+localisation task was not learned, so DRLoc can only have acted as noise. Prints a markdown table
+and writes bench/results/drloc_task.json.
+
+    python bench/drloc_task.py docs/results/study_cifar10 docs/results/study_flowers102 --grid 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from vt_drloc.drloc import chance_l1
+from vt_drloc.study import load_study
+
+LOSS_COLUMN = "train/drloc_epoch"
+
+
+def epoch_losses(job_dir: Path) -> list[float]:
+    """``train/drloc_epoch`` per epoch, in epoch order, from the job's CSV log."""
+    files = sorted(job_dir.rglob("metrics.csv"))
+    if not files:
+        return []
+    by_epoch: dict[int, float] = {}
+    with files[0].open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get(LOSS_COLUMN) and row.get("epoch"):
+                by_epoch[int(float(row["epoch"]))] = float(row[LOSS_COLUMN])
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{statistics.fmean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
+def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
+    rows = []
+    for study_dir in study_dirs:
+        for row in load_study(study_dir):
+            curves = [epoch_losses(job.path) for job in row.drloc.ok_jobs]
+            curves = [c for c in curves if c]
+            options = row.drloc.ok_jobs[0].results.get("drloc", {}) if row.drloc.ok_jobs else {}
+            if options.get("mode", "l1") != "l1":
+                continue  # chance_l1 is the chance level of the l1 loss only
+            chance = chance_l1(grid, grid, options.get("target", "abs"))
+            last = [c[-1] for c in curves]
+            rows.append({
+                "study": study_dir.name, "cell": row.label, "lambda": row.lam, "target": options.get("target"),
+                "seeds": len(curves), "first_epoch": [c[0] for c in curves], "last_epoch": last, "chance": chance,
+                "last_over_chance": statistics.fmean(last) / chance if last else None,
+            })
+    return rows
+
+
+def markdown(rows: list[dict], grid: int) -> str:
+    lines = [
+        f"| study | cell | λ | target | seeds | DRLoc loss, epoch 1 | DRLoc loss, last epoch | chance ({grid}×{grid}) | last / chance |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = "–" if r["last_over_chance"] is None else f"{r['last_over_chance']:.2f}"
+        lines.append(
+            f"| {r['study']} | {r['cell']} | {r['lambda']} | {r['target']} | {r['seeds']} | {_mean_std(r['first_epoch'])} "
+            f"| {_mean_std(r['last_epoch'])} | {r['chance']:.3f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study_dirs", nargs="+", type=Path)
+    parser.add_argument("--grid", type=int, default=8, help="side of the grid the loss was computed on (the study models: 8)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drloc_task.json"))
+    args = parser.parse_args()
+    rows = task_rows(args.study_dirs, args.grid)
+    print(markdown(rows, args.grid))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"grid": args.grid, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
