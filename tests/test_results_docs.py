@@ -1,0 +1,73 @@
+"""docs/results.md: its tables are the ones the report computes from the committed results.json files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vt_drloc.study import find_cells, load_study, study_markdown
+from vt_drloc.sweep import load_sweep, summary_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_MD = ROOT / "docs" / "results.md"
+STUDIES = sorted(p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir()) if (ROOT / "docs" / "results").is_dir() else []
+
+
+def table_lines(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("|")]
+
+
+def test_there_are_committed_studies():
+    assert {"study_cifar10", "study_flowers102"} <= {p.name for p in STUDIES}
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.name)
+def test_committed_summaries_and_results_md_match_the_results_json(study):
+    """Each committed summary.md / study.md is what the report writes today from the committed jobs,
+    and docs/results.md quotes the study table unchanged."""
+    for cell in find_cells(study):
+        assert (cell / "summary.md").read_text() == summary_markdown(load_sweep(cell)), f"{cell}: rerun python -m vt_drloc.report --study {study}"
+    rows = load_study(study)
+    markdown = study_markdown(rows, study.name)
+    assert (study / "study.md").read_text() == markdown, f"rerun python -m vt_drloc.report --study {study}"
+    document = RESULTS_MD.read_text()
+    for line in table_lines(markdown):
+        assert line in document, f"docs/results.md lacks this row of {study.name}/study.md:\n{line}"
+    for row in rows:  # every row compares >= 3 seeds, each run on the full test split
+        assert row.values()["seeds_paired"] >= 3, row.label
+        assert all(job.results.get("status") == "ok" for job in row.drloc.jobs + row.baseline.jobs), row.label
+
+
+def test_results_md_states_the_data_caveats():
+    text = RESULTS_MD.read_text()
+    assert "JPEG" in text and "quality 75" in text  # the CIFAR-10 archive is lossy
+    assert "shorter side is 128 px" in text and "64 px" in text  # Flowers-102 is resized
+
+
+def _without_drloc(config: dict) -> str:
+    import json
+
+    config = {k: v for k, v in config.items() if k not in ("drloc", "paths", "task_name")}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.name)
+def test_reruns_of_the_same_baseline_give_the_same_numbers(study):
+    """Baselines (λ=0: no head, so the DRLoc options are unused) that ran the same composed config
+    and seed in different cells are re-runs: on this machine they score exactly the same."""
+    import yaml
+
+    groups: dict[str, list[dict]] = {}
+    for job_dir in sorted(study.rglob("results.json")):
+        results = __import__("json").loads(job_dir.read_text())
+        config_file = job_dir.parent / ".hydra" / "config.yaml"
+        if results.get("status") != "ok" or results.get("lambda_drloc") != 0 or not config_file.is_file():
+            continue
+        groups.setdefault(_without_drloc(yaml.safe_load(config_file.read_text())), []).append(results)
+    reruns = [g for g in groups.values() if len(g) > 1]
+    if study.name == "study_cifar10":
+        assert len(reruns) >= 3  # spc100_vit's three baselines were re-run by the spc100_vit_paper cell
+    for group in reruns:
+        for key in ("val_acc1", "test_acc1", "test_acc5", "global_step"):
+            assert len({r[key] for r in group}) == 1, (key, [r["output_dir"] for r in group])
