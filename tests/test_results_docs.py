@@ -31,9 +31,10 @@ def test_committed_summaries_and_results_md_match_the_results_json(study):
     rows = load_study(study)
     markdown = study_markdown(rows, study.name)
     assert (study / "study.md").read_text() == markdown, f"rerun python -m vt_drloc.report --study {study}"
-    document = RESULTS_MD.read_text()
-    for line in table_lines(markdown):
-        assert line in document, f"docs/results.md lacks this row of {study.name}/study.md:\n{line}"
+    for document in (RESULTS_MD, ROOT / "README.md"):
+        text = document.read_text()
+        for line in table_lines(markdown):
+            assert line in text, f"{document.name} lacks this row of {study.name}/study.md:\n{line}"
     for row in rows:  # every row compares >= 3 seeds, each run on the full test split
         assert row.values()["seeds_paired"] >= 3, row.label
         assert all(job.results.get("status") == "ok" for job in row.drloc.jobs + row.baseline.jobs), row.label
@@ -71,3 +72,18 @@ def test_reruns_of_the_same_baseline_give_the_same_numbers(study):
     for group in reruns:
         for key in ("val_acc1", "test_acc1", "test_acc5", "global_step"):
             assert len({r[key] for r in group}) == 1, (key, [r["output_dir"] for r in group])
+
+
+def test_results_md_quotes_the_drloc_task_table():
+    """The 'did the head learn its task?' table is bench/drloc_task.py's output for the committed runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("drloc_task", ROOT / "bench" / "drloc_task.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    table = bench.markdown(bench.task_rows(STUDIES, 8), 8)
+    text = RESULTS_MD.read_text()
+    for line in table_lines(table):
+        assert line in text, f"docs/results.md lacks this row of bench/drloc_task.py:\n{line}"
+    rows = bench.task_rows(STUDIES, 8)
+    assert rows and all(r["seeds"] >= 3 and 0 < r["last_over_chance"] < 1.1 for r in rows)
