@@ -13,28 +13,15 @@ and writes bench/results/drloc_task.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
 
 from vt_drloc.drloc import chance_l1
 from vt_drloc.study import load_study
+from vt_drloc.sweep import read_curve
 
 LOSS_COLUMN = "train/drloc_epoch"
-
-
-def epoch_losses(job_dir: Path) -> list[float]:
-    """``train/drloc_epoch`` per epoch, in epoch order, from the job's CSV log."""
-    files = sorted(job_dir.rglob("metrics.csv"))
-    if not files:
-        return []
-    by_epoch: dict[int, float] = {}
-    with files[0].open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row.get(LOSS_COLUMN) and row.get("epoch"):
-                by_epoch[int(float(row["epoch"]))] = float(row[LOSS_COLUMN])
-    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -47,7 +34,7 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
     rows = []
     for study_dir in study_dirs:
         for row in load_study(study_dir):
-            curves = [epoch_losses(job.path) for job in row.drloc.ok_jobs]
+            curves = [[value for _, value in read_curve(job.path, LOSS_COLUMN)] for job in row.drloc.ok_jobs]
             curves = [c for c in curves if c]
             options = row.drloc.ok_jobs[0].results.get("drloc", {}) if row.drloc.ok_jobs else {}
             if options.get("mode", "l1") != "l1":
