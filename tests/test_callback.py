@@ -125,6 +125,33 @@ def test_loss_includes_drloc_head_trains_and_module_is_restored(tmp_path, kind):
     assert set(module.state_dict()) == set(plain.state_dict())
 
 
+@pytest.mark.parametrize("tap_norm", ["pre", "post"])
+def test_tap_norm_reads_the_backbone_grid_before_or_after_its_final_norm(tmp_path, monkeypatch, tap_norm):
+    """The grid the DRLoc loss receives in the first step is the timm model's last-stage tokens before
+    (the released Swin-T / ViT) or after (T2T-ViT) its final LayerNorm; the two differ."""
+    from vt_drloc.drloc import DrLocLoss
+
+    torch.manual_seed(0)
+    module = Classifier("timm")
+    start = copy.deepcopy(module.net).eval()
+    seen: list[torch.Tensor] = []
+    forward = DrLocLoss.forward
+
+    def recording_forward(self, grid, generator=None):
+        seen.append(grid.detach().clone())
+        return forward(self, grid, generator)
+
+    monkeypatch.setattr(DrLocLoss, "forward", recording_forward)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(tmp_path, [callback(tap_norm=tap_norm)], max_steps=1).fit(module, random_loader())
+    x = next(iter(random_loader()))[0]
+    with torch.no_grad():
+        grids = {norm: start.forward_intermediates(x, indices=1, norm=norm)[1][-1] for norm in (False, True)}
+    assert not torch.allclose(grids[False], grids[True], atol=1e-3)
+    assert len(seen) == 1 and torch.allclose(seen[0], grids[tap_norm == "post"], atol=1e-5)
+
+
 def test_optimizer_holds_each_parameter_once(tmp_path):
     module = Classifier("timm")
     cb = callback()

@@ -79,13 +79,12 @@ def test_sampling_is_uniform_in_range_and_reproducible():
     assert counts.max() < 2 * counts.float().mean()
 
 
-def test_reduce_grid_pools_14_to_7_like_the_released_code():
-    grid = torch.randn(2, 5, 14, 14)
-    pooled = reduce_grid(grid, 7)
-    assert torch.allclose(pooled, torch.nn.AvgPool2d(3, stride=2, padding=1)(grid))
-    assert pooled.shape[-2:] == (7, 7)
+def test_reduce_grid_halves_while_the_side_is_at_least_twice_grid_size():
+    # the pooled values are pinned in tests/test_fidelity.py; here the sizes of the generic rule
+    assert reduce_grid(torch.randn(2, 5, 14, 14), 7).shape[-2:] == (7, 7)
     assert reduce_grid(torch.randn(1, 2, 8, 8), 7).shape[-2:] == (8, 8)
     assert reduce_grid(torch.randn(1, 2, 28, 28), 7).shape[-2:] == (7, 7)
+    grid = torch.randn(1, 2, 14, 14)
     assert reduce_grid(grid, None) is grid
     assert [reduced_grid_size(s, 7) for s in (4, 8, 13, 14, 28, 56)] == [4, 8, 13, 7, 7, 7]
 

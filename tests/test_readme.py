@@ -36,3 +36,15 @@ def test_two_commands_are_the_make_targets():
     assert re.search(r"^train: install$", makefile, flags=re.M) and re.search(r"^test: install$", makefile, flags=re.M)
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_paper_vs_released_table_is_the_one_in_docs_fidelity():
+    """The README's "Paper text vs released code" table agrees with docs/fidelity.md row for row."""
+    text = README.read_text()
+    section = text[text.index("### Paper text vs released code") : text.index("## Add DRLoc to your Lightning project")]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    fidelity = (README.parent / "docs" / "fidelity.md").read_text()
+    glance = fidelity[fidelity.index("## Options at a glance") : fidelity.index("## Every difference")]
+    assert len(rows) >= 12 and rows == [line for line in glance.splitlines() if line.startswith("|")]
+    for option in ("tap_norm", "head_init", "class_head", "decay_epochs", "interval", "grid_size"):
+        assert f"| `{option}`" in section, option

@@ -328,6 +328,8 @@ BAD_VALUES = [
     "trainer.limit_val_batches=-1",
     "drloc.lambda_drloc=nan", "drloc.lambda_drloc=inf", "drloc.sample_size=-2", "drloc.grid_size=1",
     "drloc.warmup_epochs=-1", "drloc.hidden_dims=[0]", "drloc.seed=abc", "drloc.target=rel", "drloc.schedule=cosine",
+    "drloc.tap_norm=mid", "drloc.head_init=xavier", "drloc.class_head=shared", "drloc.interval=batch", "drloc.decay_epochs=0",
+    "optim.decay_epochs=-1", "optim.warmup_prefix=maybe",
     "model.kwargs.depth=0", "callbacks.last_checkpoint.every_n_train_steps=-1",
 ]
 

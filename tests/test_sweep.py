@@ -394,7 +394,8 @@ def test_study_tables_pair_each_drloc_setting_with_its_own_cells_baseline(tmp_pa
         assert row["lambda_drloc"] == lam and int(row["seeds_paired"]) == len(seeds)
         assert math.isclose(float(row["delta_test_acc1_mean"]), statistics.fmean(diffs), abs_tol=1e-12)
         assert math.isclose(float(row["baseline_test_acc1_mean"]), statistics.fmean(truth[(cell, "0", s)] for s in (0, 1, 2)), abs_tol=1e-12)
-        assert row["drloc_options"] == "abs, warmup_decay, released, l1" and row["train_size"] == "500"
+        # the runs record no tap_norm / head_init: they ran the defaults before docs/fidelity.md, marked †
+        assert row["drloc_options"] == "abs, warmup_decay, released, l1, post-norm†, torch init†" and row["train_size"] == "500"
         md = table[(cell,)]
         assert md["Δ test acc1"] == delta(diffs)
         assert md["DRLoc test acc1"] == pct([truth[(cell, lam, s)] for s in seeds])
@@ -423,3 +424,34 @@ def test_copy_to_keeps_the_light_files_and_never_overwrites(tmp_path, capsys):
     before = (dest / "summary.md").read_bytes()
     assert report.main([str(sweep_dir), "--copy-to", str(dest)]) == 2
     assert "already holds files" in capsys.readouterr().err and (dest / "summary.md").read_bytes() == before
+
+
+def test_one_set_of_baselines_serves_drloc_runs_that_sweep_other_drloc_options(tmp_path):
+    """λ=0 builds no head, so a baseline that differs from a DRLoc setting only in drloc.* keys pairs
+    with it; an exact match wins; a baseline with another non-DRLoc value never does."""
+    jobs = []
+    for seed in (0, 1, 2):
+        jobs.append({"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3 + 0.01 * seed)})
+        for tap in ("pre", "post"):
+            jobs.append({"overrides": {"drloc.lambda_drloc": "0.1", "drloc.tap_norm": tap, "seed": seed},
+                         "results": fake_results(0.1, seed, 0.4, 0.35 + 0.01 * seed + (0.02 if tap == "pre" else 0.0),
+                                                 drloc={"target": "abs", "schedule": "constant", "hidden_dims": "released",
+                                                        "mode": "l1", "tap_norm": tap, "head_init": "released"})})
+    sweep = load_sweep(fake_sweep(tmp_path / "cell", jobs))
+    settings = sweep.settings()
+    by_tap = {s.values["drloc.tap_norm"]: s for s in settings}
+    assert set(by_tap) == {"", "pre", "post"}
+    assert sweep.baseline_of(by_tap["pre"], settings) is by_tap[""] is sweep.baseline_of(by_tap["post"], settings)
+    table = md_rows(summary_markdown(sweep), n_keys=2)
+    assert table[("0.1", "pre")]["Δ test acc1"] == delta([0.07, 0.07, 0.07])
+    assert table[("0.1", "post")]["Δ test acc1"] == delta([0.05, 0.05, 0.05])
+
+    from vt_drloc.study import load_study
+
+    rows = load_study(tmp_path)
+    assert {r.options for r in rows} == {"abs, constant, released, l1, pre-norm, released init", "abs, constant, released, l1, post-norm, released init"}
+    # a baseline of another model is no baseline for these runs
+    other = [{"overrides": {"drloc.lambda_drloc": "0", "model": "swin", "seed": 0}, "results": fake_results(0.0, 0, 0.3, 0.3)},
+             {"overrides": {"drloc.lambda_drloc": "0.1", "model": "vit", "seed": 0}, "results": fake_results(0.1, 0, 0.3, 0.3)}]
+    sweep = load_sweep(fake_sweep(tmp_path / "other", other))
+    assert sweep.baseline_of(sweep.settings()[-1], sweep.settings()) is None

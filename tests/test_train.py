@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from vt_drloc.drloc import drloc_lambda, epoch_progress
 from vt_drloc.module import DrLocModule
 from vt_drloc.run import UserError, group_options
 from vt_drloc.train import build_module, train
@@ -66,7 +67,7 @@ def test_every_model_and_data_config_composes_and_instantiates():
     datas = group_options("data")
     assert {"swin_t", "resnet50", "vit_b16", "vit_tiny_c32", "cvt_13", "t2t_vit_14", "cvt_13_c32", "t2t_vit_14_c32"} <= set(models)
     assert {"cifar10", "cifar100", "svhn", "flowers102", "folder"} <= set(datas)
-    built = {}
+    built, taps = {}, {}
     for model in models:
         for data in datas:
             extra = ["data.folder_name=mine"] if data == "folder" else []
@@ -79,10 +80,18 @@ def test_every_model_and_data_config_composes_and_instantiates():
                 assert module.grid_info is not None and min(module.grid_info.hw) >= 4
                 assert module.hparams.lambda_drloc == cfg.model.paper_lambda
                 built[model] = module.drloc.reduced_hw
-    assert built["vit_b16"] == (7, 7) and built["cvt_13"] == (7, 7) and built["swin_t"] == (7, 7)
+                taps[model] = (module.grid_info.tap_norm, module.hparams.head_init)
+    # the paper's models as the released code fed DRLoc (docs/fidelity.md): Swin-T and ResNet-50
+    # 7x7 as they are, ViT-B/16 its 14x14 grid unpooled, CvT-13 / T2T-ViT-14 14x14 pooled to 7x7;
+    # pre-norm tokens except T2T-ViT; the head re-initialised with the model for Swin-T and T2T only
+    assert built["vit_b16"] == (14, 14)
+    assert built["swin_t"] == built["resnet50"] == built["cvt_13"] == built["cvt_13_drloc"] == built["t2t_vit_14"] == (7, 7)
+    assert taps["swin_t"] == ("pre", "released") and taps["t2t_vit_14"] == ("post", "released")
+    assert taps["vit_b16"] == taps["cvt_13_drloc"] == taps["resnet50"] == ("pre", "torch")
     assert built["vit_tiny_c32"] == (8, 8)
-    # the study's small models (docs/results.md): native 8x8 grids at 32 px, no pooling
+    # the study's small models (docs/results.md): native 8x8 grids at 32 px, no pooling; generic defaults
     assert built["vit_study"] == built["swin_study"] == built["cvt_study"] == (8, 8)
+    assert taps["vit_study"] == taps["swin_study"] == taps["cvt_study"] == ("pre", "released")
 
 
 def test_study_experiments_keep_8x8_grids_and_the_paper_lambdas():
@@ -113,6 +122,26 @@ def test_every_experiment_composes():
     assert paper.data.img_size == 224 and paper.trainer.max_epochs == 100 and paper.data.mixup_alpha == 0.8
     assert paper.drloc.lambda_drloc == 0.5 and paper.optim.warmup_epochs == 20 and paper.model.kwargs.drop_path_rate == 0.2
     assert paper.trainer.gradient_clip_val == 5.0 and paper.data.auto_augment == "rand-m9-mstd0.5-inc1"
+
+
+def test_paper_swin_t_composes_to_the_released_run():
+    """experiment=paper_swin_t_cifar10 is the released Swin-T run (docs/fidelity.md): λ 0.5 over 100 trained
+    epochs with the λ decay and the LR cosine laid out over 300, λ set per epoch, pre-norm 7x7 grid,
+    head re-initialised with trunc. normal 0.02; the released log's λ per epoch."""
+    cfg = compose_cfg(["experiment=paper_swin_t_cifar10"])
+    OmegaConf.resolve(cfg)
+    d, o = cfg.drloc, cfg.optim
+    assert (d.lambda_drloc, d.schedule, d.warmup_epochs, d.decay_epochs, d.interval) == (0.5, "warmup_decay", 20, 300, "epoch")
+    assert (d.tap_norm, d.grid_size, d.head_init, d.target, d.hidden_dims, d.sample_size) == ("pre", 7, "released", "abs", "released", 64)
+    assert cfg.trainer.max_epochs == 100 and (o.decay_epochs, o.warmup_prefix, o.warmup_epochs) == (300, False, 20)
+    assert (o.lr, o.min_lr, o.lr_batch_scale, cfg.data.batch_size) == (5e-4, 5e-6, 512, 128)
+    module = build_module(cfg, 10, float(d.lambda_drloc))
+    assert module.grid_info.hw == module.drloc.reduced_hw == (7, 7) and module.grid_info.tap_norm == "pre"
+    assert all(torch.count_nonzero(m.bias) == 0 for m in module.drloc.head.modules() if isinstance(m, torch.nn.Linear))
+    hp = module.hparams
+    lam = [drloc_lambda(hp.lambda_drloc, epoch_progress(e, 100, 390, hp.lambda_interval), cfg.trainer.max_epochs, hp.lambda_schedule,
+                        hp.lambda_warmup_epochs, hp.lambda_decay_epochs) for e in (0, 1, 20, 50, 99)]
+    assert [round(v, 4) for v in lam] == [0.0, 0.025, 0.5, 0.4464, 0.3589]
 
 
 def test_struct_mode_rejects_misspelt_keys():

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from vt_drloc.drloc import DrLocLoss, drloc_lambda, epoch_progress, pair_generator, reduced_grid_hw
 from vt_drloc.module import _plain, weight_decay_groups
-from vt_drloc.tap import MIN_GRID, GridTapError, _num_prefix_tokens, model_input_size, tokens_to_grid
+from vt_drloc.tap import MIN_GRID, GridTapError, _num_prefix_tokens, check_tap_norm, final_norm, model_input_size, tokens_to_grid
 
 HEAD_ATTR = "_drloc_loss"
 GRID_FORMATS = ("auto", "tokens", "NCHW", "NHWC")
@@ -115,10 +115,15 @@ class DrLocCallback(Callback):
         input_size: (H, W) (or an int) of the zero batch used once at setup to size the grid.
             Default: the timm model's own input size, else the module's ``example_input_array``.
         in_chans: channels of that batch (default: the model's ``in_chans``, else 3).
-        drloc_mode, sample_size, drloc_target, head_hidden_dims, grid_size: see
-            :class:`vt_drloc.drloc.DrLocLoss`.
-        lambda_schedule, lambda_warmup_epochs: see :func:`vt_drloc.drloc.drloc_lambda` (defaults
-            as in :class:`~vt_drloc.module.DrLocModule`: the released code's warm-up/decay).
+        drloc_mode, sample_size, drloc_target, head_hidden_dims, grid_size, head_init, class_head:
+            see :class:`vt_drloc.drloc.DrLocLoss`.
+        tap_norm: for a backbone read through ``forward_features``: ``"pre"`` (default, as the
+            released Swin-T / ViT) reads the input of the backbone's final ``norm``, ``"post"`` its
+            output (the released T2T-ViT). A backbone without a final norm gives the same grid
+            either way; ignored with ``tap=`` (the named module's output is the grid).
+        lambda_schedule, lambda_warmup_epochs, lambda_decay_epochs, lambda_interval: see
+            :func:`vt_drloc.drloc.drloc_lambda` and :func:`vt_drloc.drloc.epoch_progress`
+            (defaults as in :class:`~vt_drloc.module.DrLocModule`).
         drloc_seed: seed of the pair sampler (default: the global seed), plus the rank.
 
     Logs ``train/drloc`` (L_drloc, unweighted) and ``train/lambda``. Refuses manual optimisation
@@ -142,6 +147,11 @@ class DrLocCallback(Callback):
         lambda_schedule: str = "warmup_decay",
         lambda_warmup_epochs: float = 20,
         drloc_seed: int | None = None,
+        tap_norm: str = "pre",
+        head_init: str = "released",
+        class_head: str = "released",
+        lambda_decay_epochs: float | None = None,
+        lambda_interval: str = "step",
     ):
         super().__init__()
         head_hidden_dims = _plain(head_hidden_dims)
@@ -152,9 +162,12 @@ class DrLocCallback(Callback):
             raise ValueError(f"grid_format={grid_format!r} is not valid; choose one of {', '.join(map(repr, GRID_FORMATS))}")
         if prefix_tokens is not None and int(prefix_tokens) < 0:
             raise ValueError(f"prefix_tokens={prefix_tokens} must be >= 0")
-        drloc_lambda(lambda_drloc, 0.0, None, lambda_schedule, lambda_warmup_epochs)  # validates λ and schedule
-        # validates mode, target, sample_size, hidden dims and grid_size with the core's own checks
-        DrLocLoss(1, drloc_mode, sample_size, drloc_target, head_hidden_dims, grid_size, grid_hw=(MIN_GRID, MIN_GRID))
+        drloc_lambda(lambda_drloc, 0.0, None, lambda_schedule, lambda_warmup_epochs, lambda_decay_epochs)  # validates λ and schedule
+        epoch_progress(0, 0, None, lambda_interval)
+        check_tap_norm(tap_norm)
+        # validates mode, target, sample_size, hidden dims, grid_size and the head options with the core's own checks
+        DrLocLoss(1, drloc_mode, sample_size, drloc_target, head_hidden_dims, grid_size, grid_hw=(MIN_GRID, MIN_GRID),
+                  head_init=head_init, class_head=class_head)
         self.lambda_drloc = float(lambda_drloc)
         self.backbone = backbone
         self.tap = tap
@@ -169,7 +182,12 @@ class DrLocCallback(Callback):
         self.grid_size = grid_size
         self.lambda_schedule = lambda_schedule
         self.lambda_warmup_epochs = lambda_warmup_epochs
+        self.lambda_decay_epochs = lambda_decay_epochs
+        self.lambda_interval = lambda_interval
         self.drloc_seed = drloc_seed
+        self.tap_norm = tap_norm
+        self.head_init = head_init
+        self.class_head = class_head
 
         self.loss: DrLocLoss | None = None  # owned by the callback; attached to the module while fitting
         self._pending_head_state: Mapping[str, Tensor] | None = None
@@ -202,8 +220,10 @@ class DrLocCallback(Callback):
     def current_lambda(self, trainer: pl.Trainer) -> float:
         """λ for the current training step."""
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        progress = epoch_progress(trainer.current_epoch, self._batch_idx, trainer.num_training_batches)
-        return drloc_lambda(self.lambda_drloc, progress, max_epochs, self.lambda_schedule, self.lambda_warmup_epochs)
+        progress = epoch_progress(trainer.current_epoch, self._batch_idx, trainer.num_training_batches, self.lambda_interval)
+        return drloc_lambda(
+            self.lambda_drloc, progress, max_epochs, self.lambda_schedule, self.lambda_warmup_epochs, self.lambda_decay_epochs
+        )
 
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -295,6 +315,12 @@ class DrLocCallback(Callback):
             handle = tap_module.register_forward_hook(lambda _m, _args, output: self._record(output))
             self._undo.append(handle.remove)
             self._owner = backbone if backbone is not None else self._prefix_owner(pl_module, self.tap)
+        elif self.tap_norm == "pre" and final_norm(backbone) is not None:
+            # the input of the final norm: the last stage's tokens in forward_features' own layout
+            self._tap_name = f"backbone {self._backbone_name!r} (input of its final norm)"
+            handle = final_norm(backbone).register_forward_pre_hook(lambda _m, args: self._record(args[0]))
+            self._undo.append(handle.remove)
+            self._owner = backbone
         else:
             self._tap_name = f"backbone {self._backbone_name!r} (forward_features)"
             self._wrap_forward_features(backbone)
@@ -313,6 +339,8 @@ class DrLocCallback(Callback):
                 hidden_dims=self.head_hidden_dims,
                 grid_size=self.grid_size,
                 grid_hw=(height, width),
+                head_init=self.head_init,
+                class_head=self.class_head,
             )
         if self._pending_head_state is not None:
             loss.load_state_dict(self._pending_head_state)

@@ -7,17 +7,21 @@ Reference: Y. Liu, E. Sangineto, W. Bi, N. Sebe, B. Lepri, M. De Nadai, "Efficie
 Visual Transformers with Small Datasets", NeurIPS 2021 (arXiv:2106.03746).
 
 Where the paper's text and the authors' released code differ, the default follows the released
-code (it produced the published numbers) and the paper's variant is an option:
+code (it produced the published numbers) and the paper's variant is an option. The full table,
+with the test that pins each row, is ``docs/fidelity.md``; in short:
 
-==================  ==========================================  ==============================
-option              released code (default)                     paper text
-==================  ==========================================  ==============================
-``target``          ``"abs"``: |Δ| in grid units                ``"abs_norm"``: |Δ| / k
-``hidden_dims``     ``(512, 512)`` (``HEAD_PRESETS["released"]``)  ``(512,)`` (``"paper"``)
-``grid_size``       ``7``: grids ≥ 14 pooled by AvgPool2d(3,2,1)   same (k = 7)
-λ ``schedule``      ``"warmup_decay"`` over ``warmup_epochs=20``  ``"constant"``
-``mode``            ``"l1"``; also ``"ce"`` and ``"cbr"``           ``"l1"``
-==================  ==========================================  ==============================
+==================  =================================================  ===========================
+option              released code (default)                            paper text
+==================  =================================================  ===========================
+``target``          ``"abs"``: |Δ| in grid units                       ``"abs_norm"``: |Δ| / k
+``hidden_dims``     ``(512, 512)`` (``HEAD_PRESETS["released"]``)       ``(512,)`` (``"paper"``)
+``head_init``       ``"released"``: trunc. normal, std 0.02, bias 0     (not stated)
+``class_head``      ``"released"``: Linear(512, 512), then per axis    (not stated)
+``grid_size``       ``7``: AvgPool2d(3, 2, 1, count_include_pad=False)  k = 7
+λ ``schedule``      ``"warmup_decay"``, ``warmup_epochs=20``             ``"constant"``
+``decay_epochs``    the run's epochs (released runs: 300 of 100)       (none)
+``mode``            ``"l1"``; also ``"ce"`` and ``"cbr"``                ``"l1"``
+==================  =================================================  ===========================
 
 ``target="signed"`` gives Δ + (k − 1) ∈ [0, 2k − 2] (the released code without ``--use_abs``).
 """
@@ -34,6 +38,14 @@ from torch import Tensor, nn
 DRLOC_MODES = ("l1", "ce", "cbr")
 TARGETS = ("abs", "abs_norm", "signed")
 SCHEDULES = ("constant", "warmup_decay")
+# When λ changes: every optimizer step (fractional epoch) or once per epoch (the released loop).
+LAMBDA_INTERVALS = ("step", "epoch")
+# "released": every Linear trunc-normal (std 0.02) with zero bias, as the released models' own
+# init re-initialises the head; "torch": PyTorch's default Linear init.
+HEAD_INITS = ("released", "torch")
+# Output of the ce / cbr head. "released": one more Linear(w, w) without activation, then a
+# separate Linear(w, n) per axis; "fused": a single Linear(w, 2n) (same function class, fewer weights).
+CLASS_HEADS = ("released", "fused")
 HEAD_PRESETS: dict[str, tuple[int, ...]] = {"released": (512, 512), "paper": (512,)}
 # Weight of the log-variance term of the variance-aware regression ("cbr"), as released.
 CBR_LOG_VAR_WEIGHT = 1e-3
@@ -78,14 +90,17 @@ def reduced_grid_size(size: int, grid_size: int | None) -> int:
 def reduce_grid(grid: Tensor, grid_size: int | None = 7) -> Tensor:
     """Average-pool a (B, C, H, W) grid for the DRLoc loss only.
 
-    As in the released code, a 14×14 grid becomes 7×7 with ``AvgPool2d(3, stride=2, padding=1)``.
-    In general the grid is halved this way while its side is at least ``2 * grid_size``, so 8×8
-    stays 8×8 and 28×28 becomes 7×7. ``grid_size=None`` keeps the grid as it is.
+    As in the released code (CvT-13 and T2T-ViT-14 at 224 px), a 14×14 grid becomes 7×7 with
+    ``AvgPool2d(3, stride=2, padding=1, count_include_pad=False)``: border cells average only the
+    cells that exist, so pooling leaves a constant grid constant and marks no border. In general the
+    grid is halved this way while its side is at least ``2 * grid_size``, so 8×8 stays 8×8, 14×14
+    becomes 7×7 and 28×28 becomes 7×7 (the released code pooled exactly once; it only ever met
+    14×14). ``grid_size=None`` keeps the grid as it is (the released ViT-B/16 kept its 14×14 grid).
     """
     if grid_size is None:
         return grid
     while min(grid.shape[-2:]) >= 2 * grid_size:
-        grid = F.avg_pool2d(grid, kernel_size=3, stride=2, padding=1)
+        grid = F.avg_pool2d(grid, kernel_size=3, stride=2, padding=1, count_include_pad=False)
     return grid
 
 
@@ -195,34 +210,64 @@ class DrLocHead(nn.Module):
             :data:`HEAD_PRESETS`: ``"released"`` = (512, 512), ``"paper"`` = (512,).
         num_classes: ``None`` for regression (output (..., 2)); otherwise the number of offset
             classes per axis (output (..., 2, num_classes)) for the ``ce`` and ``cbr`` modes.
+        init: ``"released"`` (default): every Linear truncated-normal with std 0.02 and zero bias,
+            as the released models' weight init re-initialises the head; ``"torch"``: PyTorch's
+            default Linear init.
+        class_head: output layers for ``num_classes`` (see :data:`CLASS_HEADS`): ``"released"``
+            adds Linear(w, w) without activation, then one Linear(w, n) per axis (``axis_heads``);
+            ``"fused"`` is one Linear(w, 2n).
 
     >>> head = DrLocHead(64)
     >>> head(torch.randn(8, 64, 128)).shape
     torch.Size([8, 64, 2])
+    >>> DrLocHead(64, num_classes=7)(torch.randn(8, 64, 128)).shape
+    torch.Size([8, 64, 2, 7])
     """
 
-    def __init__(self, in_dim: int, hidden_dims: Sequence[int] | str = "released", num_classes: int | None = None):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dims: Sequence[int] | str = "released",
+        num_classes: int | None = None,
+        init: str = "released",
+        class_head: str = "released",
+    ):
         super().__init__()
         if in_dim < 1:
             raise ValueError(f"in_dim={in_dim} must be >= 1")
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"num_classes={num_classes} must be >= 2 (or None for regression)")
+        _check_choice("init", init, HEAD_INITS)
+        _check_choice("class_head", class_head, CLASS_HEADS)
         self.in_dim = in_dim
         self.hidden_dims = resolve_hidden_dims(hidden_dims)
         self.num_classes = num_classes
+        self.class_head = class_head if num_classes is not None else None
         layers: list[nn.Module] = []
         width = 2 * in_dim
         for hidden in self.hidden_dims:
             layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden
-        # One linear layer for both axes; for classification it is the two per-axis classifiers.
-        layers.append(nn.Linear(width, 2 * (num_classes or 1)))
+        per_axis = num_classes is not None and class_head == "released"
+        if per_axis:
+            layers.append(nn.Linear(width, width))  # no activation after it, as released
+        else:
+            # one linear layer for both axes (regression: the two offsets; "fused": both classifiers)
+            layers.append(nn.Linear(width, 2 * (num_classes or 1)))
         self.mlp = nn.Sequential(*layers)
+        self.axis_heads = nn.ModuleList(nn.Linear(width, num_classes) for _ in range(2)) if per_axis else None
+        if init == "released":
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                    nn.init.zeros_(module.bias)
 
     def forward(self, pairs: Tensor) -> Tensor:
         out = self.mlp(pairs)
         if self.num_classes is None:
             return out
+        if self.axis_heads is not None:
+            return torch.stack([head(out) for head in self.axis_heads], dim=-2)
         return out.unflatten(-1, (2, self.num_classes))
 
 
@@ -249,8 +294,9 @@ class DrLocLoss(nn.Module):
         sample_size: m, pairs per image (paper: 64).
         target: ``"abs"`` (default), ``"abs_norm"`` or ``"signed"``; see :func:`offset_targets`.
         hidden_dims: head widths or preset; see :class:`DrLocHead`.
-        grid_size: pooling target k (default 7; ``None`` = never pool).
+        grid_size: pooling target k (default 7; ``None`` = never pool); see :func:`reduce_grid`.
         grid_hw: (H, W) of the backbone grid before pooling; required for ``ce`` and ``cbr``.
+        head_init, class_head: see :class:`DrLocHead` (``init`` / ``class_head``).
 
     Reference: Liu et al., "Efficient Training of Visual Transformers with Small Datasets",
     NeurIPS 2021.
@@ -271,9 +317,13 @@ class DrLocLoss(nn.Module):
         hidden_dims: Sequence[int] | str = "released",
         grid_size: int | None = 7,
         grid_hw: tuple[int, int] | None = None,
+        head_init: str = "released",
+        class_head: str = "released",
     ):
         super().__init__()
         _check_choice("mode", mode, DRLOC_MODES)
+        _check_choice("head_init", head_init, HEAD_INITS)
+        _check_choice("class_head", class_head, CLASS_HEADS)
         _check_choice("target", target, TARGETS)
         if int(sample_size) < 1:
             raise ValueError(f"sample_size={sample_size} must be >= 1 (the paper uses 64)")
@@ -293,7 +343,7 @@ class DrLocLoss(nn.Module):
             if self.reduced_hw is None:
                 raise ValueError(f"mode={mode!r} needs grid_hw=(H, W) to size its offset classes")
             num_classes = num_offset_classes(max(self.reduced_hw), target)
-        self.head = DrLocHead(in_dim, hidden_dims, num_classes=num_classes)
+        self.head = DrLocHead(in_dim, hidden_dims, num_classes=num_classes, init=head_init, class_head=class_head)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, sample_size={self.sample_size}, target={self.target!r}, grid_size={self.grid_size}"
@@ -354,30 +404,47 @@ def drloc_lambda(
     max_epochs: int | None = None,
     schedule: str = "warmup_decay",
     warmup_epochs: float = 20,
+    decay_epochs: float | None = None,
 ) -> float:
     """λ at (fractional) ``epoch``.
 
     ``"constant"``: λ throughout (paper text). ``"warmup_decay"`` (released code): rises linearly
-    from 0 to λ over ``warmup_epochs``, then falls linearly to 0 at ``max_epochs``. A run shorter
-    than the warm-up never reaches the peak, as in the released code; use ``warmup_epochs``
-    proportionate to your run. Without ``max_epochs`` there is no decay.
+    from 0 to λ over ``warmup_epochs``, then falls linearly to reach 0 at epoch ``decay_epochs``
+    (default: ``max_epochs``). The released runs trained 100 epochs with the decay horizon left at
+    300, so λ ended at 5/7 of its peak; ``decay_epochs=300`` with ``max_epochs=100`` reproduces
+    that. A run shorter than the warm-up never reaches the peak, as in the released code; use
+    ``warmup_epochs`` proportionate to your run. Without a horizon there is no decay.
+
+    >>> [round(drloc_lambda(0.5, e, 100, "warmup_decay", 20, decay_epochs=300), 4) for e in (0, 1, 20, 50, 100)]
+    [0.0, 0.025, 0.5, 0.4464, 0.3571]
     """
     _check_choice("schedule", schedule, SCHEDULES)
     if lambda_drloc < 0 or not math.isfinite(lambda_drloc):
         raise ValueError(f"lambda_drloc={lambda_drloc} must be a finite number >= 0")
+    if decay_epochs is not None and not (math.isfinite(decay_epochs) and decay_epochs > 0):
+        raise ValueError(f"decay_epochs={decay_epochs} must be a number > 0 (the epoch at which λ reaches 0), or None for max_epochs")
     if schedule == "constant" or lambda_drloc == 0:
         return float(lambda_drloc)
     if warmup_epochs > 0 and epoch < warmup_epochs:
         return float(lambda_drloc) * max(epoch, 0.0) / warmup_epochs
-    if max_epochs is None or max_epochs <= warmup_epochs:
+    horizon = decay_epochs if decay_epochs is not None else max_epochs
+    if horizon is None or horizon <= warmup_epochs:
         return float(lambda_drloc)
-    remaining = (max_epochs - epoch) / (max_epochs - warmup_epochs)
+    remaining = (horizon - epoch) / (horizon - warmup_epochs)
     return float(lambda_drloc) * min(max(remaining, 0.0), 1.0)
 
 
-def epoch_progress(epoch: int, batch_idx: int, num_batches: int | float | None) -> float:
-    """Fractional epoch ``epoch + batch_idx / num_batches`` for the λ schedule (``epoch`` when the
-    number of batches is unknown or infinite)."""
+def epoch_progress(epoch: int, batch_idx: int, num_batches: int | float | None, interval: str = "step") -> float:
+    """The epoch the λ schedule is read at.
+
+    ``interval="step"`` (default): fractional ``epoch + batch_idx / num_batches`` (``epoch`` when the
+    number of batches is unknown or infinite), so λ moves smoothly, which matters in short runs.
+    ``"epoch"``: the integer epoch, λ held for the whole epoch as in the released training loop. The
+    two agree at the first step of every epoch.
+    """
+    _check_choice("interval", interval, LAMBDA_INTERVALS)
+    if interval == "epoch":
+        return float(epoch)
     fraction = batch_idx / num_batches if isinstance(num_batches, int) and num_batches > 0 else 0.0
     return epoch + fraction
 

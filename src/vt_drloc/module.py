@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from vt_drloc.drloc import DrLocLoss, drloc_lambda, epoch_progress, pair_generator, resolve_hidden_dims
-from vt_drloc.tap import GridInfo, probe_grid, tap_grid
+from vt_drloc.tap import GridInfo, check_tap_norm, probe_grid, tap_grid
 
 
 def classification_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -26,12 +26,18 @@ def classification_loss(logits: Tensor, targets: Tensor, label_smoothing: float 
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to ``min_factor``."""
+def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float, warmup_prefix: bool = True) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to ``min_factor``
+    at ``total_steps``.
+
+    ``warmup_prefix=True`` (default): the cosine spans the steps after the warm-up.
+    ``warmup_prefix=False``: the cosine is laid out from step 0, so the warm-up covers its first
+    part, as timm's ``CosineLRScheduler`` (default ``warmup_prefix=False``) in the released code.
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    start = warmup_steps if warmup_prefix else 0
+    progress = min(1.0, (step - start) / max(1, total_steps - start))
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -66,11 +72,23 @@ class DrLocModule(pl.LightningModule):
             trains exactly like a plain timm loop.
         model_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``patch_size``,
             ``drop_path_rate``, ...).
-        drloc_mode, sample_size, drloc_target, head_hidden_dims, grid_size: see
-            :class:`vt_drloc.drloc.DrLocLoss`.
-        lambda_schedule, lambda_warmup_epochs: see :func:`vt_drloc.drloc.drloc_lambda`.
+        drloc_mode, sample_size, drloc_target, head_hidden_dims, grid_size, head_init, class_head:
+            see :class:`vt_drloc.drloc.DrLocLoss`.
+        tap_norm: ``"pre"`` (default, released Swin-T / ViT) or ``"post"`` (released T2T-ViT): read
+            the grid before or after the model's final norm; see :mod:`vt_drloc.tap`.
+        lambda_schedule, lambda_warmup_epochs, lambda_decay_epochs: see
+            :func:`vt_drloc.drloc.drloc_lambda` (``lambda_decay_epochs`` = the epoch λ reaches 0;
+            ``None`` = ``max_epochs``; the released runs: 300 with 100 trained).
+        lambda_interval: ``"step"`` (default: λ read at the fractional epoch of every step) or
+            ``"epoch"`` (held for the epoch, as the released loop); see
+            :func:`vt_drloc.drloc.epoch_progress`.
         lr, weight_decay, warmup_epochs, min_lr, betas: AdamW with per-step linear warm-up and
             cosine decay to ``min_lr``.
+        lr_decay_epochs: the epoch the cosine reaches ``min_lr`` (``None`` = ``max_epochs``; the
+            released runs: 300 with 100 trained).
+        warmup_prefix: ``True`` (default): the cosine starts after the warm-up; ``False``: it is
+            laid out from step 0 (timm's and the released code's default); see
+            :func:`warmup_cosine_factor`.
         label_smoothing: for hard labels; soft (mixup/cutmix) targets are used as given.
         input_size: (H, W) to probe the grid with; defaults to the model's own input size.
         drloc_seed: seed of the pair sampler (default: derived from the global seed), on the
@@ -106,6 +124,13 @@ class DrLocModule(pl.LightningModule):
         label_smoothing: float = 0.1,
         input_size: Sequence[int] | int | None = None,
         drloc_seed: int | None = None,
+        tap_norm: str = "pre",
+        head_init: str = "released",
+        class_head: str = "released",
+        lambda_decay_epochs: float | None = None,
+        lambda_interval: str = "step",
+        lr_decay_epochs: float | None = None,
+        warmup_prefix: bool = True,
     ):
         super().__init__()
         model_kwargs = dict(_plain(model_kwargs) or {})
@@ -115,8 +140,12 @@ class DrLocModule(pl.LightningModule):
         input_size = _plain(input_size)
         betas = tuple(_plain(betas))
         self._check_args(model_name, num_classes, lambda_drloc, lr, weight_decay, warmup_epochs, min_lr, label_smoothing)
-        drloc_lambda(lambda_drloc, 0.0, None, lambda_schedule, lambda_warmup_epochs)  # validates early
+        drloc_lambda(lambda_drloc, 0.0, None, lambda_schedule, lambda_warmup_epochs, lambda_decay_epochs)  # validates early
+        epoch_progress(0, 0, None, lambda_interval)
+        check_tap_norm(tap_norm)
         resolve_hidden_dims(head_hidden_dims)
+        if lr_decay_epochs is not None and not lr_decay_epochs > 0:
+            raise ValueError(f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches min_lr), or None for max_epochs")
         self.save_hyperparameters(ignore=())
         self.hparams.model_kwargs = model_kwargs
         self.hparams.head_hidden_dims = head_hidden_dims
@@ -129,7 +158,7 @@ class DrLocModule(pl.LightningModule):
         if lambda_drloc > 0:
             if input_size is None and "img_size" in model_kwargs:
                 input_size = model_kwargs["img_size"]
-            self.grid_info = probe_grid(self.model, input_size, name=model_name)
+            self.grid_info = probe_grid(self.model, input_size, name=model_name, tap_norm=tap_norm)
             self.drloc = DrLocLoss(
                 self.grid_info.channels,
                 mode=drloc_mode,
@@ -138,6 +167,8 @@ class DrLocModule(pl.LightningModule):
                 hidden_dims=head_hidden_dims,
                 grid_size=grid_size,
                 grid_hw=self.grid_info.hw,
+                head_init=head_init,
+                class_head=class_head,
             )
         top_k = min(5, num_classes)
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -191,24 +222,22 @@ class DrLocModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ λ and sampling
     def _epoch_progress(self) -> float:
-        return epoch_progress(self.trainer.current_epoch, self._batch_idx, self.trainer.num_training_batches)
+        return epoch_progress(
+            self.trainer.current_epoch, self._batch_idx, self.trainer.num_training_batches, self.hparams.lambda_interval
+        )
 
     @property
     def current_lambda(self) -> float:
         """λ in effect for the current training step (0 without DRLoc)."""
         if self.drloc is None:
             return 0.0
+        hp = self.hparams
         trainer = self._trainer
+        decay = hp.lambda_decay_epochs
         if trainer is None:
-            return drloc_lambda(self.hparams.lambda_drloc, 0.0, None, self.hparams.lambda_schedule, self.hparams.lambda_warmup_epochs)
+            return drloc_lambda(hp.lambda_drloc, 0.0, None, hp.lambda_schedule, hp.lambda_warmup_epochs, decay)
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        return drloc_lambda(
-            self.hparams.lambda_drloc,
-            self._epoch_progress(),
-            max_epochs,
-            self.hparams.lambda_schedule,
-            self.hparams.lambda_warmup_epochs,
-        )
+        return drloc_lambda(hp.lambda_drloc, self._epoch_progress(), max_epochs, hp.lambda_schedule, hp.lambda_warmup_epochs, decay)
 
     def _sampler(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
@@ -264,13 +293,18 @@ class DrLocModule(pl.LightningModule):
         hp = self.hparams
         modules = [self.model] + ([self.drloc] if self.drloc is not None else [])
         optimizer = torch.optim.AdamW(weight_decay_groups(modules, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        train_steps = max(1, int(self.trainer.estimated_stepping_batches))
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup_steps = int(round(hp.warmup_epochs * total_steps / max_epochs))
+        steps_per_epoch = train_steps / max_epochs
+        warmup_steps = int(round(hp.warmup_epochs * steps_per_epoch))
+        decay_epochs = hp.lr_decay_epochs
+        # the cosine's horizon may lie past the end of training (the released runs: 300 of 100 epochs)
+        total_steps = train_steps if decay_epochs is None else max(1, int(round(decay_epochs * steps_per_epoch)))
         min_factor = hp.min_lr / hp.lr
+        warmup_prefix = bool(hp.warmup_prefix)
 
         def factor(step: int) -> float:
-            return warmup_cosine_factor(step, total_steps, warmup_steps, min_factor)
+            return warmup_cosine_factor(step, total_steps, warmup_steps, min_factor, warmup_prefix)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

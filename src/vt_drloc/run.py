@@ -17,7 +17,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vt_drloc.drloc import DRLOC_MODES, SCHEDULES, TARGETS
+from vt_drloc.drloc import CLASS_HEADS, DRLOC_MODES, HEAD_INITS, LAMBDA_INTERVALS, SCHEDULES, TARGETS
+from vt_drloc.tap import TAP_NORMS
 
 CONFIG_PACKAGE = "vt_drloc.conf"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
@@ -102,7 +103,9 @@ def check_drloc_config(drloc: Mapping[str, Any]) -> None:
     size = drloc["sample_size"]
     if not isinstance(size, int) or size < 1:
         raise UserError(f"drloc.sample_size={size} is invalid: use an integer >= 1 (the paper samples 64 pairs per image).")
-    for key, choices in (("mode", DRLOC_MODES), ("target", TARGETS), ("schedule", SCHEDULES)):
+    choices_of = (("mode", DRLOC_MODES), ("target", TARGETS), ("schedule", SCHEDULES), ("tap_norm", TAP_NORMS),
+                  ("head_init", HEAD_INITS), ("class_head", CLASS_HEADS), ("interval", LAMBDA_INTERVALS))
+    for key, choices in choices_of:
         if drloc[key] not in choices:
             raise UserError(f"drloc.{key}={drloc[key]!r} is invalid: choose one of {', '.join(choices)}.")
     grid = drloc["grid_size"]
@@ -135,9 +138,17 @@ def check_run_config(cfg: DictConfig) -> None:
     if drloc is not None:
         need(_is_number(drloc.warmup_epochs) and drloc.warmup_epochs >= 0, "drloc.warmup_epochs", "use a number >= 0")
         need(drloc.seed is None or (_is_int(drloc.seed) and drloc.seed >= 0), "drloc.seed", "use an integer >= 0, or null")
+        need(drloc.decay_epochs is None or (_is_number(drloc.decay_epochs) and drloc.decay_epochs > 0), "drloc.decay_epochs",
+             "use the epoch at which lambda reaches 0 (a number > 0), or null for trainer.max_epochs")
     if optim is not None and "lr_batch_scale" in optim:
         scale = optim.lr_batch_scale
         need(scale is None or (_is_number(scale) and scale > 0), "optim.lr_batch_scale", "use a batch size > 0 (the paper: 512), or null to use lr as given")
+    if optim is not None and "decay_epochs" in optim:
+        decay = optim.decay_epochs
+        need(decay is None or (_is_number(decay) and decay > 0), "optim.decay_epochs",
+             "use the epoch at which the cosine reaches min_lr (a number > 0), or null for trainer.max_epochs")
+    if optim is not None and "warmup_prefix" in optim:
+        need(isinstance(optim.warmup_prefix, bool), "optim.warmup_prefix", "use true (cosine after the warm-up) or false (timm / released)")
     if trainer is not None:
         epochs = trainer.get("max_epochs")
         need(epochs is None or (_is_int(epochs) and (epochs >= 1 or epochs == -1)), "trainer.max_epochs", "use an integer >= 1 (-1: no limit); 0 would train nothing")

@@ -59,6 +59,12 @@ def copy_sweep_results(sweep_dir: str | Path, dest: str | Path) -> list[Path]:
     return written
 
 
+# The DRLoc defaults that changed with docs/fidelity.md (issue 13) and what runs recorded before
+# then used; such a row was produced by the older default until it is re-run.
+OLDER_DEFAULTS = {"tap_norm": "post", "head_init": "torch"}
+OLDER_DEFAULT_MARK = "†"
+
+
 @dataclass
 class StudyRow:
     """One DRLoc setting of one cell and its λ=0 baseline."""
@@ -84,11 +90,17 @@ class StudyRow:
 
     @property
     def options(self) -> str:
-        """DRLoc options of the run: target, λ schedule, head, loss."""
+        """DRLoc options of the run: target, λ schedule, head, loss, grid tap, head init.
+
+        A run recorded before these two options existed ran the older defaults (the grid after the
+        final norm, PyTorch's head init); they are shown with :data:`OLDER_DEFAULT_MARK`."""
         opts = self._first("drloc") or {}
         if not isinstance(opts, dict):
             return ""
-        return ", ".join(str(opts.get(k, "?")) for k in ("target", "schedule", "hidden_dims", "mode"))
+        parts = [str(opts.get(k, "?")) for k in ("target", "schedule", "hidden_dims", "mode")]
+        for key, label in (("tap_norm", "{}-norm"), ("head_init", "{} init")):
+            parts.append(label.format(opts[key]) if key in opts else label.format(OLDER_DEFAULTS[key]) + OLDER_DEFAULT_MARK)
+        return ", ".join(parts)
 
     def paired_test(self) -> list[float]:
         mine, base = self.drloc.by_seed("test_acc1"), self.baseline.by_seed("test_acc1")
@@ -170,7 +182,9 @@ def study_markdown(rows: list[StudyRow], title: str) -> str:
         "",
         "Test top-1 in %, mean ± std (sample std) over seeds; Δ = DRLoc − baseline in percentage points, "
         "mean ± std of the per-seed paired differences, n = seeds paired. DRLoc options: target, λ schedule, "
-        "head hidden widths, loss. Params: backbone (DRLoc head). Wall: seconds per run, baseline / DRLoc.",
+        "head hidden widths, loss, grid tap (before / after the final norm), head init; "
+        f"{OLDER_DEFAULT_MARK} = produced by the default before docs/fidelity.md (post-norm tap, PyTorch head init), "
+        "not yet re-run with today's. Params: backbone (DRLoc head). Wall: seconds per run, baseline / DRLoc.",
         "",
         "| cell | model | params | train imgs | epochs | λ | DRLoc options | baseline test acc1 | DRLoc test acc1 "
         "| Δ test acc1 | Δ val acc1 | wall s / run |",

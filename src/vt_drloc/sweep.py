@@ -279,14 +279,19 @@ class Sweep:
         return sorted(groups.values(), key=lambda s: [_value_key(s.values[k]) for k in order])
 
     def baseline_of(self, setting: Setting, settings: Sequence[Setting]) -> Setting | None:
-        """The λ=0 setting with the same other swept values (None when λ is not swept)."""
+        """The λ=0 setting with the same other swept values (None when λ is not swept).
+
+        Failing an exact match, a λ=0 setting that differs only in other ``drloc.*`` keys serves: a
+        λ=0 run builds no DRLoc head, so those options cannot change it (e.g. one set of baselines
+        for DRLoc runs that sweep ``drloc.tap_norm``)."""
         if LAMBDA_KEY not in self.setting_keys:
             return None
-        for other in settings:
-            if as_number(other.values[LAMBDA_KEY]) == 0.0 and all(
-                _canonical(other.values[k]) == _canonical(setting.values[k]) for k in self.setting_keys if k != LAMBDA_KEY
-            ):
-                return other
+        baselines = [other for other in settings if as_number(other.values[LAMBDA_KEY]) == 0.0]
+        for inert in (False, True):
+            keys = [k for k in self.setting_keys if k != LAMBDA_KEY and not (inert and k.startswith("drloc."))]
+            for other in baselines:
+                if all(_canonical(other.values[k]) == _canonical(setting.values[k]) for k in keys):
+                    return other
         return None
 
 

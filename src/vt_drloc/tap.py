@@ -3,10 +3,19 @@
 Works on any model with timm's surface. The preferred route is timm's
 ``forward_intermediates(x, indices=1, intermediates_only=False)``: it returns both the final
 features (fed to ``forward_head``, so the logits are exactly ``model(x)``) and the last stage as an
-NCHW grid with class / distillation / register tokens removed. Where the model has a ``norm``
-argument the grid is taken after the final norm, i.e. the same embeddings the classifier sees.
-Models without ``forward_intermediates`` fall back to ``forward_features`` plus prefix-token
-removal and a reshape (or an NHWC permute).
+NCHW grid with class / distillation / register tokens removed. Models without
+``forward_intermediates`` fall back to ``forward_features`` plus prefix-token removal and a reshape
+(or an NHWC permute).
+
+``tap_norm`` says whether the grid is read before or after the model's final norm:
+
+* ``"pre"`` (default): the last stage's tokens as they leave the blocks, before the final norm, as
+  the authors' released Swin-T and ViT fed DRLoc (the norm applied to the classifier's copy only).
+  ``forward_intermediates(norm=False)``; in the fallback, the input of ``model.norm``.
+* ``"post"``: after the final norm, the embeddings the classifier sees (the released T2T-ViT).
+  ``forward_intermediates(norm=True)``; in the fallback, ``forward_features``' output.
+
+A model without a final norm (ResNet, the released CvT) gives the same grid either way.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 STRATEGIES = ("intermediates", "features")
+TAP_NORMS = ("pre", "post")
 MIN_GRID = 2
 
 
@@ -37,6 +47,7 @@ class GridInfo:
     width: int
     prefix_tokens: int = 0
     intermediates_kwargs: tuple[tuple[str, Any], ...] = ()
+    tap_norm: str = "pre"
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -64,17 +75,62 @@ def _num_prefix_tokens(model: nn.Module) -> int:
     return count + (reg.shape[1] if isinstance(reg, Tensor) and reg.dim() == 3 else 0)
 
 
-def _intermediates_kwargs(model: nn.Module) -> dict[str, Any] | None:
+def check_tap_norm(tap_norm: str) -> str:
+    if tap_norm not in TAP_NORMS:
+        raise ValueError(f"tap_norm={tap_norm!r} is not valid; choose one of {', '.join(map(repr, TAP_NORMS))}")
+    return tap_norm
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The model's final norm module (timm's ``model.norm``), or None when it has none."""
+    norm = getattr(model, "norm", None)
+    return norm if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity) else None
+
+
+def _intermediates_kwargs(model: nn.Module, tap_norm: str) -> dict[str, Any] | None:
     method = getattr(model, "forward_intermediates", None)
     if method is None:
         return None
     params = inspect.signature(method).parameters
+    if "norm" not in params and tap_norm == "pre" and final_norm(model) is not None:
+        return None  # cannot ask for the un-normed last stage: read the norm's input instead
     kwargs: dict[str, Any] = {"indices": 1, "intermediates_only": False}
     if "norm" in params:
-        kwargs["norm"] = True
+        kwargs["norm"] = tap_norm == "post"
     if "output_fmt" in params:
         kwargs["output_fmt"] = "NCHW"
     return kwargs
+
+
+def _last_intermediate(model: nn.Module, x: Tensor, kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+    """The last grid of ``forward_intermediates(x, **kwargs)`` and the kwargs that gave it. A model
+    without a final norm that refuses ``norm=True`` (Hiera asserts ``not norm``) is asked again with
+    ``norm=False``: with no final norm to apply, its post-norm grid is the un-normed one."""
+    try:
+        return model.forward_intermediates(x, **kwargs)[1][-1], kwargs
+    except Exception:
+        if not kwargs.get("norm") or final_norm(model) is not None:
+            raise
+    kwargs = {**kwargs, "norm": False}
+    return model.forward_intermediates(x, **kwargs)[1][-1], kwargs
+
+
+def _features_and_tokens(model: nn.Module, x: Tensor, tap_norm: str) -> tuple[Any, Any]:
+    """``forward_features(x)`` and the tensor the grid is read from: that output ("post") or the
+    input of the final norm ("pre", captured by a forward pre-hook during the same forward)."""
+    norm = final_norm(model) if tap_norm == "pre" else None
+    if norm is None:
+        features = model.forward_features(x)
+        return features, features
+    captured: list[Tensor] = []
+    handle = norm.register_forward_pre_hook(lambda _m, args: captured.append(args[0]) if not captured else None)
+    try:
+        features = model.forward_features(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise GridTapError("tap_norm='pre': forward_features never called model.norm; use tap_norm='post'")
+    return features, captured[0]
 
 
 def tokens_to_grid(features: Tensor, model: nn.Module, prefix_tokens: int | None = None) -> Tensor:
@@ -102,8 +158,8 @@ def tap_grid(model: nn.Module, x: Tensor, info: GridInfo) -> tuple[Any, Tensor]:
     if info.strategy == "intermediates":
         features, intermediates = model.forward_intermediates(x, **dict(info.intermediates_kwargs))
         return features, intermediates[-1]
-    features = model.forward_features(x)
-    return features, tokens_to_grid(features, model, info.prefix_tokens)
+    features, tokens = _features_and_tokens(model, x, info.tap_norm)
+    return features, tokens_to_grid(tokens, model, info.prefix_tokens)
 
 
 def _grid_error(name: str, found: str, input_hw: tuple[int, int], problem: str) -> GridTapError:
@@ -116,13 +172,22 @@ def _grid_error(name: str, found: str, input_hw: tuple[int, int], problem: str) 
 
 
 @torch.no_grad()
-def probe_grid(model: nn.Module, input_size: tuple[int, int] | int | None = None, name: str | None = None, in_chans: int | None = None) -> GridInfo:
+def probe_grid(
+    model: nn.Module,
+    input_size: tuple[int, int] | int | None = None,
+    name: str | None = None,
+    in_chans: int | None = None,
+    tap_norm: str = "pre",
+) -> GridInfo:
     """Find how to tap ``model`` and the grid it yields, with one forward of a zero batch.
+
+    ``tap_norm``: ``"pre"`` (default) or ``"post"`` the final norm; see the module docstring.
 
     Raises :class:`GridTapError` naming the model, the grid found and a fix when the grid is
     smaller than 2×2, not square, or cannot be reached.
     """
     name = name or type(model).__name__
+    check_tap_norm(tap_norm)
     if input_size is None:
         input_hw = model_input_size(model)
     else:
@@ -133,18 +198,17 @@ def probe_grid(model: nn.Module, input_size: tuple[int, int] | int | None = None
     was_training = model.training
     model.eval()
     try:
-        kwargs = _intermediates_kwargs(model)
+        kwargs = _intermediates_kwargs(model, tap_norm)
         prefix = 0
         try:
             if kwargs is not None:
                 strategy = "intermediates"
-                _, intermediates = model.forward_intermediates(x, **kwargs)
-                grid = intermediates[-1]
+                grid, kwargs = _last_intermediate(model, x, kwargs)
             else:
                 strategy = "features"
                 kwargs = {}
                 prefix = _num_prefix_tokens(model)
-                grid = tokens_to_grid(model.forward_features(x), model, prefix)
+                grid = tokens_to_grid(_features_and_tokens(model, x, tap_norm)[1], model, prefix)
         except GridTapError as err:
             raise _grid_error(name, "no grid", input_hw, str(err)) from err
         except Exception as err:  # the model itself rejected the probe input
@@ -163,4 +227,4 @@ def probe_grid(model: nn.Module, input_size: tuple[int, int] | int | None = None
         raise _grid_error(name, found, input_hw, "the grid is not square")
     if height < MIN_GRID:
         raise _grid_error(name, found, input_hw, "the grid is too small")
-    return GridInfo(strategy, int(channels), int(height), int(width), prefix, tuple(sorted(kwargs.items())))
+    return GridInfo(strategy, int(channels), int(height), int(width), prefix, tuple(sorted(kwargs.items())), tap_norm)

@@ -55,10 +55,17 @@ def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float) -> DrLo
             grid_size=drloc.grid_size,
             lambda_schedule=drloc.schedule,
             lambda_warmup_epochs=drloc.warmup_epochs,
+            lambda_decay_epochs=drloc.decay_epochs,
+            lambda_interval=drloc.interval,
+            tap_norm=drloc.tap_norm,
+            head_init=drloc.head_init,
+            class_head=drloc.class_head,
             lr=optim.lr,
             weight_decay=optim.weight_decay,
             warmup_epochs=optim.warmup_epochs,
             min_lr=optim.min_lr,
+            lr_decay_epochs=optim.decay_epochs,
+            warmup_prefix=optim.warmup_prefix,
             label_smoothing=optim.label_smoothing,
             drloc_seed=drloc.seed,
         )
@@ -112,9 +119,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate_checked("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir),
                                       plugins=[AtomicCheckpointIO()])  # checkpoints: temp file + os.replace, never torn
     if cfg.optim.lr_batch_scale:
+        # lr and min_lr scale together, as in the released code (its warm-up and floor scale too)
         global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
         model.hparams.lr = cfg.optim.lr * global_batch / cfg.optim.lr_batch_scale
-        model.hparams.min_lr = min(cfg.optim.min_lr, model.hparams.lr)
+        model.hparams.min_lr = min(cfg.optim.min_lr * global_batch / cfg.optim.lr_batch_scale, model.hparams.lr)
     if trainer.is_global_zero:
         share = model.num_head_params / max(1, model.num_backbone_params + model.num_head_params)
         log.info(

@@ -1,6 +1,6 @@
 """CvT and T2T-ViT for timm; importing this package registers the models with timm.
 
-Registered names: ``cvt_13``, ``cvt_21``, ``cvt_13_c32``, ``cvt_21_c32`` (see :mod:`vt_drloc.models.cvt`)
+Registered names: ``cvt_13``, ``cvt_21``, ``cvt_13_c32``, ``cvt_21_c32``, ``cvt_13_drloc`` (see :mod:`vt_drloc.models.cvt`)
 and ``t2t_vit_14``, ``t2t_vit_t_14``, ``t2t_vit_14_c32``, ``t2t_vit_t_14_c32`` (see :mod:`vt_drloc.models.t2t_vit`).
 """
 
@@ -12,6 +12,7 @@ MODEL_NAMES = (
     "cvt_13",
     "cvt_21",
     "cvt_13_c32",
+    "cvt_13_drloc",
     "cvt_21_c32",
     "t2t_vit_14",
     "t2t_vit_t_14",

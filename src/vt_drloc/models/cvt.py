@@ -24,6 +24,18 @@ Differences from the authors' release, on purpose: attention logits are scaled b
 ``head_dim ** -0.5`` (the usual convention), and stochastic depth rises linearly over all blocks
 of the network rather than per stage.
 
+The DRLoc release's CvT-13 (``cvt_13_drloc``)
+---------------------------------------------
+The DRLoc authors' released runs (Liu et al. 2021) trained a different CvT-13: no class token at
+all, the classifier reads the average of the last stage's 14x14 map with no final norm before it
+(so it sees the same map the DRLoc head sees, before pooling), keys and values share one
+depth-wise conv + BatchNorm (``shared_kv_conv=True``) before their point-wise projections, none of
+the q / k / v projections has a bias, the first embedding pads by 3, and there is no stochastic
+depth. ``cvt_13_drloc`` builds it: 19,936,296 parameters with 1000 classes (``cvt_13``:
+19,997,480), 19,555,146 with 10. Not reproduced: its channel LayerNorm adds eps to the standard
+deviation rather than the variance (a 1e-5 difference), and its linear layers keep PyTorch's
+default initialisation (here: truncated normal, std 0.02, as ``cvt_13``).
+
 32-px variants (``*_c32``)
 --------------------------
 The paper trains small datasets at 224 px (images upsampled). For native 32-px inputs the
@@ -113,14 +125,20 @@ class ConvProjectionAttention(MultiHeadAttentionBase):
         kv_stride: int = 2,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        shared_kv_conv: bool = False,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
         super().__init__(dim, num_heads)
         dd = {"device": device, "dtype": dtype}
         self.conv_q = DepthwiseConvBN(dim, kernel, q_stride, **dd)
-        self.conv_k = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
-        self.conv_v = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
+        if shared_kv_conv:
+            # one depth-wise conv + BN feeds both the key and the value projections
+            self.conv_kv = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
+        else:
+            self.conv_k = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
+            self.conv_v = DepthwiseConvBN(dim, kernel, kv_stride, **dd)
+        self.shared_kv_conv = shared_kv_conv
         self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
         self.k = nn.Linear(dim, dim, bias=qkv_bias, **dd)
         self.v = nn.Linear(dim, dim, bias=qkv_bias, **dd)
@@ -134,7 +152,11 @@ class ConvProjectionAttention(MultiHeadAttentionBase):
         B, N, C = x.shape
         prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
         grid = tokens_to_nchw(tokens, hw)
-        q, k, v = self.conv_q(grid), self.conv_k(grid), self.conv_v(grid)
+        q = self.conv_q(grid)
+        if self.shared_kv_conv:
+            k = v = self.conv_kv(grid)
+        else:
+            k, v = self.conv_k(grid), self.conv_v(grid)
         if num_prefix:
             q, k, v = (torch.cat([prefix, t], dim=1) for t in (q, k, v))
         q, k, v = self._heads(self.q(q)), self._heads(self.k(k)), self._heads(self.v(v))
@@ -158,10 +180,11 @@ class ConvTransformerBlock(TransformerBlock):
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        shared_kv_conv: bool = False,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        attn_layer = partial(ConvProjectionAttention, kernel=kernel, q_stride=1, kv_stride=kv_stride)
+        attn_layer = partial(ConvProjectionAttention, kernel=kernel, q_stride=1, kv_stride=kv_stride, shared_kv_conv=shared_kv_conv)
         super().__init__(
             dim, num_heads, mlp_ratio, qkv_bias, proj_drop, attn_drop, drop_path, device=device, dtype=dtype,
             attn_layer=attn_layer,
@@ -191,6 +214,7 @@ class CvTStage(nn.Module):
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: Sequence[float] = (),
+        shared_kv_conv: bool = False,
         device: Any = None,
         dtype: Any = None,
     ) -> None:
@@ -201,7 +225,9 @@ class CvTStage(nn.Module):
         self.num_prefix_tokens = 1 if class_token else 0
         dpr = list(drop_path) or [0.0] * depth
         self.blocks = nn.ModuleList(
-            ConvTransformerBlock(dim, num_heads, mlp_ratio, qkv_bias, proj_kernel, kv_stride, proj_drop, attn_drop, dpr[i], **dd)
+            ConvTransformerBlock(
+                dim, num_heads, mlp_ratio, qkv_bias, proj_kernel, kv_stride, proj_drop, attn_drop, dpr[i], shared_kv_conv, **dd
+            )
             for i in range(depth)
         )
         self.grad_checkpointing = False
@@ -238,6 +264,8 @@ class CvT(ClassifierMixin, nn.Module):
         proj_kernel: int = 3,
         kv_stride: int = 2,
         class_token: bool = True,
+        final_norm: bool = True,
+        shared_kv_conv: bool = False,
         drop_rate: float = 0.0,
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
@@ -264,7 +292,7 @@ class CvT(ClassifierMixin, nn.Module):
                     in_chs, embed_dims[i], depths[i], num_heads[i], patch_sizes[i], patch_strides[i], patch_paddings[i],
                     class_token=class_token and i == n - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                     proj_kernel=proj_kernel, kv_stride=kv_stride, proj_drop=proj_drop_rate,
-                    attn_drop=attn_drop_rate, drop_path=dpr[i], **dd,
+                    attn_drop=attn_drop_rate, drop_path=dpr[i], shared_kv_conv=shared_kv_conv, **dd,
                 )
             )
             hw = stages[-1].patch_embed.out_size(hw)
@@ -276,6 +304,8 @@ class CvT(ClassifierMixin, nn.Module):
         self.patch_size = reduction  # total stride of the final token grid
 
         self._init_head(drop_rate, **dd)
+        if not final_norm:
+            self.norm = nn.Identity()  # the classifier (and a post-norm DRLoc tap) read the raw last stage
 
         init_weights(self)
         last = self.stages[-1]
@@ -377,6 +407,7 @@ default_cfgs = generate_default_cfgs(
         "cvt_13": _cfg(),
         "cvt_21": _cfg(),
         "cvt_13_c32": _cfg(**C32_CFG),
+        "cvt_13_drloc": _cfg(),
         "cvt_21_c32": _cfg(**C32_CFG),
     }
 )
@@ -401,6 +432,18 @@ def cvt_21(pretrained: bool = False, **kwargs: Any) -> CvT:
     """CvT-21 (depths 1/4/16), 224 px, final grid 14x14, ~31.6 M params."""
     args = dict(embed_dims=(64, 192, 384), depths=(1, 4, 16), num_heads=(1, 3, 6))
     return _create_cvt("cvt_21", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def cvt_13_drloc(pretrained: bool = False, **kwargs: Any) -> CvT:
+    """CvT-13 as the DRLoc authors' released runs built it (see the module docstring): no class
+    token, average-pooled classifier without a final norm, shared k/v conv, no q/k/v bias,
+    19.94 M params; final grid 14x14 at 224 px."""
+    args = dict(
+        embed_dims=(64, 192, 384), depths=(1, 2, 10), num_heads=(1, 3, 6), patch_paddings=(3, 1, 1),
+        class_token=False, global_pool="avg", final_norm=False, shared_kv_conv=True, qkv_bias=False,
+    )
+    return _create_cvt("cvt_13_drloc", pretrained, **dict(args, **kwargs))
 
 
 @register_model
