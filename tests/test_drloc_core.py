@@ -228,3 +228,15 @@ def test_chance_l1_is_the_loss_of_the_best_constant_prediction():
     assert at_median == pytest.approx(chance_l1(8, 8), abs=0.01)
     for other in (1.0, 2.5, 3.0, targets.mean().item()):
         assert F.l1_loss(torch.full_like(targets, other), targets).item() > at_median
+
+
+def test_task_record_names_the_grid_its_chance_and_the_fraction():
+    from vt_drloc.drloc import task_record
+
+    # 14x14 pooled to 7x7. Per axis |d| = 0..6 with counts 7, 12, 10, 8, 6, 4, 2 (of 49); median 2;
+    # E|d - 2| = (7*2 + 12*1 + 0 + 8*1 + 6*2 + 4*3 + 2*4) / 49 = 66/49
+    record = task_record(DrLocLoss(in_dim=4, grid_hw=(14, 14)), 1.0)
+    assert record["drloc_grid"] == [7, 7] and record["drloc_chance_l1"] == pytest.approx(66 / 49)
+    assert record["drloc_final_over_chance"] == pytest.approx(49 / 66)
+    assert task_record(DrLocLoss(in_dim=4, mode="ce", grid_hw=(8, 8)), 2.0)["drloc_chance_l1"] is None
+    assert task_record(None, None) == {"drloc_grid": None, "drloc_chance_l1": None, "drloc_final_loss": None, "drloc_final_over_chance": None}

@@ -455,3 +455,26 @@ def test_one_set_of_baselines_serves_drloc_runs_that_sweep_other_drloc_options(t
              {"overrides": {"drloc.lambda_drloc": "0.1", "model": "vit", "seed": 0}, "results": fake_results(0.1, 0, 0.3, 0.3)}]
     sweep = load_sweep(fake_sweep(tmp_path / "other", other))
     assert sweep.baseline_of(sweep.settings()[-1], sweep.settings()) is None
+
+
+def test_head_task_fraction_is_a_column_once_runs_record_it(tmp_path):
+    """summary.md / summary.csv / study.md show the last-epoch DRLoc loss / chance where the runs recorded
+    it (mean ± std over seeds), "–" for runs from before it existed; older sweeps keep their tables."""
+    from vt_drloc.study import load_study, study_markdown
+
+    def cell(name: str, record: bool) -> Path:
+        jobs = []
+        for seed, ratio in zip((0, 1, 2), (0.4, 0.5, 0.6)):
+            jobs.append({"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3)})
+            extra = {"drloc_final_over_chance": ratio} if record else {}
+            jobs.append({"overrides": {"drloc.lambda_drloc": "0.1", "seed": seed}, "results": fake_results(0.1, seed, 0.3, 0.31, **extra)})
+        return fake_sweep(tmp_path / "study" / name, jobs)
+
+    new, old = cell("a_new", True), cell("b_old", False)
+    table = md_rows(summary_markdown(load_sweep(new)), n_keys=1)
+    assert table[("0.1",)]["DRLoc L1 / chance"] == "0.50 ± 0.10" and table[("0",)]["DRLoc L1 / chance"] == "–"
+    assert "DRLoc L1 / chance" not in summary_markdown(load_sweep(old))
+    write_summary(new)
+    assert [r["drloc_final_over_chance"] for r in read_csv(new / "summary.csv") if r["drloc.lambda_drloc"] == "0.1"] == ["0.4", "0.5", "0.6"]
+    study = md_rows(study_markdown(load_study(tmp_path / "study"), "study"), n_keys=1)
+    assert study[("a_new",)]["DRLoc L1 / chance"] == "0.50 ± 0.10" and study[("b_old",)]["DRLoc L1 / chance"] == "–"

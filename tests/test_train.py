@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -171,6 +172,11 @@ def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
     assert 0 <= written["test_acc1"] <= written["test_acc5"] <= 1
     assert 0.0 < written["val_acc1"] < 1.0  # a balanced 10-class hold-out, not a one-class prefix
     assert results["test_acc1"] == written["test_acc1"]
+    # did the head learn its task: the 8x8 grid, chance_l1(8, 8) = 1.5625 and the last epoch's loss / chance
+    assert written["drloc_grid"] == [8, 8] and written["drloc_chance_l1"] == 1.5625
+    drloc_epoch = [float(r["train/drloc_epoch"]) for r in csv.DictReader((out / "csv" / "metrics.csv").open()) if r.get("train/drloc_epoch")]
+    assert written["drloc_final_loss"] == pytest.approx(drloc_epoch[-1])
+    assert written["drloc_final_over_chance"] == pytest.approx(drloc_epoch[-1] / 1.5625)
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "csv").glob("metrics.csv")) and list((out / "tensorboard").glob("events.out.tfevents.*"))
 

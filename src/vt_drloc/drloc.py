@@ -164,6 +164,24 @@ def chance_l1(height: int, width: int, target: str = "abs") -> float:
     return (targets - targets.median(dim=0).values).abs().mean().item()
 
 
+def task_record(loss: DrLocLoss | None, final_loss: float | None) -> dict[str, object]:
+    """Did the head learn its task? The grid the loss ran on (after pooling), its :func:`chance_l1`
+    and ``final_loss`` (e.g. the last epoch's mean training DRLoc loss) as a fraction of it.
+
+    Chance and fraction are ``None`` for the ``ce`` / ``cbr`` modes (chance is defined for ``l1``)
+    and without DRLoc. A fraction near 1 means the head predicted no better than a constant.
+    """
+    hw = None if loss is None else loss.reduced_hw
+    chance = chance_l1(*hw, loss.target) if hw is not None and loss.mode == "l1" else None
+    ratio = final_loss / chance if chance and final_loss is not None else None
+    return {
+        "drloc_grid": None if hw is None else list(hw),
+        "drloc_chance_l1": chance,
+        "drloc_final_loss": final_loss,
+        "drloc_final_over_chance": ratio,
+    }
+
+
 def _per_axis(delta: Tensor, fn, height: int, width: int) -> Tensor:
     # Python scalars per axis: no small tensor is built (and copied to the device) every step.
     return torch.stack([fn(delta[..., 0], height), fn(delta[..., 1], width)], dim=-1)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from vt_drloc.sweep import (
-    LAMBDA_KEY, Setting, Sweep, SweepError, _delta_text, _figure, _md_cell, _mean_std, _natural_key, _pct,
-    _png_bytes, _write_atomic, find_job_dirs, load_sweep, paired_delta,
+    LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, _delta_text, _figure, _md_cell, _mean_std, _natural_key,
+    _pct, _png_bytes, _write_atomic, find_job_dirs, load_sweep, paired_delta, records_task, task_text,
 )
 
 STUDY_FILES = ("study.csv", "study.md", "study.png")
@@ -125,6 +125,7 @@ class StudyRow:
             "delta_test_acc1_mean": d_test[0], "delta_test_acc1_std": d_test[1],
             "delta_val_acc1_mean": d_val[0], "delta_val_acc1_std": d_val[1],
             "baseline_wall_s": self.baseline.stats("wall_time_s")[0], "drloc_wall_s": self.drloc.stats("wall_time_s")[0],
+            f"{TASK_KEY}_mean": self.drloc.stats(TASK_KEY)[0], f"{TASK_KEY}_std": self.drloc.stats(TASK_KEY)[1],
         }
 
 
@@ -177,6 +178,9 @@ def _seconds(value: float | None) -> str:
 
 
 def study_markdown(rows: list[StudyRow], title: str) -> str:
+    # the head-task column appears once a row recorded it (runs before it existed show "–")
+    with_task = records_task([job for row in rows for job in row.drloc.jobs])
+    task_head = f" {TASK_TITLE} |" if with_task else ""
     lines = [
         f"# Study `{title}`",
         "",
@@ -187,9 +191,12 @@ def study_markdown(rows: list[StudyRow], title: str) -> str:
         "not yet re-run with today's. Params: backbone (DRLoc head). Wall: seconds per run, baseline / DRLoc.",
         "",
         "| cell | model | params | train imgs | epochs | λ | DRLoc options | baseline test acc1 | DRLoc test acc1 "
-        "| Δ test acc1 | Δ val acc1 | wall s / run |",
-        "|" + "|".join(["---"] * 12) + "|",
+        f"| Δ test acc1 | Δ val acc1 |{task_head} wall s / run |",
+        "|" + "|".join(["---"] * (13 if with_task else 12)) + "|",
     ]
+    if with_task:
+        lines[2] += (f" {TASK_TITLE}: the DRLoc runs' last-epoch training DRLoc loss over chance_l1 (near 1: the head "
+                     "did not learn to localise; – = not recorded by runs before it existed).")
     for row in rows:
         v = row.values()
         lines.append("| " + " | ".join([
@@ -199,6 +206,7 @@ def study_markdown(rows: list[StudyRow], title: str) -> str:
             _pct(*row.baseline.stats("test_acc1")[:2]), _pct(*row.drloc.stats("test_acc1")[:2]),
             _delta_text(paired_delta(row.drloc, row.baseline, "test_acc1")),
             _delta_text(paired_delta(row.drloc, row.baseline, "val_acc1")),
+            *([task_text(row.drloc)] if with_task else []),
             f"{_seconds(v['baseline_wall_s'])} / {_seconds(v['drloc_wall_s'])}",
         ]) + " |")
     lines += ["", "Per-cell tables and figures: `<cell>/summary.md`, `<cell>/summary.png`, `<cell>/curves.png`; figure: `study.png`.", ""]

@@ -48,6 +48,9 @@ RESULT_COLUMNS = (
 # (results.json key, column title) of the accuracies aggregated in summary.md.
 SUMMARY_METRICS = (("val_acc1", "val acc1"), ("test_acc1", "test acc1"), ("test_acc5", "test acc5"))
 DELTA_METRICS = (("val_acc1", "Δ val acc1"), ("test_acc1", "Δ test acc1"))
+# Did the head learn its task? The last epoch's training DRLoc loss / chance_l1 (vt_drloc.drloc.task_record):
+# a column of summary.csv / summary.md / study.md wherever a job recorded it (runs since it exists).
+TASK_KEY, TASK_TITLE = "drloc_final_over_chance", "DRLoc L1 / chance"
 CURVE_METRIC = "val/acc1"
 
 
@@ -342,7 +345,7 @@ def _number_text(value: Any) -> str:
 
 def summary_csv(sweep: Sweep) -> str:
     """``summary.csv``: one row per job. Numbers are written exactly as in ``results.json``."""
-    result_cols = [c for c in RESULT_COLUMNS if c not in sweep.swept]
+    result_cols = [c for c in RESULT_COLUMNS if c not in sweep.swept] + ([TASK_KEY] if records_task(sweep.jobs) else [])
     header = ["job", "status", *sweep.swept, *result_cols, "error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -356,6 +359,19 @@ def summary_csv(sweep: Sweep) -> str:
             job.error.splitlines()[0][:300] if job.error else "",
         ])
     return buffer.getvalue()
+
+
+def records_task(jobs: Sequence[Job]) -> bool:
+    """Whether any of ``jobs`` recorded :data:`TASK_KEY` (older runs did not)."""
+    return any(job.results.get(TASK_KEY) is not None for job in jobs)
+
+
+def task_text(setting: Setting) -> str:
+    """:data:`TASK_KEY` of a setting, mean ± std over its jobs ("–" without DRLoc or a record)."""
+    mean, std, _ = setting.stats(TASK_KEY)
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
 def _pct(mean: float | None, std: float | None) -> str:
@@ -406,9 +422,17 @@ def summary_markdown(sweep: Sweep) -> str:
             "Δ: change vs the λ=0 baseline of the same setting in percentage points, mean ± std of the "
             "per-seed paired differences (DRLoc run minus baseline run of the same seed), n = seeds paired."
         )
+    with_task = records_task(sweep.jobs)
+    if with_task:
+        lines.append(
+            f"{TASK_TITLE}: the last epoch's training DRLoc loss over the loss of a head that predicts the best "
+            "constant offset (chance_l1); near 1 = the head did not learn to localise."
+        )
     header = [*(f"`{k}`" for k in sweep.setting_keys), "jobs ok", *(t for _, t in SUMMARY_METRICS)]
     if has_delta:
         header += [t for _, t in DELTA_METRICS]
+    if with_task:
+        header.append(TASK_TITLE)
     header.append("wall s / job")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for setting in settings:
@@ -420,6 +444,8 @@ def summary_markdown(sweep: Sweep) -> str:
             is_base = baseline is setting
             for key, _ in DELTA_METRICS:
                 row.append("baseline" if is_base else ("–" if baseline is None else _delta_text(paired_delta(setting, baseline, key))))
+        if with_task:
+            row.append(task_text(setting))
         wall = setting.stats("wall_time_s")[0]
         row.append("–" if wall is None else f"{wall:.1f}")
         lines.append("| " + " | ".join(row) + " |")

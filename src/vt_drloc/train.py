@@ -16,6 +16,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from vt_drloc.drloc import task_record
 from vt_drloc.module import DrLocModule
 from vt_drloc.run import (
     CONFIG_PATH,
@@ -163,6 +164,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "backbone_params": model.num_backbone_params,
         "head_params": model.num_head_params + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks),
         "lr": float(model.hparams.lr),
+        # the head's task: its grid, chance L1 and the last epoch's training DRLoc loss / chance
+        **task_record(drloc_callbacks[0].loss if drloc_callbacks else model.drloc, metric(fit_metrics, "train/drloc_epoch")),
         "wall_time_s": time.perf_counter() - start,
         "images_per_s": throughput.images_per_second,
         "world_size": trainer.world_size,
