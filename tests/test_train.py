@@ -224,6 +224,16 @@ def test_wheel_ships_its_configs(tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheel_dir.glob("vt_drloc-*.whl"))
+    # every config ships, and every config group folder is a declared package (no setuptools warnings)
+    import tomllib
+    import zipfile
+
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
+    configs = sorted((REPO / "conf").rglob("*.yaml"))
+    assert {f"vt_drloc/conf/{c.relative_to(REPO / 'conf').as_posix()}" for c in configs} == shipped
+    packages = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    groups = {".".join(("vt_drloc", "conf", *c.parent.relative_to(REPO / "conf").parts)) for c in configs}
+    assert groups <= packages, sorted(groups - packages)
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                              capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
