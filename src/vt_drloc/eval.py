@@ -24,6 +24,7 @@ from vt_drloc.run import (
     exit_on_user_error,
     load_checkpoint_file,
     metric,
+    prepare_data_checked,
     print_config_tree,
     run_cli,
     write_results,
@@ -56,8 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
 
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("test")
+    prepare_data_checked(datamodule, "test")
     if datamodule.num_classes != hparams["num_classes"]:
         raise UserError(
             f"ckpt_path={cfg.ckpt_path!r} has {hparams['num_classes']} classes but data={cfg.data.name!r} has "

@@ -45,6 +45,30 @@ def exit_on_user_error(task):
     return wrapped
 
 
+# The data modules speak Python (root=..., download=True); the app's user types Hydra overrides.
+_CLI_SPELLING = (("pass root=", "pass data.root="), (" root=<", " data.root=<"), ("download=True", "data.download=true"),
+                 ("folder_name=", "data.folder_name="), ("(root=", "(data.root="))
+
+
+def prepare_data_checked(datamodule: Any, stage: str) -> None:
+    """``prepare_data()`` + ``setup(stage)``; a data set that is missing or laid out wrongly is a
+    :class:`UserError` of one paragraph in the command line's spelling (``data.root=...``,
+    ``data.download=true``), raised before any model is built."""
+    from vt_drloc.data.sources import DatasetLayoutError, DatasetNotFoundError
+
+    try:
+        datamodule.prepare_data()
+        datamodule.setup(stage)
+    except (DatasetNotFoundError, DatasetLayoutError) as err:
+        lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
+        # one paragraph: items end in ";", the last item before a heading ("How to get it:") in "."
+        ends = [";" if i + 1 < len(lines) and not lines[i + 1].endswith(":") else "." for i in range(len(lines))]
+        text = " ".join(line if line[-1] in ".:;" else line + end for line, end in zip(lines, ends))
+        for python, cli in _CLI_SPELLING:
+            text = text.replace(python, cli)
+        raise UserError(text) from None
+
+
 def run_cli(hydra_main, argv: list[str] | None = None) -> None:
     """Check group choices in ``argv``, then run ``hydra_main``; bad input exits with code 2."""
     argv = sys.argv[1:] if argv is None else argv

@@ -29,6 +29,7 @@ from vt_drloc.run import (
     check_run_config,
     instantiate_checked,
     metric,
+    prepare_data_checked,
     print_config_tree,
     resolve_resume_path,
     run_cli,
@@ -103,8 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
 
     datamodule: pl.LightningDataModule = instantiate_checked("data", cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    prepare_data_checked(datamodule, "fit")  # a missing data set: one paragraph, exit 2, no model built
 
     callbacks = instantiate_all(cfg.get("callbacks"))
     drloc_callbacks = [cb for cb in callbacks if type(cb).__name__ == "DrLocCallback"]
