@@ -22,7 +22,7 @@ from vt_drloc.tap import GridInfo, check_tap_norm, probe_grid, tap_grid
 def classification_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy for hard labels (B,) with label smoothing, or soft targets (B, K) from mixup/cutmix."""
     if targets.is_floating_point() and targets.dim() == 2:
-        return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits.float(), targets.float())  # class probabilities (already smoothed)
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
