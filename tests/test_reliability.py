@@ -343,3 +343,26 @@ def test_bad_user_facing_value_is_a_user_error_before_training(tmp_path, overrid
         train(compose_cfg([*TINY, override], tmp_path / "run"))
     assert expected.get(override, key.split(".")[-1]) in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_write_atomic_replaces_whole_files_and_keeps_the_old_one_on_error(tmp_path):
+    """The one atomic-write helper behind checkpoints, results.json and summaries."""
+    import stat
+
+    from vt_drloc.files import write_atomic
+
+    target = tmp_path / "sub" / "results.json"
+    assert write_atomic(target, b'{"a": 1}') == target and target.read_bytes() == b'{"a": 1}'
+    plain = tmp_path / "plain.json"
+    plain.write_bytes(b"{}")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)  # the mode a plain write gives
+
+    def failing(handle):
+        handle.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, failing)
+    assert target.read_bytes() == b'{"a": 1}' and [p.name for p in target.parent.iterdir()] == ["results.json"]
+    write_atomic(target, lambda handle: handle.write(b"new"))
+    assert target.read_bytes() == b"new"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,49 +30,16 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from torch import Tensor
 
+from vt_drloc.files import write_atomic
 from vt_drloc.run import UserError
 
 __all__ = ["AtomicCheckpointIO", "NonFiniteLossError", "NonFiniteLossGuard", "ResumeRngState", "atomic_torch_save", "last_good_checkpoint"]
 
-TMP_PREFIX = ".tmp-"  # temporary checkpoint files: hidden, and never ending in .ckpt
-
-
-# ---------------------------------------------------------------------------------- atomic save
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. not supported on this platform / filesystem
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partly written ``path``.
-
-    The bytes go to a temporary file beside ``path`` (same filesystem, so the rename is atomic),
-    are flushed and fsync'ed, and the file is renamed over ``path`` with ``os.replace``. Until
-    that rename, ``path`` still holds its previous content; on any error the temporary file is
-    removed. A SIGKILL in the middle can leave a hidden ``.tmp-*`` file behind, which nothing reads.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """``torch.save(obj, path)`` that never leaves a partly written ``path`` (:func:`vt_drloc.files.write_atomic`)."""
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vt_drloc.drloc import CLASS_HEADS, DRLOC_MODES, HEAD_INITS, LAMBDA_INTERVALS, SCHEDULES, TARGETS
+from vt_drloc.files import write_atomic
 from vt_drloc.tap import TAP_NORMS
 
 CONFIG_PACKAGE = "vt_drloc.conf"
@@ -342,8 +343,4 @@ def metric(metrics: Mapping[str, Any], key: str) -> float | None:
 
 def write_results(output_dir: Path, results: Mapping[str, Any]) -> Path:
     """Write ``results.json`` (atomically: temporary file, then rename)."""
-    path = output_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
-    return path
+    return write_atomic(output_dir / "results.json", json.dumps(results, indent=2, sort_keys=True, default=str).encode())

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vt_drloc.files import write_atomic
 from vt_drloc.sweep import (
     LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, _delta_text, _figure, _md_cell, _mean_std, _natural_key,
-    _pct, _png_bytes, _write_atomic, find_job_dirs, load_sweep, paired_delta, records_task, task_text,
+    _pct, _png_bytes, find_job_dirs, load_sweep, paired_delta, records_task, task_text,
 )
 
 STUDY_FILES = ("study.csv", "study.md", "study.png")
@@ -250,7 +251,7 @@ def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path
     }
     paths = {}
     for name, data in outputs.items():
-        _write_atomic(study_dir / name, data)
+        write_atomic(study_dir / name, data)
         paths[name] = study_dir / name
     return paths
 

@@ -35,6 +35,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from vt_drloc.files import write_atomic
+
 log = logging.getLogger("vt_drloc.sweep")
 
 SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png")
@@ -592,12 +594,6 @@ def _png_bytes(fig) -> bytes:
 
 
 # ---------------------------------------------------------------------------------- writing
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
     """Write ``summary.csv``, ``summary.md``, ``summary.png`` and ``curves.png`` into ``sweep_dir``."""
     sweep = load_sweep(sweep_dir)
@@ -610,7 +606,7 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
     paths = {}
     for name, data in outputs.items():
         path = sweep.path / name
-        _write_atomic(path, data)
+        write_atomic(path, data)
         paths[name] = path
     return paths
 
