@@ -315,10 +315,10 @@ class DrLocCallback(Callback):
             handle = tap_module.register_forward_hook(lambda _m, _args, output: self._record(output))
             self._undo.append(handle.remove)
             self._owner = backbone if backbone is not None else self._prefix_owner(pl_module, self.tap)
-        elif self.tap_norm == "pre" and final_norm(backbone) is not None:
+        elif self.tap_norm == "pre" and (norm := final_norm(backbone)) is not None:
             # the input of the final norm: the last stage's tokens in forward_features' own layout
             self._tap_name = f"backbone {self._backbone_name!r} (input of its final norm)"
-            handle = final_norm(backbone).register_forward_pre_hook(lambda _m, args: self._record(args[0]))
+            handle = norm.register_forward_pre_hook(lambda _m, args: self._record(args[0]))
             self._undo.append(handle.remove)
             self._owner = backbone
         else:

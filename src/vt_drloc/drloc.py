@@ -260,7 +260,6 @@ class DrLocHead(nn.Module):
         self.in_dim = in_dim
         self.hidden_dims = resolve_hidden_dims(hidden_dims)
         self.num_classes = num_classes
-        self.class_head = class_head if num_classes is not None else None
         layers: list[nn.Module] = []
         width = 2 * in_dim
         for hidden in self.hidden_dims:

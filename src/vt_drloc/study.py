@@ -111,6 +111,7 @@ class StudyRow:
         """The row as raw numbers (fractions, seconds), as written to ``study.csv``."""
         base_test, drl_test = self.baseline.stats("test_acc1"), self.drloc.stats("test_acc1")
         d_test, d_val = paired_delta(self.drloc, self.baseline, "test_acc1"), paired_delta(self.drloc, self.baseline, "val_acc1")
+        task_mean, task_std, _ = self.drloc.stats(TASK_KEY)
         return {
             "cell": self.label,
             "model": self._first("model"),
@@ -126,7 +127,7 @@ class StudyRow:
             "delta_test_acc1_mean": d_test[0], "delta_test_acc1_std": d_test[1],
             "delta_val_acc1_mean": d_val[0], "delta_val_acc1_std": d_val[1],
             "baseline_wall_s": self.baseline.stats("wall_time_s")[0], "drloc_wall_s": self.drloc.stats("wall_time_s")[0],
-            f"{TASK_KEY}_mean": self.drloc.stats(TASK_KEY)[0], f"{TASK_KEY}_std": self.drloc.stats(TASK_KEY)[1],
+            f"{TASK_KEY}_mean": task_mean, f"{TASK_KEY}_std": task_std,
         }
 
 
