@@ -29,7 +29,7 @@ warnings.filterwarnings("ignore")
 
 def build(name: str, lam: float, seed: int, device: str) -> tuple[DrLocModule, torch.optim.Optimizer]:
     torch.manual_seed(seed)
-    module = DrLocModule(name, num_classes=100, lambda_drloc=lam, lambda_schedule="constant", drloc_seed=seed).to(device)
+    module = DrLocModule(name, num_classes=100, lambda_drloc=lam, schedule="constant", seed=seed).to(device)
     module.train()
     return module, torch.optim.AdamW(module.parameters(), lr=1e-4)
 

@@ -196,7 +196,7 @@ def test_validation_and_predict_are_untouched(tmp_path):
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             with torch.no_grad():
                 val_losses.append((trainer.callback_metrics, F.cross_entropy(pl_module(batch[0]), batch[1]).item()))
-            assert cb._captured is None and not cb._capturing
+            assert not cb.capture.active
 
     t = trainer(tmp_path, [cb, EvalCheck()], limit_val_batches=1, val_check_interval=2, num_sanity_val_steps=0)
     t.fit(module, random_loader(), random_loader(n=8, seed=3))
@@ -318,7 +318,7 @@ def test_tap_on_a_spatial_grid(tmp_path, layout):
     module.net = ConvNet()
     cb = callback("hand", tap="net.stage")
     trainer(tmp_path, [cb], max_steps=1).fit(module, random_loader(n=8))
-    assert cb._format == layout and cb.loss.head.in_dim == 16
+    assert cb.capture.format == layout and cb.loss.head.in_dim == 16
 
 
 # ---------------------------------------------------------------------------------------- refusals
@@ -421,27 +421,47 @@ def test_ddp_two_cpu_processes_keep_the_head_in_sync(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- config and docs
-def test_hydra_config_instantiates_with_the_signature_defaults(tmp_path):
+def compose_callbacks_drloc(tmp_path, *overrides):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-
-    from vt_drloc.train import instantiate_all
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="vt_drloc.conf", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=["callbacks=drloc", f"paths.output_dir={tmp_path}"])
+            return compose(config_name="train", overrides=["callbacks=drloc", f"paths.output_dir={tmp_path}", *overrides])
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_hydra_config_instantiates_with_the_signature_defaults(tmp_path):
+    from vt_drloc.objective import DrLocConfig
+    from vt_drloc.train import instantiate_all
+
+    cfg = compose_callbacks_drloc(tmp_path)
     default = OmegaConf.load(ROOT / "conf" / "callbacks" / "default.yaml")
     assert set(cfg.callbacks) == set(default) | {"drloc"}  # the default callbacks plus DRLoc
     drlocs = [cb for cb in instantiate_all(cfg.callbacks) if isinstance(cb, DrLocCallback)]
     assert len(drlocs) == 1 and drlocs[0].num_head_params == 0
-    params = inspect.signature(DrLocCallback).parameters
-    assert set(cfg.callbacks.drloc) - {"_target_"} == set(params)
+    params = {n: p for n, p in inspect.signature(DrLocCallback).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    # how the grid is found is set in the callback's yaml; every DRLoc option comes from the drloc group
+    assert set(cfg.callbacks.drloc) - {"_target_"} == set(params) - {"lambda_drloc"}
     for name, param in params.items():
-        assert cfg.callbacks.drloc[name] == param.default, name
+        if name not in ("lambda_drloc", "drloc"):
+            assert cfg.callbacks.drloc[name] == param.default, name
+    assert drlocs[0].config == DrLocConfig.build(OmegaConf.to_container(cfg.drloc, resolve=True))
     assert isinstance(instantiate(cfg.callbacks.drloc), DrLocCallback)
+
+
+def test_callbacks_drloc_honours_drloc_overrides(tmp_path):
+    from vt_drloc.train import instantiate_all
+
+    cfg = compose_callbacks_drloc(tmp_path, "drloc.lambda_drloc=0.7", "drloc.schedule=constant", "drloc.sample_size=8",
+                                  "drloc.hidden_dims=[32]", "drloc.tap_norm=post")
+    (cb,) = [cb for cb in instantiate_all(cfg.callbacks) if isinstance(cb, DrLocCallback)]
+    c = cb.config
+    assert (c.lambda_drloc, c.schedule, c.sample_size, c.hidden_dims, c.tap_norm) == (0.7, "constant", 8, [32], "post")
+    with pytest.raises(Exception, match="schedule='cosine'"):
+        instantiate_all(compose_callbacks_drloc(tmp_path, "drloc.schedule=cosine").callbacks)
 
 
 def doc_code() -> list[str]:

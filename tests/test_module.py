@@ -24,7 +24,8 @@ NAME = "vit_tiny_patch16_224"
 
 def tiny_module(**kwargs) -> DrLocModule:
     kwargs.setdefault("lambda_drloc", 0.5)
-    kwargs.setdefault("lambda_schedule", "constant")
+    if not {"schedule", "lambda_schedule", "drloc"} & set(kwargs):
+        kwargs["schedule"] = "constant"
     return DrLocModule(NAME, num_classes=10, model_kwargs=VIT, **kwargs)
 
 
@@ -257,3 +258,32 @@ def test_drloc_loss_is_learnable_on_real_cifar_images(cifar10_tar):
     end = eval_loss()
     assert start > 0.8 * mean_offset_loss  # an untrained head is no better than the mean
     assert end < 0.5 * mean_offset_loss, (start, end, mean_offset_loss)
+
+
+def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
+    from vt_drloc.objective import DrLocConfig
+
+    new = dict(schedule="warmup_decay", warmup_epochs=3, decay_epochs=9, interval="epoch", seed=4, hidden_dims=[48],
+               mode="l1", target="signed")
+    old = dict(lambda_schedule="warmup_decay", lambda_warmup_epochs=3, lambda_decay_epochs=9, lambda_interval="epoch",
+               drloc_seed=4, head_hidden_dims=[48], drloc_mode="l1", drloc_target="signed")
+    # a top-level warmup_epochs is the optimizer's (as in conf/optim); λ's warm-up goes in drloc=
+    kwargs = {k: v for k, v in new.items() if k != "warmup_epochs"}
+    by_kwargs = tiny_module(**kwargs, drloc={"warmup_epochs": 3}, warmup_epochs=1)
+    by_old, by_mapping = tiny_module(**old), tiny_module(drloc=new)
+    assert by_kwargs.hparams.warmup_epochs == 1
+    assert by_kwargs.drloc_config == by_old.drloc_config == by_mapping.drloc_config == DrLocConfig(lambda_drloc=0.5, **new)
+    assert by_kwargs.hparams.drloc == DrLocConfig(lambda_drloc=0.5, **new).as_dict()
+    with pytest.raises(TypeError, match="unknown DRLoc option 'lamda_schedule'"):
+        tiny_module(lamda_schedule="constant")
+    with pytest.raises(TypeError, match="'schedule' given twice"):
+        tiny_module(schedule="constant", lambda_schedule="constant")
+    # a checkpoint written with vt_drloc 0.1's flat hyper-parameters still loads
+    path = tmp_path / "old.ckpt"
+    legacy_hparams = {"model_name": NAME, "num_classes": 10, "lambda_drloc": 0.1, "model_kwargs": VIT, **old, "lambda_drloc": 0.5,
+                      "sample_size": 64, "grid_size": 7, "lr": 5e-4, "tap_norm": "pre"}
+    torch.save({"state_dict": by_old.state_dict(), "hyper_parameters": legacy_hparams,
+                "pytorch-lightning_version": pl.__version__}, path)
+    restored = DrLocModule.load_from_checkpoint(path)
+    assert restored.drloc_config == by_old.drloc_config
+    assert all(torch.equal(v, by_old.state_dict()[k]) for k, v in restored.state_dict().items())

@@ -81,7 +81,7 @@ def test_every_model_and_data_config_composes_and_instantiates():
                 assert module.grid_info is not None and min(module.grid_info.hw) >= 4
                 assert module.hparams.lambda_drloc == cfg.model.paper_lambda
                 built[model] = module.drloc.reduced_hw
-                taps[model] = (module.grid_info.tap_norm, module.hparams.head_init)
+                taps[model] = (module.grid_info.tap_norm, module.drloc_config.head_init)
     # the paper's models as the released code fed DRLoc (docs/fidelity.md): Swin-T and ResNet-50
     # 7x7 as they are, ViT-B/16 its 14x14 grid unpooled, CvT-13 / T2T-ViT-14 14x14 pooled to 7x7;
     # pre-norm tokens except T2T-ViT; the head re-initialised with the model for Swin-T and T2T only
@@ -139,9 +139,9 @@ def test_paper_swin_t_composes_to_the_released_run():
     module = build_module(cfg, 10, float(d.lambda_drloc))
     assert module.grid_info.hw == module.drloc.reduced_hw == (7, 7) and module.grid_info.tap_norm == "pre"
     assert all(torch.count_nonzero(m.bias) == 0 for m in module.drloc.head.modules() if isinstance(m, torch.nn.Linear))
-    hp = module.hparams
-    lam = [drloc_lambda(hp.lambda_drloc, epoch_progress(e, 100, 390, hp.lambda_interval), cfg.trainer.max_epochs, hp.lambda_schedule,
-                        hp.lambda_warmup_epochs, hp.lambda_decay_epochs) for e in (0, 1, 20, 50, 99)]
+    hp = module.drloc_config
+    lam = [drloc_lambda(hp.lambda_drloc, epoch_progress(e, 100, 390, hp.interval), cfg.trainer.max_epochs, hp.schedule,
+                        hp.warmup_epochs, hp.decay_epochs) for e in (0, 1, 20, 50, 99)]
     assert [round(v, 4) for v in lam] == [0.0, 0.025, 0.5, 0.4464, 0.3589]
 
 

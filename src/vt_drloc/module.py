@@ -1,4 +1,9 @@
-"""``DrLocModule``: a LightningModule that trains any timm classifier with the DRLoc loss."""
+"""``DrLocModule``: a LightningModule that trains any timm classifier with the DRLoc loss.
+
+Written once as :class:`DrLocModuleBase` and built for each Lightning package:
+``vt_drloc.DrLocModule`` (``pytorch_lightning``) and ``vt_drloc.lightning.DrLocModule``
+(``lightning.pytorch``).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,19 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import timm
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from timm.optim import param_groups_weight_decay
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from vt_drloc.drloc import DrLocLoss, drloc_lambda, epoch_progress, pair_generator, resolve_hidden_dims
-from vt_drloc.tap import GridInfo, check_tap_norm, probe_grid, tap_grid
+from vt_drloc.drloc import DrLocLoss
+from vt_drloc.lightning_api import PYTORCH_LIGHTNING
+from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
+from vt_drloc.optim import warmup_cosine_factor, weight_decay_groups
+from vt_drloc.tap import GridInfo, probe_grid, tap_grid
+
+__all__ = ["DrLocModule", "DrLocModuleBase", "classification_loss", "warmup_cosine_factor", "weight_decay_groups"]
 
 
 def classification_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -26,38 +33,7 @@ def classification_loss(logits: Tensor, targets: Tensor, label_smoothing: float 
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float, warmup_prefix: bool = True) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to ``min_factor``
-    at ``total_steps``.
-
-    ``warmup_prefix=True`` (default): the cosine spans the steps after the warm-up.
-    ``warmup_prefix=False``: the cosine is laid out from step 0, so the warm-up covers its first
-    part, as timm's ``CosineLRScheduler`` (default ``warmup_prefix=False``) in the released code.
-    """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    start = warmup_steps if warmup_prefix else 0
-    progress = min(1.0, (step - start) / max(1, total_steps - start))
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def weight_decay_groups(modules: Sequence[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups over ``modules``: weights decayed; norms, biases and the model's
-    ``no_weight_decay()`` names (position embeddings, class tokens, ...) not decayed."""
-    decay: list[Tensor] = []
-    no_decay: list[Tensor] = []
-    for module in modules:
-        skip = module.no_weight_decay() if hasattr(module, "no_weight_decay") else set()
-        for group in param_groups_weight_decay(module, weight_decay, no_weight_decay_list=skip):
-            (decay if group["weight_decay"] > 0 else no_decay).extend(group["params"])
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
-class DrLocModule(pl.LightningModule):
+class DrLocModuleBase:
     """A timm classifier trained with cross-entropy + λ·L_drloc, both from one backbone forward.
 
     The backbone is ``timm.create_model(model_name, num_classes=num_classes, **model_kwargs)``;
@@ -72,16 +48,13 @@ class DrLocModule(pl.LightningModule):
             trains exactly like a plain timm loop.
         model_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``patch_size``,
             ``drop_path_rate``, ...).
-        drloc_mode, sample_size, drloc_target, head_hidden_dims, grid_size, head_init, class_head:
-            see :class:`vt_drloc.drloc.DrLocLoss`.
-        tap_norm: ``"pre"`` (default, released Swin-T / ViT) or ``"post"`` (released T2T-ViT): read
-            the grid before or after the model's final norm; see :mod:`vt_drloc.tap`.
-        lambda_schedule, lambda_warmup_epochs, lambda_decay_epochs: see
-            :func:`vt_drloc.drloc.drloc_lambda` (``lambda_decay_epochs`` = the epoch λ reaches 0;
-            ``None`` = ``max_epochs``; the released runs: 300 with 100 trained).
-        lambda_interval: ``"step"`` (default: λ read at the fractional epoch of every step) or
-            ``"epoch"`` (held for the epoch, as the released loop); see
-            :func:`vt_drloc.drloc.epoch_progress`.
+        drloc: the DRLoc options, a :class:`~vt_drloc.objective.DrLocConfig` or a mapping of its
+            fields (``mode``, ``sample_size``, ``target``, ``hidden_dims``, ``head_init``,
+            ``class_head``, ``grid_size``, ``tap_norm``, ``schedule``, ``warmup_epochs``,
+            ``decay_epochs``, ``interval``, ``seed``: the keys of ``conf/drloc``). The same fields
+            may be given as keyword arguments (``DrLocModule(..., schedule="constant")``) except
+            ``warmup_epochs``, which at the top level is the optimizer's, as in ``conf/optim``. The
+            names of vt_drloc 0.1 (``drloc_mode``, ``lambda_schedule``, ...) are still accepted.
         lr, weight_decay, warmup_epochs, min_lr, betas: AdamW with per-step linear warm-up and
             cosine decay to ``min_lr``.
         lr_decay_epochs: the epoch the cosine reaches ``min_lr`` (``None`` = ``max_epochs``; the
@@ -91,8 +64,6 @@ class DrLocModule(pl.LightningModule):
             :func:`warmup_cosine_factor`.
         label_smoothing: for hard labels; soft (mixup/cutmix) targets are used as given.
         input_size: (H, W) to probe the grid with; defaults to the model's own input size.
-        drloc_seed: seed of the pair sampler (default: derived from the global seed), on the
-            training device so no indices are copied from the host.
 
     Reference: Liu et al., "Efficient Training of Visual Transformers with Small Datasets",
     NeurIPS 2021.
@@ -107,15 +78,9 @@ class DrLocModule(pl.LightningModule):
         self,
         model_name: str,
         num_classes: int,
-        lambda_drloc: float = 0.1,
+        lambda_drloc: float | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
-        drloc_mode: str = "l1",
-        sample_size: int = 64,
-        drloc_target: str = "abs",
-        head_hidden_dims: Sequence[int] | str = "released",
-        grid_size: int | None = 7,
-        lambda_schedule: str = "warmup_decay",
-        lambda_warmup_epochs: float = 20,
+        drloc: DrLocConfig | Mapping[str, Any] | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.05,
         warmup_epochs: float = 0,
@@ -123,64 +88,49 @@ class DrLocModule(pl.LightningModule):
         betas: Sequence[float] = (0.9, 0.999),
         label_smoothing: float = 0.1,
         input_size: Sequence[int] | int | None = None,
-        drloc_seed: int | None = None,
-        tap_norm: str = "pre",
-        head_init: str = "released",
-        class_head: str = "released",
-        lambda_decay_epochs: float | None = None,
-        lambda_interval: str = "step",
         lr_decay_epochs: float | None = None,
         warmup_prefix: bool = True,
+        **drloc_options: Any,
     ):
         super().__init__()
-        model_kwargs = dict(_plain(model_kwargs) or {})
-        head_hidden_dims = _plain(head_hidden_dims)
-        if not isinstance(head_hidden_dims, str):
-            head_hidden_dims = list(head_hidden_dims)
-        input_size = _plain(input_size)
-        betas = tuple(_plain(betas))
-        self._check_args(model_name, num_classes, lambda_drloc, lr, weight_decay, warmup_epochs, min_lr, label_smoothing)
-        drloc_lambda(lambda_drloc, 0.0, None, lambda_schedule, lambda_warmup_epochs, lambda_decay_epochs)  # validates early
-        epoch_progress(0, 0, None, lambda_interval)
-        check_tap_norm(tap_norm)
-        resolve_hidden_dims(head_hidden_dims)
+        model_kwargs = dict(plain(model_kwargs) or {})
+        input_size = plain(input_size)
+        betas = tuple(plain(betas))
+        if lambda_drloc is not None:
+            drloc_options["lambda_drloc"] = lambda_drloc
+        config = DrLocConfig.build(drloc, **drloc_options)
+        self._check_args(model_name, num_classes, lr, weight_decay, warmup_epochs, min_lr, label_smoothing)
         if lr_decay_epochs is not None and not lr_decay_epochs > 0:
             raise ValueError(f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches min_lr), or None for max_epochs")
-        self.save_hyperparameters(ignore=())
-        self.hparams.model_kwargs = model_kwargs
-        self.hparams.head_hidden_dims = head_hidden_dims
-        self.hparams.input_size = input_size
-        self.hparams.betas = list(betas)
+        self.save_hyperparameters({
+            "model_name": model_name, "num_classes": num_classes, "lambda_drloc": config.lambda_drloc,
+            "model_kwargs": model_kwargs, "drloc": config.as_dict(), "lr": lr, "weight_decay": weight_decay,
+            "warmup_epochs": warmup_epochs, "min_lr": min_lr, "betas": list(betas), "label_smoothing": label_smoothing,
+            "input_size": input_size, "lr_decay_epochs": lr_decay_epochs, "warmup_prefix": warmup_prefix,
+        })
 
         self.model = timm.create_model(model_name, num_classes=num_classes, **model_kwargs)
+        self.objective = DrLocObjective(config)
         self.grid_info: GridInfo | None = None
         self.drloc: DrLocLoss | None = None
-        if lambda_drloc > 0:
+        if config.lambda_drloc > 0:
             if input_size is None and "img_size" in model_kwargs:
                 input_size = model_kwargs["img_size"]
-            self.grid_info = probe_grid(self.model, input_size, name=model_name, tap_norm=tap_norm)
-            self.drloc = DrLocLoss(
-                self.grid_info.channels,
-                mode=drloc_mode,
-                sample_size=sample_size,
-                target=drloc_target,
-                hidden_dims=head_hidden_dims,
-                grid_size=grid_size,
-                grid_hw=self.grid_info.hw,
-                head_init=head_init,
-                class_head=class_head,
-            )
+            self.grid_info = probe_grid(self.model, input_size, name=model_name, tap_norm=config.tap_norm)
+            self.drloc = self.objective.build_loss(self.grid_info.channels, self.grid_info.hw)
         top_k = min(5, num_classes)
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
-        self._generator: torch.Generator | None = None
-        self._generator_state: Tensor | None = None
-        self._batch_idx = 0
+
+    @property
+    def drloc_config(self) -> DrLocConfig:
+        """The DRLoc options this module trains with."""
+        return self.objective.config
 
     @staticmethod
-    def _check_args(model_name, num_classes, lambda_drloc, lr, weight_decay, warmup_epochs, min_lr, label_smoothing) -> None:
+    def _check_args(model_name, num_classes, lr, weight_decay, warmup_epochs, min_lr, label_smoothing) -> None:
         if not timm.is_model(model_name.split(".")[0]):
             import difflib
 
@@ -189,7 +139,6 @@ class DrLocModule(pl.LightningModule):
             raise ValueError(f"model_name={model_name!r} is not a timm model.{hint} See timm.list_models().")
         checks = [
             (num_classes >= 1, f"num_classes={num_classes} must be >= 1"),
-            (math.isfinite(lambda_drloc) and lambda_drloc >= 0, f"lambda_drloc={lambda_drloc} must be >= 0 (0 = baseline without DRLoc)"),
             (lr > 0, f"lr={lr} must be > 0"),
             (weight_decay >= 0, f"weight_decay={weight_decay} must be >= 0"),
             (warmup_epochs >= 0, f"warmup_epochs={warmup_epochs} must be >= 0"),
@@ -220,46 +169,24 @@ class DrLocModule(pl.LightningModule):
     def num_head_params(self) -> int:
         return 0 if self.drloc is None else sum(p.numel() for p in self.drloc.parameters())
 
-    # ------------------------------------------------------------------ λ and sampling
-    def _epoch_progress(self) -> float:
-        return epoch_progress(
-            self.trainer.current_epoch, self._batch_idx, self.trainer.num_training_batches, self.hparams.lambda_interval
-        )
-
+    # ------------------------------------------------------------------ λ
     @property
     def current_lambda(self) -> float:
         """λ in effect for the current training step (0 without DRLoc)."""
-        if self.drloc is None:
-            return 0.0
-        hp = self.hparams
-        trainer = self._trainer
-        decay = hp.lambda_decay_epochs
-        if trainer is None:
-            return drloc_lambda(hp.lambda_drloc, 0.0, None, hp.lambda_schedule, hp.lambda_warmup_epochs, decay)
-        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        return drloc_lambda(hp.lambda_drloc, self._epoch_progress(), max_epochs, hp.lambda_schedule, hp.lambda_warmup_epochs, decay)
-
-    def _sampler(self, device: torch.device) -> torch.Generator:
-        if self._generator is None or self._generator.device != device:
-            self._generator = pair_generator(device, self.hparams.drloc_seed, self.global_rank, self._generator_state)
-            self._generator_state = None
-        return self._generator
+        return 0.0 if self.drloc is None else self.objective.current_lambda(self._trainer)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
-        self._batch_idx = batch_idx
+        self.objective.batch_idx = batch_idx
         logits, grid = self.forward_with_grid(x)
         ce = classification_loss(logits, y, self.hparams.label_smoothing)
         loss = ce
         self.loss_terms = {"ce": ce.detach()}  # read by vt_drloc.reliability.NonFiniteLossGuard
         if grid is not None:
-            lam = self.current_lambda
-            drloc = self.drloc(grid, generator=self._sampler(grid.device))
+            drloc, lam = self.objective.step(grid, self, self._trainer)
             loss = ce + lam * drloc
             self.loss_terms["drloc"] = drloc.detach()
-            self.log("train/drloc", drloc, on_step=True, on_epoch=True)
-            self.log("train/lambda", lam, on_step=True, on_epoch=False)
         self.log("train/ce", ce, on_step=True, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         if self._trainer is not None and self._trainer.optimizers:
@@ -311,11 +238,13 @@ class DrLocModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._generator is not None:
-            checkpoint["drloc_sampler_state"] = self._generator.get_state()
+        state = self.objective.sampler_state()
+        if state is not None:
+            checkpoint["drloc_sampler_state"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("drloc_sampler_state")
-        if state is not None:
-            self._generator_state = state
-            self._generator = None
+        self.objective.load_sampler_state(checkpoint.get("drloc_sampler_state"))
+
+
+class DrLocModule(DrLocModuleBase, PYTORCH_LIGHTNING.LightningModule):
+    __doc__ = DrLocModuleBase.__doc__

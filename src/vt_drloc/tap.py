@@ -228,3 +228,223 @@ def probe_grid(
     if height < MIN_GRID:
         raise _grid_error(name, found, input_hw, "the grid is too small")
     return GridInfo(strategy, int(channels), int(height), int(width), prefix, tuple(sorted(kwargs.items())), tap_norm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Capturing the grid from a forward someone else runs (DrLocCallback): a hook reads the output of
+# a named module, the input of a final norm, or forward_features' output.
+
+GRID_FORMATS = ("auto", "tokens", "NCHW", "NHWC")
+_PREFIX_ATTRS = ("num_prefix_tokens", "cls_token", "dist_token", "reg_token")
+
+
+def is_timm_model(module: nn.Module) -> bool:
+    """A timm model: ``forward_features`` + ``forward_head`` and made by timm (or ``timm.create_model``)."""
+    has_surface = callable(getattr(module, "forward_features", None)) and callable(getattr(module, "forward_head", None))
+    from_timm = type(module).__module__.startswith("timm.") or getattr(module, "pretrained_cfg", None) is not None
+    return has_surface and from_timm
+
+
+def find_timm_models(root: nn.Module) -> list[str]:
+    """Names of the outermost timm models among ``root``'s submodules (``""`` for ``root`` itself)."""
+    found: list[str] = []
+    for name, module in root.named_modules():
+        if any(name == f or name.startswith(f + ".") or f == "" for f in found):
+            continue
+        if is_timm_model(module):
+            found.append(name)
+    return found
+
+
+def prefix_owner(root: nn.Module, path: str) -> nn.Module | None:
+    """Nearest parent of the module at ``path`` (or that module) that knows its prefix tokens."""
+    parts = path.split(".")
+    modules = dict(root.named_modules())
+    for depth in range(len(parts), -1, -1):
+        module = modules.get(".".join(parts[:depth]))
+        if module is not None and any(getattr(module, a, None) is not None for a in _PREFIX_ATTRS):
+            return module
+    return None
+
+
+def fixed_input_size(model: nn.Module | None) -> tuple[int, int] | None:
+    """(H, W) a model is built for when it says so (``patch_embed.img_size`` / ``img_size``), else None."""
+    if model is None:
+        return None
+    for owner in (getattr(model, "patch_embed", None), model):
+        size = getattr(owner, "img_size", None)
+        if size is not None:
+            return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return None
+
+
+def sample_input_shape(dataset: Any) -> tuple[int, ...] | None:
+    """The (C, H, W) of a map-style dataset's first sample (its image: the first tensor in a tuple /
+    list / dict sample), read by index so no loader is iterated; None when it cannot tell."""
+    if dataset is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        return None
+    try:
+        if len(dataset) == 0:
+            return None
+        sample = dataset[0]
+    except Exception:
+        return None
+    items = sample.values() if isinstance(sample, dict) else sample if isinstance(sample, (tuple, list)) else (sample,)
+    for item in items:
+        if isinstance(item, Tensor) and item.dim() == 3:
+            return tuple(int(d) for d in item.shape)
+    return None
+
+
+class GridCapture:
+    """Captures the grid of a forward run by other code (the user's ``training_step``).
+
+    Attach one route (:meth:`hook_output`, :meth:`hook_norm_input` or :meth:`wrap_forward_features`),
+    then :meth:`probe` once to learn the layout (tokens / NCHW / NHWC, prefix tokens) and the grid's
+    shape, and :meth:`capture` around every training forward. :meth:`detach` undoes the hooks.
+    """
+
+    def __init__(self, grid_format: str = "auto", prefix_tokens: int | None = None):
+        if grid_format not in GRID_FORMATS:
+            raise ValueError(f"grid_format={grid_format!r} is not valid; choose one of {', '.join(map(repr, GRID_FORMATS))}")
+        if prefix_tokens is not None and int(prefix_tokens) < 0:
+            raise ValueError(f"prefix_tokens={prefix_tokens} must be >= 0")
+        self.grid_format = grid_format
+        self.prefix_tokens = None if prefix_tokens is None else int(prefix_tokens)
+        self.name = ""
+        self.owner: nn.Module | None = None
+        self.format = "tokens"
+        self.prefix = 0
+        self.calls = 0
+        self._mode: str | None = None
+        self._captured: Any = None
+        self._undo: list[Any] = []
+
+    # -- routes
+    def _record(self, output: Any) -> None:
+        if self._mode is None:
+            return
+        self.calls += 1
+        if isinstance(output, (tuple, list)) and output:
+            output = output[0]
+        if self._captured is None and (self._mode == "probe" or getattr(output, "requires_grad", False)):
+            self._captured = output
+
+    def hook_output(self, module: nn.Module, name: str, owner: nn.Module | None) -> None:
+        """Capture ``module``'s output (a named tap)."""
+        self.name, self.owner = name, owner
+        self._undo.append(module.register_forward_hook(lambda _m, _args, output: self._record(output)).remove)
+
+    def hook_norm_input(self, norm: nn.Module, name: str, owner: nn.Module) -> None:
+        """Capture the input of ``norm`` (a backbone's final norm: the un-normed last stage)."""
+        self.name, self.owner = name, owner
+        self._undo.append(norm.register_forward_pre_hook(lambda _m, args: self._record(args[0])).remove)
+
+    def wrap_forward_features(self, backbone: nn.Module, name: str) -> None:
+        """Capture ``backbone.forward_features``' output (an instance attribute, removed by :meth:`detach`)."""
+        self.name, self.owner = name, backbone
+        original = backbone.forward_features
+        had_instance_attr = "forward_features" in backbone.__dict__
+
+        def forward_features(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            self._record(out)
+            return out
+
+        backbone.forward_features = forward_features
+
+        def restore() -> None:
+            if had_instance_attr:
+                backbone.forward_features = original
+            else:
+                backbone.__dict__.pop("forward_features", None)
+
+        self._undo.append(restore)
+
+    def detach(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+        self._mode, self._captured = None, None
+
+    # -- capture
+    @property
+    def active(self) -> bool:
+        """Whether a capture is under way (outside :meth:`capture` / :meth:`probe` hooks record nothing)."""
+        return self._mode is not None
+
+    def capture(self, fn: Any, *args: Any, mode: str = "train", **kwargs: Any) -> tuple[Any, Any]:
+        """``(fn(*args, **kwargs), raw)``: ``raw`` is the first captured output (in ``"train"`` mode the
+        first that requires grad), or None."""
+        self._mode, self._captured, self.calls = mode, None, 0
+        try:
+            out = fn(*args, **kwargs)
+            return out, self._captured
+        finally:
+            self._mode, self._captured = None, None
+
+    @torch.no_grad()
+    def probe(self, runner: nn.Module, x: Tensor, root: nn.Module) -> tuple[int, int, int]:
+        """One forward of ``x`` through ``runner`` in eval mode (``root``'s modes restored): learns the
+        layout and returns the grid's (C, H, W)."""
+        modes = [(m, m.training) for m in root.modules()]
+        root.eval()
+        try:
+            _, raw = self.capture(runner, x, mode="probe")
+        except Exception as err:
+            raise GridTapError(
+                f"DRLoc could not run {type(runner).__name__} on a zero batch of shape {tuple(x.shape)} to size the "
+                f"DRLoc head: {type(err).__name__}: {err}. Pass input_size=(H, W) / in_chans=... as the model expects."
+            ) from err
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        if raw is None:
+            raise GridTapError(f"DRLoc: a forward of {type(runner).__name__} never reached the {self.name}.")
+        if not isinstance(raw, Tensor):
+            raise GridTapError(f"DRLoc: the {self.name} returned {type(raw).__name__}, not a tensor.")
+        self.format = self._resolve_format(raw)
+        if self.format == "tokens":
+            self.prefix = self.prefix_tokens if self.prefix_tokens is not None else (
+                _num_prefix_tokens(self.owner) if self.owner is not None else 0
+            )
+        try:
+            grid = self.to_grid(raw)
+        except GridTapError as err:
+            raise GridTapError(
+                f"DRLoc: the {self.name} output {tuple(raw.shape)} is not a usable grid: {err}. "
+                "Set prefix_tokens= (class / register tokens) or grid_format= to match it."
+            ) from err
+        _, channels, height, width = grid.shape
+        if min(height, width) < MIN_GRID:
+            raise GridTapError(
+                f"DRLoc: the {self.name} yields a {height}x{width} grid of {channels} channels at input "
+                f"{tuple(x.shape[-2:])}; DRLoc needs at least {MIN_GRID}x{MIN_GRID}. Use a smaller patch / stride or a "
+                "larger input, or tap an earlier stage."
+            )
+        return int(channels), int(height), int(width)
+
+    def _resolve_format(self, raw: Tensor) -> str:
+        if self.grid_format != "auto":
+            expected = 3 if self.grid_format == "tokens" else 4
+            if raw.dim() != expected:
+                raise GridTapError(f"grid_format={self.grid_format!r} expects a {expected}-D output, the {self.name} gave {tuple(raw.shape)}")
+            return self.grid_format
+        if raw.dim() == 3:
+            return "tokens"
+        if raw.dim() != 4:
+            raise GridTapError(f"DRLoc: the {self.name} output {tuple(raw.shape)} holds no spatial grid; expected (B, N, C), NCHW or NHWC.")
+        owner = self.owner
+        if owner is not None and (getattr(owner, "output_fmt", None) is not None or getattr(owner, "num_features", None) is not None):
+            return "NCHW" if tokens_to_grid(raw, owner) is raw else "NHWC"
+        _, d1, d2, d3 = raw.shape
+        if d2 == d3 and d1 != d2:
+            return "NCHW"
+        if d1 == d2 and d3 != d1:
+            return "NHWC"
+        raise GridTapError(f"DRLoc cannot tell whether the {self.name} output {tuple(raw.shape)} is NCHW or NHWC; pass grid_format=.")
+
+    def to_grid(self, raw: Tensor) -> Tensor:
+        """The (B, C, H, W) grid of a captured output, in the layout :meth:`probe` found."""
+        if self.format == "tokens":
+            return tokens_to_grid(raw, self.owner or nn.Module(), self.prefix)
+        return raw.permute(0, 3, 1, 2) if self.format == "NHWC" else raw

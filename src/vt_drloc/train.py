@@ -16,6 +16,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from vt_drloc.callback import DrLocCallbackBase
 from vt_drloc.drloc import task_record
 from vt_drloc.module import DrLocModule
 from vt_drloc.run import (
@@ -50,18 +51,7 @@ def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float) -> DrLo
             num_classes=num_classes,
             lambda_drloc=lambda_drloc,
             model_kwargs=OmegaConf.to_container(cfg.model.kwargs, resolve=True),
-            drloc_mode=drloc.mode,
-            sample_size=drloc.sample_size,
-            drloc_target=drloc.target,
-            head_hidden_dims=OmegaConf.to_container(drloc.hidden_dims) if OmegaConf.is_list(drloc.hidden_dims) else drloc.hidden_dims,
-            grid_size=drloc.grid_size,
-            lambda_schedule=drloc.schedule,
-            lambda_warmup_epochs=drloc.warmup_epochs,
-            lambda_decay_epochs=drloc.decay_epochs,
-            lambda_interval=drloc.interval,
-            tap_norm=drloc.tap_norm,
-            head_init=drloc.head_init,
-            class_head=drloc.class_head,
+            drloc=OmegaConf.to_container(drloc, resolve=True),
             lr=optim.lr,
             weight_decay=optim.weight_decay,
             warmup_epochs=optim.warmup_epochs,
@@ -69,7 +59,6 @@ def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float) -> DrLo
             lr_decay_epochs=optim.decay_epochs,
             warmup_prefix=optim.warmup_prefix,
             label_smoothing=optim.label_smoothing,
-            drloc_seed=drloc.seed,
         )
     except GridTapError as err:
         raise UserError(str(err)) from None
@@ -107,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     prepare_data_checked(datamodule, "fit")  # a missing data set: one paragraph, exit 2, no model built
 
     callbacks = instantiate_all(cfg.get("callbacks"))
-    drloc_callbacks = [cb for cb in callbacks if type(cb).__name__ == "DrLocCallback"]
+    drloc_callbacks = [cb for cb in callbacks if isinstance(cb, DrLocCallbackBase)]
     # With DrLocCallback the module is a plain timm classifier and the callback adds the loss.
     lambda_drloc = 0.0 if drloc_callbacks else float(cfg.drloc.lambda_drloc)
     model = build_module(cfg, datamodule.num_classes, lambda_drloc)
@@ -150,7 +139,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "lambda_drloc": float(drloc_callbacks[0].lambda_drloc) if drloc_callbacks else lambda_drloc,
         "drloc_via": "callback" if drloc_callbacks else ("module" if lambda_drloc > 0 else "none"),
-        "drloc": OmegaConf.to_container(cfg.drloc, resolve=True),
+        # the options the DRLoc objective ran with (the callback's, or the module's)
+        "drloc": (drloc_callbacks[0].config if drloc_callbacks else model.drloc_config).as_dict(),
         "train_size": datamodule.train_size,
         "img_size": cfg.data.img_size,
         "epochs": trainer.current_epoch,

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from vt_drloc.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.data.dataset import VERIFY_MODES, ImageCache, ImageDataset, verify_samples
 from vt_drloc.data.mixup import apply_mixup, build_mixup
 from vt_drloc.data.sampling import per_class_counts, stratified_holdout, stratified_subset
@@ -41,7 +41,7 @@ log = logging.getLogger("vt_drloc.data")
 VAL_SPLIT_CHOICES = ("auto", "val", "test", "holdout")
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModuleBase:
     """Image classification data with the small-data regime as one switch.
 
     Args:
@@ -472,3 +472,7 @@ class ImageDataModule(pl.LightningDataModule):
     def mix(self, batch: Any) -> Any:
         """Apply this datamodule's Mixup / CutMix to a batch, regardless of the trainer state."""
         return apply_mixup(batch, self.mixup_fn)
+
+
+class ImageDataModule(ImageDataModuleBase, PYTORCH_LIGHTNING.LightningDataModule):
+    __doc__ = ImageDataModuleBase.__doc__

@@ -1,0 +1,234 @@
+"""The DRLoc objective that both faces train with: options, loss + head, λ schedule, pair sampler,
+checkpoint state and logging, written once.
+
+:class:`~vt_drloc.module.DrLocModule` and :class:`~vt_drloc.callback.DrLocCallback` differ only in
+how they reach the grid (their own forward vs. a hook in the user's module) and where the head
+lives; each calls :meth:`DrLocObjective.step` with the grid of the training forward.
+
+Options carry one name everywhere: :class:`DrLocConfig`'s fields are the keyword arguments of
+both faces and the keys of ``conf/drloc``. The names of vt_drloc 0.1 (``drloc_mode``,
+``lambda_schedule``, ...) are still accepted (:data:`LEGACY_NAMES`), so older checkpoints and
+scripts keep working.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vt_drloc.drloc import (
+    DrLocLoss,
+    drloc_lambda,
+    epoch_progress,
+    pair_generator,
+    reduced_grid_hw,
+    resolve_hidden_dims,
+)
+from vt_drloc.tap import check_tap_norm
+
+# vt_drloc 0.1 keyword -> DrLocConfig field
+LEGACY_NAMES = {
+    "drloc_mode": "mode",
+    "drloc_target": "target",
+    "head_hidden_dims": "hidden_dims",
+    "lambda_schedule": "schedule",
+    "lambda_warmup_epochs": "warmup_epochs",
+    "lambda_decay_epochs": "decay_epochs",
+    "lambda_interval": "interval",
+    "drloc_seed": "seed",
+}
+
+
+def plain(value: Any) -> Any:
+    """An OmegaConf container as plain Python (dicts / lists); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+@dataclass
+class DrLocConfig:
+    """Every DRLoc option, checked on construction (before any model is built).
+
+    Attributes:
+        lambda_drloc: λ, the weight of the DRLoc loss (paper: 0.5 Swin-T, 0.1 CvT-13 / T2T-ViT-14;
+            ``0`` = no DRLoc).
+        mode, sample_size, target, hidden_dims, head_init, class_head, grid_size: the loss and its
+            head, see :class:`vt_drloc.drloc.DrLocLoss`.
+        tap_norm: ``"pre"`` / ``"post"``: read the grid before / after the backbone's final norm
+            (:mod:`vt_drloc.tap`).
+        schedule, warmup_epochs, decay_epochs: λ over training, see :func:`vt_drloc.drloc.drloc_lambda`
+            (``decay_epochs=None``: λ reaches 0 at ``max_epochs``).
+        interval: ``"step"`` (λ at the fractional epoch of every step) or ``"epoch"`` (held per
+            epoch, as the released loop), see :func:`vt_drloc.drloc.epoch_progress`.
+        seed: pair-sampler seed (``None``: derived from the run's seed), plus the rank.
+
+    >>> DrLocConfig(lambda_drloc=1.0, schedule="constant").schedule
+    'constant'
+    >>> DrLocConfig(mode="l2")
+    Traceback (most recent call last):
+    ...
+    ValueError: mode='l2' is not valid; choose one of 'l1', 'ce', 'cbr'
+    """
+
+    lambda_drloc: float = 0.1
+    mode: str = "l1"
+    sample_size: int = 64
+    target: str = "abs"
+    hidden_dims: Any = "released"
+    head_init: str = "released"
+    class_head: str = "released"
+    grid_size: int | None = 7
+    tap_norm: str = "pre"
+    schedule: str = "warmup_decay"
+    warmup_epochs: float = 20
+    decay_epochs: float | None = None
+    interval: str = "step"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        hidden = plain(self.hidden_dims)
+        self.hidden_dims = hidden if isinstance(hidden, str) else [int(d) for d in hidden]
+        self.lambda_drloc = float(self.lambda_drloc)
+        self.sample_size = int(self.sample_size)
+        if not (math.isfinite(self.lambda_drloc) and self.lambda_drloc >= 0):
+            raise ValueError(f"lambda_drloc={self.lambda_drloc} must be >= 0 (0 = baseline without DRLoc)")
+        check_tap_norm(self.tap_norm)
+        resolve_hidden_dims(self.hidden_dims)
+        drloc_lambda(self.lambda_drloc, 0.0, None, self.schedule, self.warmup_epochs, self.decay_epochs)
+        epoch_progress(0, 0, None, self.interval)
+        # the loss's own checks (sample_size, grid_size, mode x target) on a dummy grid; its head's
+        # initialisation must not move the global RNG (the backbone built next draws from it)
+        with torch.random.fork_rng(devices=[]):
+            DrLocLoss(1, **self.loss_kwargs(), grid_hw=(2, 2))
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The :class:`~vt_drloc.drloc.DrLocLoss` arguments among the options."""
+        return {
+            "mode": self.mode,
+            "sample_size": self.sample_size,
+            "target": self.target,
+            "hidden_dims": self.hidden_dims,
+            "grid_size": self.grid_size,
+            "head_init": self.head_init,
+            "class_head": self.class_head,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def build(cls, drloc: DrLocConfig | Mapping[str, Any] | None = None, **options: Any) -> DrLocConfig:
+        """A config from a ``DrLocConfig`` or mapping (e.g. ``cfg.drloc``) updated by keyword options;
+        vt_drloc 0.1 names are accepted; an unknown name raises."""
+        valid = {f.name for f in fields(cls)}
+        merged: dict[str, Any] = {}
+        sources = [drloc.as_dict() if isinstance(drloc, DrLocConfig) else dict(plain(drloc) or {}), options]
+        for source in sources:
+            seen: set[str] = set()
+            for key, value in source.items():
+                if key == "_target_":
+                    continue
+                name = LEGACY_NAMES.get(key, key)
+                if name not in valid:
+                    raise TypeError(f"unknown DRLoc option {key!r}; valid options: {', '.join(sorted(valid))}")
+                if name in seen:
+                    raise TypeError(f"DRLoc option {name!r} given twice (as {name!r} and its old name); give it once")
+                seen.add(name)
+                merged[name] = value
+        return cls(**merged)
+
+
+class DrLocObjective:
+    """What a face needs to add λ·L_drloc to its loss: the :class:`~vt_drloc.drloc.DrLocLoss` (built
+    for the probed grid), λ for the current step, the pair sampler and its checkpoint state.
+
+    The loss is a plain attribute: the face registers it as its own submodule (``DrLocModule.drloc``,
+    the callback's ``_drloc_loss``), so state-dict keys stay where they were.
+
+    >>> objective = DrLocObjective(DrLocConfig(lambda_drloc=1.0, schedule="constant"))
+    >>> loss = objective.build_loss(channels=16, grid_hw=(8, 8))
+    >>> objective.lambda_at(epoch=0, batch_idx=0, num_batches=10, max_epochs=30)
+    1.0
+    """
+
+    def __init__(self, config: DrLocConfig):
+        self.config = config
+        self.loss: DrLocLoss | None = None
+        self.batch_idx = 0
+        self._generator: torch.Generator | None = None
+        self._generator_state: Tensor | None = None
+        self._pending_head_state: Mapping[str, Tensor] | None = None
+
+    @property
+    def num_head_params(self) -> int:
+        return 0 if self.loss is None else sum(p.numel() for p in self.loss.parameters())
+
+    def build_loss(self, channels: int, grid_hw: tuple[int, int]) -> DrLocLoss:
+        """The loss for a (channels, H, W) grid; the current one is kept when it fits (a second fit, or
+        a resumed head), and a head state loaded before the loss existed is applied now."""
+        loss = self.loss
+        if loss is None or loss.head.in_dim != channels or loss.reduced_hw != reduced_grid_hw(grid_hw, self.config.grid_size):
+            loss = DrLocLoss(int(channels), **self.config.loss_kwargs(), grid_hw=tuple(grid_hw))
+        if self._pending_head_state is not None:
+            loss.load_state_dict(self._pending_head_state)
+            self._pending_head_state = None
+        self.loss = loss
+        return loss
+
+    # ------------------------------------------------------------------ λ
+    def lambda_at(self, epoch: int, batch_idx: int, num_batches: int | float | None, max_epochs: int | None) -> float:
+        """λ at batch ``batch_idx`` of ``epoch`` (``max_epochs``: the decay horizon when ``decay_epochs`` is None)."""
+        c = self.config
+        progress = epoch_progress(epoch, batch_idx, num_batches, c.interval)
+        return drloc_lambda(c.lambda_drloc, progress, max_epochs, c.schedule, c.warmup_epochs, c.decay_epochs)
+
+    def current_lambda(self, trainer: Any | None) -> float:
+        """λ for the trainer's current step (the schedule's start without a trainer)."""
+        if trainer is None:
+            return self.lambda_at(0, 0, None, None)
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        return self.lambda_at(trainer.current_epoch, self.batch_idx, trainer.num_training_batches, max_epochs)
+
+    # ------------------------------------------------------------------ sampler
+    def sampler(self, device: torch.device, rank: int = 0) -> torch.Generator:
+        """The pair sampler on ``device`` (seeded per rank; restored from a checkpoint when one was loaded)."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = pair_generator(device, self.config.seed, rank, self._generator_state)
+            self._generator_state = None
+        return self._generator
+
+    def sampler_state(self) -> Tensor | None:
+        if self._generator is not None:
+            return self._generator.get_state()
+        return self._generator_state
+
+    def load_sampler_state(self, state: Tensor | None) -> None:
+        if state is not None:
+            self._generator_state = state.cpu()
+            self._generator = None
+
+    def load_head_state(self, state: Mapping[str, Tensor]) -> None:
+        """Load the head now, or when :meth:`build_loss` creates it."""
+        if self.loss is not None:
+            self.loss.load_state_dict(state)
+        else:
+            self._pending_head_state = state
+
+    # ------------------------------------------------------------------ the step
+    def step(self, grid: Tensor, module: Any, trainer: Any | None) -> tuple[Tensor, float]:
+        """L_drloc of ``grid`` (B, C, H, W) and λ for this step; logs ``train/drloc`` and ``train/lambda``
+        through ``module.log``. The caller adds ``λ · L_drloc`` to its loss."""
+        assert self.loss is not None, "build_loss() first"
+        rank = trainer.global_rank if trainer is not None else 0
+        drloc = self.loss(grid, generator=self.sampler(grid.device, rank))
+        lam = self.current_lambda(trainer)
+        module.log("train/drloc", drloc, on_step=True, on_epoch=True, sync_dist=True)
+        module.log("train/lambda", lam, on_step=True, on_epoch=False)
+        return drloc, lam
+
