@@ -95,7 +95,7 @@ def main() -> None:
     model = model_rate(args.batch_size, args.model_steps)
 
     train_rate = model["images_per_s"]
-    header = f"| dataset | px | workers | cache | loader img/s | x model (32 px) | setup s |"
+    header = "| dataset | px | workers | cache | loader img/s | x model (32 px) | setup s |"
     print("\n" + header)
     print("|" + "---|" * 7)
     for r in rows:

@@ -1,6 +1,6 @@
 """Did the DRLoc head learn its task? Training DRLoc loss of a study's runs against chance.
 
-For every DRLoc setting (λ > 0) of every cell of the given study dirs (see vt_drloc.study), reads
+For every DRLoc setting (λ > 0) of every cell of the given study dirs (see vt_drloc.report.study), reads
 ``train/drloc_epoch`` from each job's CSV log and prints, mean ± std over seeds, the loss of the
 first and of the last epoch beside ``chance_l1``: the loss of a head that predicts the best
 constant offset, i.e. knows nothing about positions. A last-epoch loss near chance means the
@@ -18,8 +18,7 @@ import statistics
 from pathlib import Path
 
 from vt_drloc.drloc import chance_l1
-from vt_drloc.study import load_study
-from vt_drloc.sweep import read_curve
+from vt_drloc.report import load_study, read_curve
 
 LOSS_COLUMN = "train/drloc_epoch"
 

@@ -3,7 +3,6 @@ written by the tests, and user folders / tar archives of ``<name>/<split>/<class
 
 from __future__ import annotations
 
-import io
 import pickle
 import tarfile
 from pathlib import Path

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import vt_drloc.models  # registers the models (vt_drloc/__init__ will import it too)
 from vt_drloc.models import MODEL_NAMES, CvT, T2TViT
 from vt_drloc.models.t2t_vit import TokenPerformer
 

@@ -280,7 +280,7 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
         tiny_module(schedule="constant", lambda_schedule="constant")
     # a checkpoint written with vt_drloc 0.1's flat hyper-parameters still loads
     path = tmp_path / "old.ckpt"
-    legacy_hparams = {"model_name": NAME, "num_classes": 10, "lambda_drloc": 0.1, "model_kwargs": VIT, **old, "lambda_drloc": 0.5,
+    legacy_hparams = {"model_name": NAME, "num_classes": 10, "model_kwargs": VIT, **old, "lambda_drloc": 0.5,
                       "sample_size": 64, "grid_size": 7, "lr": 5e-4, "tap_norm": "pre"}
     torch.save({"state_dict": by_old.state_dict(), "hyper_parameters": legacy_hparams,
                 "pytorch-lightning_version": pl.__version__}, path)

@@ -4,9 +4,7 @@ untrusted checkpoints, DDP faults, bad output dirs. The table in docs/reliabilit
 from __future__ import annotations
 
 import errno
-import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -19,8 +17,9 @@ import torch
 from hydra.utils import instantiate
 
 from test_train import TINY, cli, compose_cfg, read_results
-from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossError, atomic_torch_save
-from vt_drloc.run import UserError, check_output_dir
+from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossError
+from vt_drloc.checkpoints import check_output_dir
+from vt_drloc.config import UserError
 from vt_drloc.train import train
 
 TESTS = Path(__file__).resolve().parent

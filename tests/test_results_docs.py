@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vt_drloc.study import find_cells, load_study, study_markdown
-from vt_drloc.sweep import load_sweep, summary_markdown
+from vt_drloc.report.study import find_cells, load_study, study_markdown
+from vt_drloc.report.sweep import load_sweep, summary_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "docs" / "results.md"

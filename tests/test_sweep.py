@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vt_drloc import report
-from vt_drloc.sweep import SUMMARY_FILES, load_sweep, summary_markdown, write_summary
+from vt_drloc.report.sweep import SUMMARY_FILES, load_sweep, summary_markdown, write_summary
 
 from test_train import TINY as TRAIN_TINY
 
@@ -216,7 +216,7 @@ def test_optuna_search_composes():
     assert sweeper.params["drloc.lambda_drloc"].startswith("interval(") and sweeper.params["drloc.sample_size"].startswith("choice(")
     assert sweeper.max_failure_rate == 1.0 and sweeper.sampler.seed == cfg.seed
     assert cfg.task_name == "quickstart"  # the experiment still applies
-    assert cfg.hydra.callbacks.sweep_summary._target_ == "vt_drloc.sweep.SweepSummary"
+    assert cfg.hydra.callbacks.sweep_summary._target_ == "vt_drloc.report.SweepSummary"
     # the search space parses the way the sweeper parses it
     from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -372,7 +372,7 @@ def test_study_tables_pair_each_drloc_setting_with_its_own_cells_baseline(tmp_pa
                 jobs.append({"overrides": {"drloc.lambda_drloc": lam_value, "seed": seed}, "results": results})
         fake_sweep(study / cell, jobs, fixed=("experiment=study_cifar10", f"model={model}"))
 
-    from vt_drloc.study import STUDY_FILES, load_study
+    from vt_drloc.report.study import STUDY_FILES, load_study
 
     rows = load_study(study)
     assert [(r.cell, r.lam) for r in rows] == [("a_vit", "0.1"), ("b_swin", "0.5")]
@@ -446,7 +446,7 @@ def test_one_set_of_baselines_serves_drloc_runs_that_sweep_other_drloc_options(t
     assert table[("0.1", "pre")]["Δ test acc1"] == delta([0.07, 0.07, 0.07])
     assert table[("0.1", "post")]["Δ test acc1"] == delta([0.05, 0.05, 0.05])
 
-    from vt_drloc.study import load_study
+    from vt_drloc.report.study import load_study
 
     rows = load_study(tmp_path)
     assert {r.options for r in rows} == {"abs, constant, released, l1, pre-norm, released init", "abs, constant, released, l1, post-norm, released init"}
@@ -460,7 +460,7 @@ def test_one_set_of_baselines_serves_drloc_runs_that_sweep_other_drloc_options(t
 def test_head_task_fraction_is_a_column_once_runs_record_it(tmp_path):
     """summary.md / summary.csv / study.md show the last-epoch DRLoc loss / chance where the runs recorded
     it (mean ± std over seeds), "–" for runs from before it existed; older sweeps keep their tables."""
-    from vt_drloc.study import load_study, study_markdown
+    from vt_drloc.report.study import load_study, study_markdown
 
     def cell(name: str, record: bool) -> Path:
         jobs = []

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from vt_drloc.drloc import drloc_lambda, epoch_progress
 from vt_drloc.module import DrLocModule
-from vt_drloc.run import UserError, group_options
+from vt_drloc.config import UserError, group_options
 from vt_drloc.train import build_module, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,7 +237,7 @@ def test_wheel_ships_its_configs(tmp_path):
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                              capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
-    code = ("import vt_drloc.run as r, vt_drloc; print(vt_drloc.__file__); "
+    code = ("import vt_drloc.config as r, vt_drloc; print(vt_drloc.__file__); "
             "print(','.join(r.group_options('model'))); print(','.join(r.group_options('experiment')))")
     env = dict(os.environ, PYTHONPATH=str(target))
     probe = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -54,7 +54,6 @@ from vt_drloc.optim import weight_decay_groups
 from vt_drloc.tap import (
     GRID_FORMATS,
     GridCapture,
-    GridTapError,
     final_norm,
     find_timm_models,
     fixed_input_size,

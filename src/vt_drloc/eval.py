@@ -17,17 +17,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from vt_drloc.module import DrLocModule
-from vt_drloc.run import (
+from vt_drloc.checkpoints import check_output_dir, load_checkpoint_file
+from vt_drloc.results import metric, write_results
+from vt_drloc.config import (
     CONFIG_PATH,
     UserError,
-    check_output_dir,
     exit_on_user_error,
-    load_checkpoint_file,
-    metric,
     prepare_data_checked,
     print_config_tree,
     run_cli,
-    write_results,
 )
 
 log = logging.getLogger("vt_drloc.eval")

@@ -7,7 +7,6 @@ Written once as :class:`DrLocModuleBase` and built for each Lightning package:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 

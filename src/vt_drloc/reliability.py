@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from torch import Tensor
 
 from vt_drloc.files import write_atomic
-from vt_drloc.run import UserError
+from vt_drloc.config import UserError
 
 __all__ = ["AtomicCheckpointIO", "NonFiniteLossError", "NonFiniteLossGuard", "ResumeRngState", "atomic_torch_save", "last_good_checkpoint"]
 

@@ -19,23 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 from vt_drloc.callback import DrLocCallbackBase
 from vt_drloc.drloc import task_record
 from vt_drloc.module import DrLocModule
-from vt_drloc.run import (
+from vt_drloc.checkpoints import check_output_dir, check_resume_checkpoint, resolve_resume_path
+from vt_drloc.config import (
     CONFIG_PATH,
-    Throughput,
     UserError,
     check_drloc_config,
-    check_output_dir,
-    exit_on_user_error,
-    check_resume_checkpoint,
     check_run_config,
+    exit_on_user_error,
     instantiate_checked,
-    metric,
     prepare_data_checked,
     print_config_tree,
-    resolve_resume_path,
     run_cli,
-    write_results,
 )
+from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
 from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumeRngState
 from vt_drloc.tap import GridTapError
 
@@ -188,8 +184,6 @@ def _sweep_job(cfg: DictConfig) -> float | None:
     import traceback
 
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    from vt_drloc.sweep import non_finite_metrics
 
     output_dir = Path(cfg.paths.output_dir)
     had_results = (output_dir / "results.json").exists()

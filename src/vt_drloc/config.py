@@ -1,24 +1,19 @@
-"""Pieces shared by ``vt_drloc.train`` and ``vt_drloc.eval``: config checks that run before any
-training, checkpoint validation, the printed config tree, throughput and ``results.json``."""
+"""The app's configuration checks: the composed Hydra config is checked before anything is
+built (clear one-paragraph errors, exit 2), the CLI wrapper and the printed config tree."""
 
 from __future__ import annotations
 
 import difflib
 import functools
-import json
 import math
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vt_drloc.drloc import CLASS_HEADS, DRLOC_MODES, HEAD_INITS, LAMBDA_INTERVALS, SCHEDULES, TARGETS
-from vt_drloc.files import write_atomic
 from vt_drloc.tap import TAP_NORMS
 
 CONFIG_PACKAGE = "vt_drloc.conf"
@@ -214,90 +209,6 @@ def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
         raise
 
 
-def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any]:
-    """Read a Lightning checkpoint written by vt_drloc, with ``weights_only=True``.
-
-    vt_drloc's own checkpoints hold only tensors and plain types, so they always load this way.
-    A file that needs arbitrary unpickling (which can run code) is refused unless ``trust`` is
-    set (``trust_checkpoint=true`` on the command line)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"ckpt_path={str(path)!r} does not exist. Pass the .ckpt file of an earlier run, e.g. <run dir>/checkpoints/last.ckpt.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or needs arbitrary unpickling
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
-        if not trust:
-            raise UserError(
-                f"ckpt_path={str(path)!r} is not a vt_drloc checkpoint that can be loaded safely ({reason}). Loading it would "
-                "need full unpickling, which can run arbitrary code: pass trust_checkpoint=true only if you trust its origin."
-            ) from None
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err2:
-            raise UserError(f"ckpt_path={str(path)!r} cannot be read even with trust_checkpoint=true ({type(err2).__name__}: {err2}).") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise UserError(f"ckpt_path={str(path)!r} is not a Lightning checkpoint of DrLocModule (no state_dict / hyper_parameters).")
-    hparams = checkpoint["hyper_parameters"]
-    if "model_name" not in hparams:
-        raise UserError(f"ckpt_path={str(path)!r} was not written by DrLocModule (its hyper-parameters have no model_name).")
-    return checkpoint
-
-
-def check_resume_checkpoint(path: str | Path, model_name: str, model_kwargs: Mapping[str, Any], trust: bool = False) -> dict[str, Any]:
-    checkpoint = load_checkpoint_file(path, trust=trust)
-    hparams = checkpoint["hyper_parameters"]
-    if hparams["model_name"] != model_name or dict(hparams.get("model_kwargs") or {}) != dict(model_kwargs):
-        raise UserError(
-            f"ckpt_path={str(path)!r} holds model {hparams['model_name']!r} with {dict(hparams.get('model_kwargs') or {})}, "
-            f"but this run builds {model_name!r} with {dict(model_kwargs)}. Select the matching model config "
-            "(model=...) or start a new run without ckpt_path."
-        )
-    return checkpoint
-
-
-def resolve_resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``ckpt_path=last`` means ``<output dir>/checkpoints/last.ckpt`` (resume a killed run in place)."""
-    if ckpt_path != "last":
-        return ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise UserError(
-            f"ckpt_path=last resumes the run in its own folder, but {str(last)!r} does not exist. Set hydra.run.dir to the "
-            "folder of the interrupted run, or pass ckpt_path=<path to a .ckpt file>."
-        )
-    return str(last)
-
-
-def _inside(path: str | Path, folder: Path) -> bool:
-    try:
-        Path(path).expanduser().resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def check_output_dir(output_dir: Path, resume_from: str | Path | None = None) -> None:
-    """Refuse a folder that already holds a run, and one we cannot write to.
-
-    An unfinished run (no ``results.json``) may be continued in place when ``resume_from`` is one
-    of its own checkpoints (``ckpt_path=last``)."""
-    in_place = resume_from is not None and _inside(resume_from, output_dir) and not (output_dir / "results.json").exists()
-    if not in_place and ((output_dir / "results.json").exists() or any((output_dir / "checkpoints").glob("*.ckpt"))):
-        raise UserError(
-            f"output dir {str(output_dir)!r} already holds a run (results.json or checkpoints); nothing was overwritten. "
-            "Choose another hydra.run.dir, or resume with ckpt_path=<its last.ckpt> (a resumed run writes to a new folder)."
-        )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"output dir {str(output_dir)!r} is not writable ({err.strerror}); set paths.log_dir or hydra.run.dir to a writable folder.") from None
-
-
-# ---------------------------------------------------------------------------------- reporting
 def print_config_tree(cfg: DictConfig, order: Iterable[str] = ("model", "data", "drloc", "optim", "trainer", "callbacks", "logger", "paths")) -> None:
     """Print the composed config as a rich tree, one branch per group."""
     import rich
@@ -314,33 +225,3 @@ def print_config_tree(cfg: DictConfig, order: Iterable[str] = ("model", "data", 
     rich.print(tree)
 
 
-class Throughput(pl.Callback):
-    """Training images per second, timed over training batches only (validation excluded)."""
-
-    def __init__(self) -> None:
-        self.images = 0
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._start
-        self.images += int(batch[0].shape[0]) * trainer.world_size
-
-    @property
-    def images_per_second(self) -> float | None:
-        return self.images / self.seconds if self.seconds > 0 else None
-
-
-def metric(metrics: Mapping[str, Any], key: str) -> float | None:
-    value = metrics.get(key)
-    if value is None:
-        return None
-    return float(value.item() if hasattr(value, "item") else value)
-
-
-def write_results(output_dir: Path, results: Mapping[str, Any]) -> Path:
-    """Write ``results.json`` (atomically: temporary file, then rename)."""
-    return write_atomic(output_dir / "results.json", json.dumps(results, indent=2, sort_keys=True, default=str).encode())

@@ -36,8 +36,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from vt_drloc.files import write_atomic
+from vt_drloc.results import final_metrics, non_finite_metrics
 
-log = logging.getLogger("vt_drloc.sweep")
+log = logging.getLogger("vt_drloc.report")
 
 SUMMARY_FILES = ("summary.csv", "summary.md", "summary.png", "curves.png")
 LAMBDA_KEY = "drloc.lambda_drloc"
@@ -84,7 +85,7 @@ def finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _natural_key(text: str) -> list[Any]:
+def natural_key(text: str) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
 
 
@@ -113,37 +114,6 @@ def read_curve(job_dir: Path, metric: str = CURVE_METRIC) -> list[tuple[int, flo
                 continue
             by_epoch[int(float(epoch))] = float(text)
     return sorted(by_epoch.items())
-
-
-def final_metrics(job_dir: Path) -> dict[str, float]:
-    """The last logged value of every column of the job's CSV logger (``epoch`` / ``step`` excluded)."""
-    files = sorted(Path(job_dir).rglob("metrics.csv"))
-    last: dict[str, float] = {}
-    if not files:
-        return last
-    with files[0].open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            for key, text in row.items():
-                if key in ("epoch", "step") or text in (None, ""):
-                    continue
-                try:
-                    last[key] = float(text)
-                except ValueError:
-                    continue
-    return last
-
-
-def non_finite_metrics(results: dict[str, Any], job_dir: Path) -> list[str]:
-    """``name=value`` of every non-finite accuracy in ``results`` and final loss / metric in the CSV log."""
-    bad = []
-    for key in ("val_acc1", "val_acc5", "best_val_acc1", "test_acc1", "test_acc5"):
-        value = results.get(key)
-        if isinstance(value, (int, float)) and not math.isfinite(value):
-            bad.append(f"{key}={value}")
-    for key, value in final_metrics(job_dir).items():
-        if not math.isfinite(value):
-            bad.append(f"{key}={value}")
-    return bad
 
 
 @dataclass
@@ -212,7 +182,7 @@ class Setting:
     def stats(self, key: str) -> tuple[float | None, float | None, int]:
         """Mean, sample std (None below two values) and count of ``key`` over the successful jobs."""
         values = [v for v in (j.metric(key) for j in self.jobs) if v is not None]
-        return _mean_std(values)
+        return mean_std(values)
 
     def by_seed(self, key: str) -> dict[Any, float]:
         out: dict[Any, float] = {}
@@ -228,14 +198,14 @@ class Setting:
         for job in self.ok_jobs:
             for epoch, value in job.curve(metric):
                 per_epoch.setdefault(epoch, []).append(value)
-        return [(epoch, *_mean_std(vals)[:2]) for epoch, vals in sorted(per_epoch.items())]
+        return [(epoch, *mean_std(vals)[:2]) for epoch, vals in sorted(per_epoch.items())]
 
 
 def _hashable(value: Any) -> Any:
     return repr(value) if isinstance(value, (list, dict)) else value
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
     if not values:
         return None, None, 0
     mean = statistics.fmean(values)
@@ -310,7 +280,7 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
     dirs = {p.parent.parent for p in sweep_dir.rglob("overrides.yaml") if p.parent.name == ".hydra"}
     dirs.discard(sweep_dir)
     dirs = {d for d in dirs if ".submitit" not in d.relative_to(sweep_dir).parts}
-    return sorted(dirs, key=lambda d: _natural_key(d.relative_to(sweep_dir).as_posix()))
+    return sorted(dirs, key=lambda d: natural_key(d.relative_to(sweep_dir).as_posix()))
 
 
 def load_sweep(sweep_dir: str | Path) -> Sweep:
@@ -376,7 +346,7 @@ def task_text(setting: Setting) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
-def _pct(mean: float | None, std: float | None) -> str:
+def pct_text(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "–"
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
@@ -386,17 +356,17 @@ def paired_delta(setting: Setting, baseline: Setting, key: str) -> tuple[float |
     """Mean, std and count of ``setting - baseline`` over the seeds both ran successfully."""
     mine, base = setting.by_seed(key), baseline.by_seed(key)
     diffs = [mine[s] - base[s] for s in mine if s in base]
-    return _mean_std(diffs)
+    return mean_std(diffs)
 
 
-def _delta_text(delta: tuple[float | None, float | None, int]) -> str:
+def delta_text(delta: tuple[float | None, float | None, int]) -> str:
     mean, std, n = delta
     if mean is None:
         return "–"
     return f"{100 * mean:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
 
 
-def _md_cell(text: str) -> str:
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -438,14 +408,14 @@ def summary_markdown(sweep: Sweep) -> str:
     header.append("wall s / job")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for setting in settings:
-        row = [_md_cell(setting.values[k]) for k in sweep.setting_keys]
+        row = [md_cell(setting.values[k]) for k in sweep.setting_keys]
         row.append(f"{len(setting.ok_jobs)}/{len(setting.jobs)}")
-        row += [_pct(*setting.stats(key)[:2]) for key, _ in SUMMARY_METRICS]
+        row += [pct_text(*setting.stats(key)[:2]) for key, _ in SUMMARY_METRICS]
         if has_delta:
             baseline = sweep.baseline_of(setting, settings)
             is_base = baseline is setting
             for key, _ in DELTA_METRICS:
-                row.append("baseline" if is_base else ("–" if baseline is None else _delta_text(paired_delta(setting, baseline, key))))
+                row.append("baseline" if is_base else ("–" if baseline is None else delta_text(paired_delta(setting, baseline, key))))
         if with_task:
             row.append(task_text(setting))
         wall = setting.stats("wall_time_s")[0]
@@ -456,7 +426,7 @@ def summary_markdown(sweep: Sweep) -> str:
         for job in sweep.failed:
             swept = " ".join(f"{k}={job.overrides.get(k, '')}" for k in sweep.swept)
             error = job.error.splitlines()[0][:200] if job.error else job.status
-            lines.append(f"| {job.name} | `{_md_cell(swept)}` | {_md_cell(error)} |")
+            lines.append(f"| {job.name} | `{md_cell(swept)}` | {md_cell(error)} |")
     if sweep.optuna and "best_params" in sweep.optuna:
         best = ", ".join(f"`{k}={v}`" for k, v in sweep.optuna["best_params"].items())
         lines += ["", f"Optuna best: {best} → {sweep.optuna.get('best_value')}"]
@@ -465,7 +435,7 @@ def summary_markdown(sweep: Sweep) -> str:
 
 
 # ---------------------------------------------------------------------------------- figures
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -499,7 +469,7 @@ def plot_summary(sweep: Sweep):
     """``summary.png``: val / test acc1 vs the x key, mean ± std over seeds, one line per group."""
     metrics = [(k, t) for k, t in (("val_acc1", "val acc1"), ("test_acc1", "test acc1")) if any(j.metric(k) is not None for j in sweep.jobs)]
     metrics = metrics or [("val_acc1", "val acc1")]
-    fig = _figure(5.2 * len(metrics), 4.0)
+    fig = new_figure(5.2 * len(metrics), 4.0)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     positions, numeric = _x_positions(sweep)
     groups = _grouped(sweep)
@@ -534,7 +504,7 @@ def plot_curves(sweep: Sweep, metric: str = CURVE_METRIC):
     groups = _grouped(sweep)
     columns = min(3, len(groups))
     rows = math.ceil(len(groups) / columns)
-    fig = _figure(5.0 * columns, 3.8 * rows)
+    fig = new_figure(5.0 * columns, 3.8 * rows)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     x_values = sorted({s.values.get(sweep.x_key, "") for _, ss in groups for s in ss}, key=_value_key) if sweep.x_key else [""]
     cmap = _colormap()
@@ -587,7 +557,7 @@ def _colormap():
     return colormaps["viridis"]
 
 
-def _png_bytes(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     return buffer.getvalue()
@@ -600,8 +570,8 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Path]:
     outputs = {
         "summary.csv": summary_csv(sweep).encode(),
         "summary.md": summary_markdown(sweep).encode(),
-        "summary.png": _png_bytes(plot_summary(sweep)),
-        "curves.png": _png_bytes(plot_curves(sweep)),
+        "summary.png": png_bytes(plot_summary(sweep)),
+        "curves.png": png_bytes(plot_curves(sweep)),
     }
     paths = {}
     for name, data in outputs.items():

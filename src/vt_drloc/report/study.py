@@ -11,7 +11,7 @@ A study dir holds one sweep dir per *cell* (a model × data setting swept over �
 * ``study.png``: the paired test differences per row, each seed a dot, the mean with its std.
 
 ``python -m vt_drloc.report --study <study dir>`` also rewrites each cell's own summary files
-(:func:`vt_drloc.sweep.write_summary`). Everything is computed from the jobs' ``results.json``.
+(:func:`vt_drloc.report.sweep.write_summary`). Everything is computed from the jobs' ``results.json``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from vt_drloc.files import write_atomic
-from vt_drloc.sweep import (
-    LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, _delta_text, _figure, _md_cell, _mean_std, _natural_key,
-    _pct, _png_bytes, find_job_dirs, load_sweep, paired_delta, records_task, task_text,
+from vt_drloc.report.sweep import (
+    LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, delta_text, new_figure, md_cell, mean_std, natural_key,
+    pct_text, png_bytes, find_job_dirs, load_sweep, paired_delta, records_task, task_text,
 )
 
 STUDY_FILES = ("study.csv", "study.md", "study.png")
@@ -134,7 +134,7 @@ class StudyRow:
 def find_cells(study_dir: Path) -> list[Path]:
     """The sweep dirs directly below ``study_dir`` (folders holding job folders), in natural order."""
     cells = [d for d in study_dir.iterdir() if d.is_dir() and find_job_dirs(d)]
-    return sorted(cells, key=lambda d: _natural_key(d.name))
+    return sorted(cells, key=lambda d: natural_key(d.name))
 
 
 def load_study(study_dir: str | Path) -> list[StudyRow]:
@@ -202,12 +202,12 @@ def study_markdown(rows: list[StudyRow], title: str) -> str:
     for row in rows:
         v = row.values()
         lines.append("| " + " | ".join([
-            _md_cell(row.label), f"`{v['model']}`", f"{_params(v['backbone_params'])} ({_params(v['head_params'])})",
+            md_cell(row.label), f"`{v['model']}`", f"{_params(v['backbone_params'])} ({_params(v['head_params'])})",
             f"{v['train_size']:,}" if isinstance(v["train_size"], int) else "–", str(v["epochs"] or "–"), row.lam,
-            _md_cell(v["drloc_options"]),
-            _pct(*row.baseline.stats("test_acc1")[:2]), _pct(*row.drloc.stats("test_acc1")[:2]),
-            _delta_text(paired_delta(row.drloc, row.baseline, "test_acc1")),
-            _delta_text(paired_delta(row.drloc, row.baseline, "val_acc1")),
+            md_cell(v["drloc_options"]),
+            pct_text(*row.baseline.stats("test_acc1")[:2]), pct_text(*row.drloc.stats("test_acc1")[:2]),
+            delta_text(paired_delta(row.drloc, row.baseline, "test_acc1")),
+            delta_text(paired_delta(row.drloc, row.baseline, "val_acc1")),
             *([task_text(row.drloc)] if with_task else []),
             f"{_seconds(v['baseline_wall_s'])} / {_seconds(v['drloc_wall_s'])}",
         ]) + " |")
@@ -217,13 +217,13 @@ def study_markdown(rows: list[StudyRow], title: str) -> str:
 
 def plot_study(rows: list[StudyRow], title: str):
     """``study.png``: paired test top-1 differences per row (dots: seeds; bar: mean ± std)."""
-    fig = _figure(7.5, 0.9 + 0.55 * len(rows))
+    fig = new_figure(7.5, 0.9 + 0.55 * len(rows))
     ax = fig.subplots()
     for y, row in enumerate(rows):
         diffs = [100 * d for d in row.paired_test()]
         if not diffs:
             continue
-        mean, std, _ = _mean_std(diffs)
+        mean, std, _ = mean_std(diffs)
         color = "C2" if mean > 0 else "C3"
         ax.errorbar([mean], [y], xerr=[std or 0.0], fmt="s", color=color, capsize=4, markersize=7)
         ax.scatter(diffs, [y] * len(diffs), color="black", s=12, zorder=3, alpha=0.7)
@@ -238,7 +238,7 @@ def plot_study(rows: list[StudyRow], title: str):
 
 def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path]:
     """Write ``study.csv``, ``study.md`` and ``study.png`` (and, with ``cells_too``, each cell's summary)."""
-    from vt_drloc.sweep import write_summary
+    from vt_drloc.report.sweep import write_summary
 
     study_dir = Path(study_dir)
     rows = load_study(study_dir)
@@ -248,7 +248,7 @@ def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path
     outputs = {
         "study.csv": study_csv(rows).encode(),
         "study.md": study_markdown(rows, study_dir.name).encode(),
-        "study.png": _png_bytes(plot_study(rows, study_dir.name)),
+        "study.png": png_bytes(plot_study(rows, study_dir.name)),
     }
     paths = {}
     for name, data in outputs.items():

@@ -1,10 +1,10 @@
 """Summarise a finished (or running) sweep: ``python -m vt_drloc.report <sweep dir>``.
 
 Writes ``summary.csv``, ``summary.md``, ``summary.png`` and ``curves.png`` into the sweep dir (the
-same files the end-of-multirun callback writes; see :mod:`vt_drloc.sweep`) and prints the table.
+same files the end-of-multirun callback writes; see :mod:`vt_drloc.report.sweep`) and prints the table.
 ``--study <study dir>`` does that for every sweep dir (cell) below the study dir and adds
 ``study.csv`` / ``study.md`` / ``study.png``, each DRLoc setting against its baseline
-(:mod:`vt_drloc.study`). ``--copy-to DEST`` first copies the sweep's light files (overrides,
+(:mod:`vt_drloc.report.study`). ``--copy-to DEST`` first copies the sweep's light files (overrides,
 composed config, ``results.json``, CSV log; no checkpoints) into a new folder ``DEST`` and reports
 there, for committing results beside a write-up. Running it again on the same folder rewrites identical files.
 """
@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from vt_drloc.study import copy_sweep_results, load_study, study_markdown, write_study
-from vt_drloc.sweep import SweepError, load_sweep, summary_markdown, write_summary
+from vt_drloc.report.study import copy_sweep_results, load_study, study_markdown, write_study
+from vt_drloc.report.sweep import SweepError, load_sweep, summary_markdown, write_summary
 
 
 def main(argv: list[str] | None = None) -> int:
