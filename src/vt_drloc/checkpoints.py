@@ -93,3 +93,73 @@ def check_output_dir(output_dir: Path, resume_from: str | Path | None = None) ->
         probe.unlink()
     except OSError as err:
         raise UserError(f"output dir {str(output_dir)!r} is not writable ({err.strerror}); set paths.log_dir or hydra.run.dir to a writable folder.") from None
+
+
+# ---------------------------------------------------------------------------------- init_from
+_STATE_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
+_PREFIXES = ("model.", "module.", "backbone.", "net.")
+
+
+def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file: a timm / torchvision weight file (``.pth``, ``.bin``,
+    ``.safetensors``), or a Lightning checkpoint of an earlier run (its ``state_dict``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"init_from={str(path)!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as err:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
+        hint = "" if trust else " If the file needs full unpickling and you trust its origin, pass trust_checkpoint=true."
+        raise UserError(f"init_from={str(path)!r} cannot be read as weights ({reason}).{hint}") from None
+    for key in _STATE_KEYS:
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+            break
+    if not isinstance(data, Mapping) or not any(isinstance(v, torch.Tensor) for v in data.values()):
+        raise UserError(f"init_from={str(path)!r} holds no state dict of tensors.")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bool = False) -> dict[str, list[str]]:
+    """Initialise ``backbone`` (the timm model, e.g. ``DrLocModule.model``) from the weights in ``path``
+    for fine-tuning; the DRLoc head (and anything else outside the backbone) stays new.
+
+    Keys are matched as they are, or after dropping one wrapper prefix (``model.`` of a
+    ``DrLocModule`` checkpoint, ``module.`` of DDP, ...). Tensors whose shape differs (the
+    classifier of a model trained on other classes) are skipped and stay as initialised. Returns
+    ``{"loaded": [...], "skipped": [...], "missing": [...]}`` (backbone keys); raises
+    :class:`~vt_drloc.config.UserError` when nothing matches.
+
+    >>> import timm, tempfile, os
+    >>> src = timm.create_model("vit_tiny_patch16_224", num_classes=100, img_size=32, patch_size=4, depth=1)
+    >>> dst = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=4, depth=1)
+    >>> path = os.path.join(tempfile.mkdtemp(), "vit.pth"); torch.save(src.state_dict(), path)
+    >>> report = load_backbone_weights(dst, path)
+    >>> report["skipped"], torch.equal(src.pos_embed, dst.pos_embed)
+    (['head.bias', 'head.weight'], True)
+    """
+    state = read_state_dict(path, trust)
+    own = backbone.state_dict()
+    best: dict[str, torch.Tensor] = {}
+    for prefix in ("", *_PREFIXES):
+        candidate = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in own}
+        if len(candidate) > len(best):
+            best = candidate
+    loaded = {k: v for k, v in best.items() if v.shape == own[k].shape}
+    if not loaded:
+        example = ", ".join(list(state)[:3])
+        raise UserError(
+            f"init_from={str(path)!r}: none of its {len(state)} tensors (e.g. {example}) matches the backbone "
+            f"{type(backbone).__name__} (e.g. {', '.join(list(own)[:3])}). Use weights of the same model (model=...)."
+        )
+    backbone.load_state_dict(loaded, strict=False)
+    return {
+        "loaded": sorted(loaded),
+        "skipped": sorted(k for k in best if k not in loaded),
+        "missing": sorted(k for k in own if k not in best),
+    }

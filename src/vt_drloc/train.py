@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vt_drloc.callback import DrLocCallbackBase
 from vt_drloc.drloc import task_record
 from vt_drloc.module import DrLocModule
-from vt_drloc.checkpoints import check_output_dir, check_resume_checkpoint, resolve_resume_path
+from vt_drloc.checkpoints import check_output_dir, check_resume_checkpoint, load_backbone_weights, resolve_resume_path
 from vt_drloc.config import (
     CONFIG_PATH,
     UserError,
@@ -79,6 +79,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_resume_path(cfg.ckpt_path, output_dir)  # "last": this run dir's checkpoints/last.ckpt
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, cfg.model.name, model_kwargs, trust=bool(cfg.get("trust_checkpoint")))
+    if cfg.get("init_from") and not Path(str(cfg.init_from)).expanduser().is_file():
+        raise UserError(f"init_from={cfg.init_from!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run.")
+    if ckpt_path and cfg.get("init_from"):
+        raise UserError(
+            f"init_from={cfg.init_from!r} and ckpt_path={cfg.ckpt_path!r} are both set: resuming restores every weight, so "
+            "init_from would be overwritten. Use init_from to start a new (fine-tuning) run, ckpt_path to continue one."
+        )
     if cfg.test_ckpt not in ("last", "best"):
         raise UserError(f"test_ckpt={cfg.test_ckpt!r} is invalid: use 'last' or 'best'.")
     check_output_dir(output_dir, resume_from=ckpt_path)
@@ -96,6 +103,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # With DrLocCallback the module is a plain timm classifier and the callback adds the loss.
     lambda_drloc = 0.0 if drloc_callbacks else float(cfg.drloc.lambda_drloc)
     model = build_module(cfg, datamodule.num_classes, lambda_drloc)
+    init_report = None
+    if cfg.get("init_from"):
+        init_report = load_backbone_weights(model.model, cfg.init_from, trust=bool(cfg.get("trust_checkpoint")))
+        log.info("init_from %s: %d backbone tensors loaded, %d skipped (shape: %s), %d left as initialised",
+                 cfg.init_from, len(init_report["loaded"]), len(init_report["skipped"]), ", ".join(init_report["skipped"]) or "-",
+                 len(init_report["missing"]))
     throughput = Throughput()
     callbacks.append(throughput)
     # Always on (docs/reliability.md): stop at the first NaN/inf loss term; resume with the same RNG streams.
@@ -137,6 +150,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "drloc_via": "callback" if drloc_callbacks else ("module" if lambda_drloc > 0 else "none"),
         # the options the DRLoc objective ran with (the callback's, or the module's)
         "drloc": (drloc_callbacks[0].config if drloc_callbacks else model.drloc_config).as_dict(),
+        "init_from": cfg.get("init_from"),
+        "init_from_loaded": None if init_report is None else len(init_report["loaded"]),
         "train_size": datamodule.train_size,
         "img_size": cfg.data.img_size,
         "epochs": trainer.current_epoch,

@@ -1,0 +1,87 @@
+"""init_from: fine-tuning starts from a timm weight file or an earlier run's checkpoint (backbone
+weights only; the DRLoc head and a classifier of another shape start new)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from vt_drloc import DrLocModule
+from vt_drloc.checkpoints import load_backbone_weights
+from vt_drloc.config import UserError
+from vt_drloc.train import train
+
+from test_train import TINY, compose_cfg
+
+NAME = "vit_tiny_patch16_224"
+VIT = dict(img_size=32, patch_size=4, depth=1, embed_dim=32, num_heads=2)
+
+
+def module(num_classes: int = 10, seed: int = 0) -> DrLocModule:
+    torch.manual_seed(seed)
+    return DrLocModule(NAME, num_classes=num_classes, lambda_drloc=0.5, model_kwargs=VIT, hidden_dims=[16], sample_size=8)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped"])
+def test_timm_weight_file_initialises_the_backbone_only(tmp_path, fmt):
+    torch.manual_seed(7)
+    pretrained = timm.create_model(NAME, num_classes=100, **VIT)  # another task's classifier
+    state = pretrained.state_dict()
+    path = tmp_path / f"weights.{fmt if fmt != 'wrapped' else 'pth'}"
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"state_dict": state} if fmt == "wrapped" else state, path)
+    target = module()
+    head_before = {k: v.clone() for k, v in target.drloc.state_dict().items()}
+    classifier_before = target.model.head.weight.clone()
+    report = load_backbone_weights(target.model, path)
+    assert report["skipped"] == ["head.bias", "head.weight"] and report["missing"] == []
+    for key, value in target.model.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(value, state[key]), key
+    assert torch.equal(target.model.head.weight, classifier_before)  # 100 classes cannot fill 10: left new
+    assert all(torch.equal(v, head_before[k]) for k, v in target.drloc.state_dict().items())  # DRLoc head untouched
+
+
+def test_an_earlier_runs_checkpoint_initialises_the_backbone_not_the_drloc_head(tmp_path):
+    earlier, target = module(seed=1), module(seed=2)
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": earlier.state_dict(), "hyper_parameters": dict(earlier.hparams)}, path)
+    report = load_backbone_weights(target.model, path)
+    assert report["skipped"] == [] and report["missing"] == [] and "head.weight" in report["loaded"]
+    assert all(torch.equal(v, earlier.model.state_dict()[k]) for k, v in target.model.state_dict().items())
+    # the DRLoc head is not part of the backbone: it keeps its own (different-seed) weights
+    assert not any(torch.equal(a, b) for a, b in zip(target.drloc.parameters(), earlier.drloc.parameters()) if a.dim() == 2)
+
+
+def test_unusable_files_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_backbone_weights(module().model, tmp_path / "nope.pth")
+    other = tmp_path / "resnet.pth"
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), other)
+    with pytest.raises(UserError, match="none of its .* tensors .* matches the backbone"):
+        load_backbone_weights(module().model, other)
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not torch")
+    with pytest.raises(UserError, match="cannot be read as weights"):
+        load_backbone_weights(module().model, junk)
+
+
+def test_app_init_from_runs_and_records_it(tmp_path):
+    first = compose_cfg(TINY, tmp_path / "first")
+    train(first)
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    second = compose_cfg([*TINY, f"init_from={ckpt}"], tmp_path / "second")
+    train(second)
+    results = json.loads((tmp_path / "second" / "results.json").read_text())
+    assert results["init_from"] == str(ckpt) and results["init_from_loaded"] > 0
+    with pytest.raises(UserError, match="init_from=.* and ckpt_path=.* are both set"):
+        train(compose_cfg([*TINY, f"init_from={ckpt}", f"ckpt_path={ckpt}"], tmp_path / "third"))
+    with pytest.raises(UserError, match="does not exist"):
+        train(compose_cfg([*TINY, f"init_from={tmp_path / 'missing.pth'}"], tmp_path / "fourth"))
