@@ -307,3 +307,18 @@ def test_existing_output_dir_is_never_overwritten(tmp_path):
     with pytest.raises(UserError, match="already holds a run"):
         train(compose_cfg(TINY, out))
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == b"precious"
+
+
+def test_module_group_instantiates_the_users_own_class(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "scripts"))
+    cfg = compose_cfg([*TINY, "module._target_=custom_module.TaggedModule", "+module.tag=lab"], tmp_path / "run")
+    module = build_module(cfg, 10, 0.1)
+    assert type(module).__name__ == "TaggedModule" and module.tag == "lab"
+    assert module.drloc_config.sample_size == 8 and module.hparams.lr == cfg.optim.lr  # model / drloc / optim reach it
+    results = train(cfg)
+    assert results["module"] == "custom_module.TaggedModule" and results["global_step"] == 2
+    assert "custom_module" in sys.modules
+    with pytest.raises(UserError, match=r"module config \(vt_drloc.module.DrLocModule\): .*sample_size"):
+        build_module(compose_cfg([*TINY, "drloc.sample_size=0"]), 10, 0.1)

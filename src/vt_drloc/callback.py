@@ -458,12 +458,15 @@ class DrLocCallbackBase:
         sampler = self.objective.sampler_state()
         if sampler is not None:
             state["sampler_state"] = sampler
+        if self.config.schedule == "adaptive":
+            state["schedule_state"] = self.objective.schedule_state()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("head") is not None:
             self.objective.load_head_state(state_dict["head"])  # now, or when setup builds the head
         self.objective.load_sampler_state(state_dict.get("sampler_state"))
+        self.objective.load_schedule_state(state_dict.get("schedule_state"))
 
 
 class DrLocCallback(DrLocCallbackBase, PYTORCH_LIGHTNING.Callback):

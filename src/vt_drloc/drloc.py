@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 DRLOC_MODES = ("l1", "ce", "cbr")
 TARGETS = ("abs", "abs_norm", "signed")
-SCHEDULES = ("constant", "warmup_decay")
+SCHEDULES = ("constant", "warmup_decay", "adaptive")
 # When λ changes: every optimizer step (fractional epoch) or once per epoch (the released loop).
 LAMBDA_INTERVALS = ("step", "epoch")
 # "released": every Linear trunc-normal (std 0.02) with zero bias, as the released models' own
@@ -422,6 +422,7 @@ def drloc_lambda(
     schedule: str = "warmup_decay",
     warmup_epochs: float = 20,
     decay_epochs: float | None = None,
+    anneal_from: float | None = None,
 ) -> float:
     """λ at (fractional) ``epoch``.
 
@@ -432,8 +433,14 @@ def drloc_lambda(
     that. A run shorter than the warm-up never reaches the peak, as in the released code; use
     ``warmup_epochs`` proportionate to your run. Without a horizon there is no decay.
 
+    ``"adaptive"``: the warm-up, then λ held until ``anneal_from`` (the epoch the head learned its
+    task, decided by :class:`vt_drloc.objective.DrLocObjective`; ``None``: not yet), then a
+    linear fall from λ to 0 at the horizon.
+
     >>> [round(drloc_lambda(0.5, e, 100, "warmup_decay", 20, decay_epochs=300), 4) for e in (0, 1, 20, 50, 100)]
     [0.0, 0.025, 0.5, 0.4464, 0.3571]
+    >>> [drloc_lambda(2.0, e, 30, "adaptive", 3, anneal_from=10) for e in (0, 3, 10, 20, 30)]
+    [0.0, 2.0, 2.0, 1.0, 0.0]
     """
     _check_choice("schedule", schedule, SCHEDULES)
     if lambda_drloc < 0 or not math.isfinite(lambda_drloc):
@@ -445,9 +452,16 @@ def drloc_lambda(
     if warmup_epochs > 0 and epoch < warmup_epochs:
         return float(lambda_drloc) * max(epoch, 0.0) / warmup_epochs
     horizon = decay_epochs if decay_epochs is not None else max_epochs
-    if horizon is None or horizon <= warmup_epochs:
+    start = warmup_epochs
+    if schedule == "adaptive":
+        if anneal_from is None:
+            return float(lambda_drloc)
+        start = max(anneal_from, warmup_epochs)
+        if epoch < start:
+            return float(lambda_drloc)
+    if horizon is None or horizon <= start:
         return float(lambda_drloc)
-    remaining = (horizon - epoch) / (horizon - warmup_epochs)
+    remaining = (horizon - epoch) / (horizon - start)
     return float(lambda_drloc) * min(max(remaining, 0.0), 1.0)
 
 

@@ -240,9 +240,12 @@ class DrLocModuleBase:
         state = self.objective.sampler_state()
         if state is not None:
             checkpoint["drloc_sampler_state"] = state
+        if self.drloc_config.schedule == "adaptive":
+            checkpoint["drloc_schedule_state"] = self.objective.schedule_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.objective.load_sampler_state(checkpoint.get("drloc_sampler_state"))
+        self.objective.load_schedule_state(checkpoint.get("drloc_schedule_state"))
 
 
 class DrLocModule(DrLocModuleBase, PYTORCH_LIGHTNING.LightningModule):

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from vt_drloc.drloc import (
     DrLocLoss,
+    chance_l1,
     drloc_lambda,
     epoch_progress,
     pair_generator,
@@ -64,6 +65,9 @@ class DrLocConfig:
             (:mod:`vt_drloc.tap`).
         schedule, warmup_epochs, decay_epochs: λ over training, see :func:`vt_drloc.drloc.drloc_lambda`
             (``decay_epochs=None``: λ reaches 0 at ``max_epochs``).
+        task_threshold: ``schedule="adaptive"`` only: λ is held at its peak until the head's
+            training L1 (a running mean over ~10 steps) falls below this fraction of chance
+            (:func:`vt_drloc.drloc.chance_l1`), then falls linearly to 0 at the horizon.
         interval: ``"step"`` (λ at the fractional epoch of every step) or ``"epoch"`` (held per
             epoch, as the released loop), see :func:`vt_drloc.drloc.epoch_progress`.
         seed: pair-sampler seed (``None``: derived from the run's seed), plus the rank.
@@ -90,6 +94,7 @@ class DrLocConfig:
     decay_epochs: float | None = None
     interval: str = "step"
     seed: int | None = None
+    task_threshold: float = 0.3
 
     def __post_init__(self) -> None:
         hidden = plain(self.hidden_dims)
@@ -102,6 +107,10 @@ class DrLocConfig:
         resolve_hidden_dims(self.hidden_dims)
         drloc_lambda(self.lambda_drloc, 0.0, None, self.schedule, self.warmup_epochs, self.decay_epochs)
         epoch_progress(0, 0, None, self.interval)
+        if not 0 < float(self.task_threshold) <= 1:
+            raise ValueError(f"task_threshold={self.task_threshold} must lie in (0, 1] (a fraction of the chance L1)")
+        if self.schedule == "adaptive" and self.mode != "l1":
+            raise ValueError(f"schedule='adaptive' reads the head's L1 against chance: it needs mode='l1', not mode={self.mode!r}")
         # the loss's own checks (sample_size, grid_size, mode x target) on a dummy grid; its head's
         # initialisation must not move the global RNG (the backbone built next draws from it)
         with torch.random.fork_rng(devices=[]):
@@ -164,6 +173,9 @@ class DrLocObjective:
         self._generator: torch.Generator | None = None
         self._generator_state: Tensor | None = None
         self._pending_head_state: Mapping[str, Tensor] | None = None
+        # schedule="adaptive": running mean of L_drloc / chance, and the epoch annealing began
+        self.task_ratio: float | None = None
+        self.anneal_from: float | None = None
 
     @property
     def num_head_params(self) -> int:
@@ -186,7 +198,22 @@ class DrLocObjective:
         """λ at batch ``batch_idx`` of ``epoch`` (``max_epochs``: the decay horizon when ``decay_epochs`` is None)."""
         c = self.config
         progress = epoch_progress(epoch, batch_idx, num_batches, c.interval)
-        return drloc_lambda(c.lambda_drloc, progress, max_epochs, c.schedule, c.warmup_epochs, c.decay_epochs)
+        return drloc_lambda(c.lambda_drloc, progress, max_epochs, c.schedule, c.warmup_epochs, c.decay_epochs, self.anneal_from)
+
+    def observe(self, drloc: float, epoch: float) -> None:
+        """``schedule="adaptive"``: track the head's L1 / chance and start annealing once it is below
+        ``task_threshold`` (after the warm-up)."""
+        ratio = drloc / chance_l1(*self.loss.reduced_hw, self.config.target)
+        self.task_ratio = ratio if self.task_ratio is None else 0.9 * self.task_ratio + 0.1 * ratio
+        if self.anneal_from is None and epoch >= self.config.warmup_epochs and self.task_ratio < self.config.task_threshold:
+            self.anneal_from = float(epoch)
+
+    def schedule_state(self) -> dict[str, float | None]:
+        return {"task_ratio": self.task_ratio, "anneal_from": self.anneal_from}
+
+    def load_schedule_state(self, state: Mapping[str, Any] | None) -> None:
+        if state:
+            self.task_ratio, self.anneal_from = state.get("task_ratio"), state.get("anneal_from")
 
     def current_lambda(self, trainer: Any | None) -> float:
         """λ for the trainer's current step (the schedule's start without a trainer)."""
@@ -230,5 +257,10 @@ class DrLocObjective:
         lam = self.current_lambda(trainer)
         module.log("train/drloc", drloc, on_step=True, on_epoch=True, sync_dist=True)
         module.log("train/lambda", lam, on_step=True, on_epoch=False)
+        if self.config.schedule == "adaptive":
+            # each rank decides from its own loss (their running means agree closely)
+            epoch = 0.0 if trainer is None else epoch_progress(trainer.current_epoch, self.batch_idx, trainer.num_training_batches)
+            self.observe(float(drloc.detach()), epoch)
+            module.log("train/drloc_over_chance", self.task_ratio, on_step=True, on_epoch=False)
         return drloc, lam
 

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from vt_drloc.callback import DrLocCallbackBase
 from vt_drloc.drloc import task_record
-from vt_drloc.module import DrLocModule
 from vt_drloc.checkpoints import check_output_dir, check_resume_checkpoint, load_backbone_weights, resolve_resume_path
 from vt_drloc.config import (
     CONFIG_PATH,
@@ -33,33 +32,14 @@ from vt_drloc.config import (
 )
 from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
 from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumeRngState
-from vt_drloc.tap import GridTapError
 
 log = logging.getLogger("vt_drloc.train")
 
 
-def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float) -> DrLocModule:
-    """The LightningModule of a run: backbone from ``cfg.model``, loss from ``cfg.drloc``, AdamW from ``cfg.optim``."""
-    drloc, optim = cfg.drloc, cfg.optim
-    try:
-        return DrLocModule(
-            model_name=cfg.model.name,
-            num_classes=num_classes,
-            lambda_drloc=lambda_drloc,
-            model_kwargs=OmegaConf.to_container(cfg.model.kwargs, resolve=True),
-            drloc=OmegaConf.to_container(drloc, resolve=True),
-            lr=optim.lr,
-            weight_decay=optim.weight_decay,
-            warmup_epochs=optim.warmup_epochs,
-            min_lr=optim.min_lr,
-            lr_decay_epochs=optim.decay_epochs,
-            warmup_prefix=optim.warmup_prefix,
-            label_smoothing=optim.label_smoothing,
-        )
-    except GridTapError as err:
-        raise UserError(str(err)) from None
-    except ValueError as err:
-        raise UserError(f"model / drloc / optim config: {err}") from None
+def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float) -> Any:
+    """The LightningModule of a run: ``cfg.module`` instantiated (``DrLocModule`` unless the user points
+    ``module._target_`` at their own class) with ``num_classes`` from the data and ``lambda_drloc``."""
+    return instantiate_checked("module", cfg.module, num_classes=num_classes, lambda_drloc=lambda_drloc)
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -105,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_module(cfg, datamodule.num_classes, lambda_drloc)
     init_report = None
     if cfg.get("init_from"):
-        init_report = load_backbone_weights(model.model, cfg.init_from, trust=bool(cfg.get("trust_checkpoint")))
+        init_report = load_backbone_weights(getattr(model, "model", model), cfg.init_from, trust=bool(cfg.get("trust_checkpoint")))
         log.info("init_from %s: %d backbone tensors loaded, %d skipped (shape: %s), %d left as initialised",
                  cfg.init_from, len(init_report["loaded"]), len(init_report["skipped"]), ", ".join(init_report["skipped"]) or "-",
                  len(init_report["missing"]))
@@ -117,19 +97,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer: pl.Trainer = instantiate_checked("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir),
                                       plugins=[AtomicCheckpointIO()])  # checkpoints: temp file + os.replace, never torn
-    if cfg.optim.lr_batch_scale:
+    if cfg.optim.lr_batch_scale and "lr" in model.hparams:
         # lr and min_lr scale together, as in the released code (its warm-up and floor scale too)
         global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
         model.hparams.lr = cfg.optim.lr * global_batch / cfg.optim.lr_batch_scale
-        model.hparams.min_lr = min(cfg.optim.min_lr * global_batch / cfg.optim.lr_batch_scale, model.hparams.lr)
+        if "min_lr" in model.hparams:
+            model.hparams.min_lr = min(cfg.optim.min_lr * global_batch / cfg.optim.lr_batch_scale, model.hparams.lr)
+    # a module of the user's own class (module._target_) need not offer DrLocModule's attributes
+    head_params = getattr(model, "num_head_params", 0) + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks)
+    backbone_params = getattr(model, "num_backbone_params", None) or sum(p.numel() for p in model.parameters()) - head_params
+    module_drloc = getattr(model, "drloc_config", None)
     if trainer.is_global_zero:
-        share = model.num_head_params / max(1, model.num_backbone_params + model.num_head_params)
+        share = head_params / max(1, backbone_params + head_params)
         log.info(
             "params: backbone %.2fM, DRLoc head %.3fM (%.1f%% of the total); train images %d; lr %.3g",
-            model.num_backbone_params / 1e6, model.num_head_params / 1e6, 100 * share, datamodule.train_size, model.hparams.lr,
+            backbone_params / 1e6, head_params / 1e6, 100 * share, datamodule.train_size, model.hparams.get("lr", float("nan")),
         )
         for lg in loggers:
-            lg.log_hyperparams({"train_size": datamodule.train_size, "backbone_params": model.num_backbone_params, "head_params": model.num_head_params})
+            lg.log_hyperparams({"train_size": datamodule.train_size, "backbone_params": backbone_params, "head_params": head_params})
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=not cfg.get("trust_checkpoint"))
     fit_metrics = dict(trainer.callback_metrics)
@@ -149,7 +134,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "lambda_drloc": float(drloc_callbacks[0].lambda_drloc) if drloc_callbacks else lambda_drloc,
         "drloc_via": "callback" if drloc_callbacks else ("module" if lambda_drloc > 0 else "none"),
         # the options the DRLoc objective ran with (the callback's, or the module's)
-        "drloc": (drloc_callbacks[0].config if drloc_callbacks else model.drloc_config).as_dict(),
+        "drloc": (drloc_callbacks[0].config if drloc_callbacks else module_drloc).as_dict() if (drloc_callbacks or module_drloc) else None,
+        "module": f"{type(model).__module__}.{type(model).__qualname__}",
         "init_from": cfg.get("init_from"),
         "init_from_loaded": None if init_report is None else len(init_report["loaded"]),
         "train_size": datamodule.train_size,
@@ -162,11 +148,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "test_acc1": metric(test_metrics, "test/acc1"),
         "test_acc5": metric(test_metrics, "test/acc5"),
         "test_ckpt": cfg.test_ckpt,
-        "backbone_params": model.num_backbone_params,
-        "head_params": model.num_head_params + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks),
-        "lr": float(model.hparams.lr),
+        "backbone_params": backbone_params,
+        # the callback builds its head at fit's setup: count it now
+        "head_params": getattr(model, "num_head_params", 0) + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks),
+        "lr": float(model.hparams["lr"]) if "lr" in model.hparams else None,
         # the head's task: its grid, chance L1 and the last epoch's training DRLoc loss / chance
-        **task_record(drloc_callbacks[0].loss if drloc_callbacks else model.drloc, metric(fit_metrics, "train/drloc_epoch")),
+        **task_record(drloc_callbacks[0].loss if drloc_callbacks else getattr(model, "drloc", None), metric(fit_metrics, "train/drloc_epoch")),
         "wall_time_s": time.perf_counter() - start,
         "images_per_s": throughput.images_per_second,
         "world_size": trainer.world_size,
