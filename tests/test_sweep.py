@@ -478,3 +478,25 @@ def test_head_task_fraction_is_a_column_once_runs_record_it(tmp_path):
     assert [r["drloc_final_over_chance"] for r in read_csv(new / "summary.csv") if r["drloc.lambda_drloc"] == "0.1"] == ["0.4", "0.5", "0.6"]
     study = md_rows(study_markdown(load_study(tmp_path / "study"), "study"), n_keys=1)
     assert study[("a_new",)]["DRLoc L1 / chance"] == "0.50 ± 0.10" and study[("b_old",)]["DRLoc L1 / chance"] == "–"
+
+
+def test_summary_png_shows_every_job_the_seed_count_and_the_paired_difference_at_scale():
+    from vt_drloc.report.sweep import MIN_SPAN_PCT, paired_delta, plot_summary
+
+    cell = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_cifar10" / "spc100_vit_lam1_wd"
+    sweep = load_sweep(cell)
+    fig = plot_summary(sweep)
+    val, test, delta = fig.axes
+    for ax in (val, test):  # every job a point, the mean a marker: 6 jobs, 2 settings
+        low, high = ax.get_ylim()
+        assert high - low >= MIN_SPAN_PCT
+        assert sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets") and c.get_offsets().ndim == 2
+                   and len(c.get_offsets()) == 3) >= 2 * 3
+        assert [t.get_text() for t in ax.texts].count("n=3") == 2
+    settings = sweep.settings()
+    drloc = next(s for s in settings if s.values["drloc.lambda_drloc"] == "1")
+    mean, _, n = paired_delta(drloc, sweep.baseline_of(drloc, settings), "test_acc1")
+    markers = [line for line in delta.get_lines() if line.get_marker() == "D"]
+    assert len(markers) == 1 and abs(markers[0].get_ydata()[0] - 100 * mean) < 1e-9 and n == 3
+    assert any(list(line.get_ydata()) == [0.0, 0.0] for line in delta.get_lines())  # the zero line
+    assert "paired by seed" in delta.get_title()

@@ -465,38 +465,86 @@ def _x_positions(sweep: Sweep) -> tuple[dict[str, float], bool]:
     return {t: float(i) for i, t in enumerate(texts)}, False
 
 
+# The accuracy panels span at least this many percentage points, so a difference of a fraction of a
+# point between two settings is drawn at its true scale rather than stretched across the axis.
+MIN_SPAN_PCT = 10.0
+
+
+def _setting_x(sweep: Sweep, setting: Setting, positions: dict[str, float]) -> float:
+    return positions[setting.values.get(sweep.x_key, "")] if sweep.x_key else 0.0
+
+
+def _widen(ax, min_span: float) -> None:
+    low, high = ax.get_ylim()
+    if high - low < min_span:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - min_span / 2, middle + min_span / 2)
+
+
 def plot_summary(sweep: Sweep):
-    """``summary.png``: val / test acc1 vs the x key, mean ± std over seeds, one line per group."""
+    """``summary.png``: each job's val / test acc1 as a point at its x value (λ, or the first swept
+    key), the mean ± std over its seeds as a marker labelled with the seed count, on an axis at
+    least :data:`MIN_SPAN_PCT` points tall; when λ = 0 baselines exist, a last panel shows the
+    per-seed paired differences (DRLoc run minus the baseline of the same seed) with a zero line."""
     metrics = [(k, t) for k, t in (("val_acc1", "val acc1"), ("test_acc1", "test acc1")) if any(j.metric(k) is not None for j in sweep.jobs)]
     metrics = metrics or [("val_acc1", "val acc1")]
-    fig = new_figure(5.2 * len(metrics), 4.0)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    settings = sweep.settings()
+    paired = [(st, base) for st in settings if (base := sweep.baseline_of(st, settings)) is not None and base is not st]
+    delta_key = metrics[-1][0]
+    panels = len(metrics) + (1 if paired else 0)
+    fig = new_figure(4.6 * panels, 4.0)
+    axes = fig.subplots(1, panels, squeeze=False, sharex=True)[0]  # the Δ panel on the same λ scale
     positions, numeric = _x_positions(sweep)
     groups = _grouped(sweep)
-    n_seeds = max((len(s.ok_jobs) for _, ss in groups for s in ss), default=0)
+    spread = (max(positions.values()) - min(positions.values())) if len(positions) > 1 else 1.0
+    jitter = spread * 0.04 if numeric else 0.15
     for ax, (key, title) in zip(axes, metrics):
-        for index, (label, settings) in enumerate(groups):
-            xs, ys, errs = [], [], []
-            for setting in settings:
-                mean, std, _ = setting.stats(key)
-                if mean is None:
-                    continue
-                xs.append(positions[setting.values.get(sweep.x_key, "")] if sweep.x_key else 0.0)
-                ys.append(100 * mean)
-                errs.append(100 * std if std is not None else 0.0)
-            if xs:
-                ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=4, color=f"C{index % 10}", label=label)
-        ax.set_title(f"{title} (mean ± std over ≤{n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=10)
-        ax.set_xlabel("λ (drloc.lambda_drloc)" if sweep.x_key == LAMBDA_KEY else (sweep.x_key or "job"))
+        for index, (label, group) in enumerate(groups):
+            shift = (index - (len(groups) - 1) / 2) * jitter * 0.6
+            for i, setting in enumerate(group):
+                values = [100 * v for v in (j.metric(key) for j in setting.ok_jobs) if v is not None]
+                _draw_spread(ax, _setting_x(sweep, setting, positions) + shift, values, f"C{index % 10}", label if i == 0 else None, jitter)
+        ax.set_title(f"{title}: each job (dots), mean ± std (n = seeds)", fontsize=9)
         ax.set_ylabel(f"{title} (%)")
+        _widen(ax, MIN_SPAN_PCT)
+    if paired:
+        ax = axes[-1]
+        by_group = {label: index for index, (label, _) in enumerate(groups)}
+        labelled: set[str] = set()
+        for setting, base in paired:
+            mine, theirs = setting.by_seed(delta_key), base.by_seed(delta_key)
+            diffs = [100 * (mine[s] - theirs[s]) for s in mine if s in theirs]
+            label = _group_label(sweep, setting)
+            index = by_group.get(label, 0)
+            shift = (index - (len(groups) - 1) / 2) * jitter * 0.6
+            _draw_spread(ax, _setting_x(sweep, setting, positions) + shift, diffs, f"C{index % 10}", None if label in labelled else label, jitter)
+            labelled.add(label)
+        ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
+        ax.set_title(f"Δ {delta_key.replace('_', ' ')} vs λ = 0, paired by seed", fontsize=9)
+        ax.set_ylabel("percentage points")
+        _widen(ax, 4.0)
+    for ax in axes:
+        ax.margins(x=0.15)
+        ax.set_xlabel("λ (drloc.lambda_drloc)" if sweep.x_key == LAMBDA_KEY else (sweep.x_key or "job"))
         if not numeric:
             ax.set_xticks(list(positions.values()), list(positions.keys()), rotation=30 if len(positions) > 4 else 0)
         ax.grid(alpha=0.3)
-        if len(groups) > 1:
-            ax.legend(fontsize=8, title=", ".join(sweep.group_keys), title_fontsize=8)
+        if len(groups) > 1 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, title=", ".join(sweep.group_keys), title_fontsize=7)
     failed = len(sweep.failed)
     fig.suptitle(f"Sweep {sweep.path.name}" + (f" ({failed} failed job{'s' if failed != 1 else ''} left out)" if failed else ""), fontsize=11)
     return fig
+
+
+def _draw_spread(ax, x: float, values: list[float], color: str, label: str | None, jitter: float) -> None:
+    """Every job as a small point around ``x``; their mean ± std as a larger marker labelled n=."""
+    if not values:
+        return
+    offsets = [0.0] if len(values) == 1 else [(-0.5 + i / (len(values) - 1)) * jitter for i in range(len(values))]
+    ax.scatter([x + o for o in offsets], values, s=16, alpha=0.5, color=color, linewidths=0)
+    mean, std, n = mean_std(values)
+    ax.errorbar([x], [mean], yerr=[std or 0.0], marker="D", markersize=6, capsize=5, color=color, label=label, linestyle="none")
+    ax.annotate(f"n={n}", (x, mean), textcoords="offset points", xytext=(7, 4), fontsize=7, color=color)
 
 
 def plot_curves(sweep: Sweep, metric: str = CURVE_METRIC):
