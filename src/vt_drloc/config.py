@@ -25,8 +25,16 @@ class UserError(Exception):
     """A mistake in what the user asked for: reported as one paragraph, exit code 2, no traceback."""
 
 
+class RunStopped(Exception):
+    """Training stopped for a reason that is not the user's mistake (e.g. the loss became NaN):
+    reported as one paragraph without a traceback, exit code :attr:`exit_code` (3)."""
+
+    exit_code = 3
+
+
 def exit_on_user_error(task):
-    """Wrap a Hydra task so a :class:`UserError` prints one paragraph and exits with code 2.
+    """Wrap a Hydra task so a :class:`UserError` prints one paragraph and exits with code 2, and a
+    :class:`RunStopped` (a run that had to stop, e.g. a non-finite loss) with code 3.
 
     (Hydra itself would print its own hint and exit 1.)"""
 
@@ -37,6 +45,9 @@ def exit_on_user_error(task):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except RunStopped as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_code) from None
 
     return wrapped
 

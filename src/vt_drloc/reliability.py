@@ -30,7 +30,7 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from torch import Tensor
 
 from vt_drloc.files import write_atomic
-from vt_drloc.config import UserError
+from vt_drloc.config import RunStopped
 
 __all__ = ["AtomicCheckpointIO", "NonFiniteLossError", "NonFiniteLossGuard", "ResumeRngState", "atomic_torch_save", "last_good_checkpoint"]
 
@@ -115,8 +115,9 @@ def _python_state_restore(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------- non-finite loss
-class NonFiniteLossError(UserError):
-    """The training loss (or one of its terms) became NaN or infinite; the run was stopped."""
+class NonFiniteLossError(RunStopped):
+    """The training loss (or one of its terms) became NaN or infinite; the run was stopped (exit code 3:
+    not a mistake in the command, so not the 2 of a :class:`~vt_drloc.config.UserError`)."""
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:

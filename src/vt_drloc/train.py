@@ -21,6 +21,7 @@ from vt_drloc.drloc import task_record
 from vt_drloc.checkpoints import check_output_dir, check_resume_checkpoint, load_backbone_weights, resolve_resume_path
 from vt_drloc.config import (
     CONFIG_PATH,
+    RunStopped,
     UserError,
     check_drloc_config,
     check_run_config,
@@ -198,7 +199,7 @@ def _sweep_job(cfg: DictConfig) -> float | None:
         record = {**results, "status": "failed", "error": f"non-finite final metrics: {', '.join(bad) or f'objective={objective}'}"}
         log.error("job failed: %s", record["error"])
     except Exception as err:
-        log.error("job failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, UserError))
+        log.error("job failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, (UserError, RunStopped)))
         if had_results:  # refused to overwrite an earlier run's results: keep them
             return None
         record = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(), "output_dir": str(output_dir)}
