@@ -1,9 +1,13 @@
 """Building blocks shared by the CvT and T2T-ViT implementations.
 
-Everything here is written for this package (no third-party model code); only timm's generic
-``DropPath`` is reused. All layers accept ``device`` / ``dtype`` factory arguments so a model can be
-built directly on the ``meta`` device (e.g. to count parameters without allocating memory).
-"""
+Generic layers come from ``timm.layers`` (``Mlp``, ``Attention``, ``DropPath``, ``to_2tuple``)
+and T2T-ViT's blocks are timm's ``vision_transformer.Block``; the init draws with
+``torch.nn.init.trunc_normal_`` (timm's ``trunc_normal_`` draws differently, which would change
+every seeded initialisation). What is here is specific to these two models: the attention base
+the CvT's convolutional projections build on, a pre-norm block that passes the token map's shape
+to its attention, the weight init and the timm classifier surface. All layers accept ``device`` /
+``dtype`` factory arguments so a model can be built directly on the ``meta`` device (e.g. to count
+parameters without allocating memory)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath
+from timm.layers import Attention, DropPath, Mlp, to_2tuple
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
@@ -20,9 +24,7 @@ from torch import Tensor, nn
 __all__ = [
     "C32_CFG",
     "ClassifierMixin",
-    "Mlp",
     "MultiHeadAttentionBase",
-    "MultiHeadSelfAttention",
     "TransformerBlock",
     "build_model",
     "cfg_factory",
@@ -31,22 +33,11 @@ __all__ = [
     "init_weights",
     "linear_drop_path_rates",
     "sinusoid_table",
-    "to_2tuple",
     "tokens_to_nchw",
     "check_no_pretrained",
 ]
 
 IntOrPair = Union[int, Sequence[int]]
-
-
-def to_2tuple(x: IntOrPair) -> Tuple[int, int]:
-    """``224`` -> ``(224, 224)``; a 2-sequence is returned as a tuple of ints."""
-    if isinstance(x, int):
-        return (x, x)
-    x = tuple(int(v) for v in x)
-    if len(x) != 2:
-        raise ValueError(f"expected an int or an (H, W) pair, got {x}")
-    return x  # type: ignore[return-value]
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -83,31 +74,6 @@ def sinusoid_table(length: int, dim: int) -> Tensor:
     return table.float().unsqueeze(0)
 
 
-class Mlp(nn.Module):
-    """Two-layer position-wise feed-forward network (Linear, GELU, Linear)."""
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: Optional[int] = None,
-        out_features: Optional[int] = None,
-        drop: float = 0.0,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        hidden_features = hidden_features or in_features
-        out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features, **dd)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features, **dd)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class MultiHeadAttentionBase(nn.Module):
     """Head geometry, fused SDPA and output projection (``proj`` / ``proj_drop``) of multi-head attention.
 
@@ -134,35 +100,11 @@ class MultiHeadAttentionBase(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class MultiHeadSelfAttention(MultiHeadAttentionBase):
-    """Plain multi-head self-attention over tokens ``(B, N, C)`` (fused SDPA kernel)."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        qkv_bias: bool = False,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__(dim, num_heads)
-        dd = {"device": device, "dtype": dtype}
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
-        self._init_output(dim, attn_drop, proj_drop, **dd)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return self._attend(*qkv.unbind(0), (B, N, C))
-
-
 class TransformerBlock(nn.Module):
     """Pre-norm transformer encoder block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``.
 
     ``attn_layer`` is called as ``attn_layer(dim, num_heads, qkv_bias=..., attn_drop=..., proj_drop=...,
-    device=..., dtype=...)`` (default: :class:`MultiHeadSelfAttention`); extra ``forward`` arguments
+    device=..., dtype=...)`` (default: timm's ``Attention``); extra ``forward`` arguments
     are passed on to it.
     """
 
@@ -177,7 +119,7 @@ class TransformerBlock(nn.Module):
         drop_path: float = 0.0,
         device: Any = None,
         dtype: Any = None,
-        attn_layer: Callable[..., nn.Module] = MultiHeadSelfAttention,
+        attn_layer: Callable[..., nn.Module] = Attention,
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}

@@ -53,15 +53,15 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from timm.layers import Mlp, to_2tuple
 from timm.models import generate_default_cfgs, register_model
+from timm.models.vision_transformer import Block
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from vt_drloc.models._layers import (
     C32_CFG,
     ClassifierMixin,
-    Mlp,
-    TransformerBlock,
     build_model,
     cfg_factory,
     check_output_fmt,
@@ -69,7 +69,6 @@ from vt_drloc.models._layers import (
     init_weights,
     linear_drop_path_rates,
     sinusoid_table,
-    to_2tuple,
     tokens_to_nchw,
 )
 
@@ -275,7 +274,8 @@ class T2TViT(ClassifierMixin, nn.Module):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = linear_drop_path_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.ModuleList(
-            TransformerBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, dpr[i], **dd)
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                  attn_drop=attn_drop_rate, drop_path=dpr[i], **dd)
             for i in range(depth)
         )
         self._init_head(drop_rate, **dd)
