@@ -29,3 +29,4 @@ train: install
 bench: install
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/data.py
+	$(BIN)/python bench/loop_overhead.py
