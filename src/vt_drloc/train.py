@@ -14,6 +14,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vt_drloc.callback import DrLocCallbackBase
@@ -162,6 +163,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         path = write_results(output_dir, results)
+        for lg in loggers:
+            if isinstance(lg, WandbLogger):
+                lg.experiment.finish()  # end the W&B run: the next job of a multirun starts its own
         log.info("test acc1 %s, acc5 %s; wrote %s", results["test_acc1"], results["test_acc5"], path)
     return results
 
