@@ -217,6 +217,8 @@ def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
         if isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException)):
             target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
             raise UserError(f"{group} config ({target}): {cause}") from None
+        if cause is not None:
+            raise cause from None  # not the user's value: the constructor's own error, unwrapped
         raise
 
 

@@ -16,7 +16,12 @@ from vt_drloc.files import write_atomic
 
 
 class Throughput(pl.Callback):
-    """Training images per second, timed over training batches only (validation excluded)."""
+    """Training images per second over the whole run, timed over training batches only (validation
+    excluded), for ``results.json``.
+
+    Lightning's ``ThroughputMonitor`` logs a windowed rate to the loggers (it needs a logger and a
+    ``batch_size_fn``) and ``Timer`` times whole stages (validation inside fit included); neither
+    gives this run-level figure, so this 15-line callback stays."""
 
     def __init__(self) -> None:
         self.images = 0
