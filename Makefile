@@ -18,8 +18,10 @@ install: $(BIN)/python
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# ruff (configured in pyproject.toml): lint, then check the formatting; `ruff format` fixes the latter.
 lint: install
-	$(BIN)/python -m compileall -q src tests bench conf
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 # The README's main job: the quickstart for lambda = 0 and the default lambda, as one Hydra multirun;
 # the sweep summary at the end prints both test accuracies.

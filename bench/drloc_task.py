@@ -40,11 +40,19 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
                 continue  # chance_l1 is the chance level of the l1 loss only
             chance = chance_l1(grid, grid, options.get("target", "abs"))
             last = [c[-1] for c in curves]
-            rows.append({
-                "study": study_dir.name, "cell": row.label, "lambda": row.lam, "target": options.get("target"),
-                "seeds": len(curves), "first_epoch": [c[0] for c in curves], "last_epoch": last, "chance": chance,
-                "last_over_chance": statistics.fmean(last) / chance if last else None,
-            })
+            rows.append(
+                {
+                    "study": study_dir.name,
+                    "cell": row.label,
+                    "lambda": row.lam,
+                    "target": options.get("target"),
+                    "seeds": len(curves),
+                    "first_epoch": [c[0] for c in curves],
+                    "last_epoch": last,
+                    "chance": chance,
+                    "last_over_chance": statistics.fmean(last) / chance if last else None,
+                }
+            )
     return rows
 
 

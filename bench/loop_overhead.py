@@ -35,8 +35,18 @@ VIT_STUDY = dict(img_size=32, patch_size=4, depth=6, embed_dim=128, num_heads=4,
 
 
 def datamodule(samples_per_class: int) -> ImageDataModule:
-    dm = ImageDataModule("cifar10", samples_per_class=samples_per_class, img_size=32, batch_size=64, num_workers=0,
-                         augment="basic", cache=True, val_split="holdout", val_fraction=0.02, seed=0)
+    dm = ImageDataModule(
+        "cifar10",
+        samples_per_class=samples_per_class,
+        img_size=32,
+        batch_size=64,
+        num_workers=0,
+        augment="basic",
+        cache=True,
+        val_split="holdout",
+        val_fraction=0.02,
+        seed=0,
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -44,8 +54,16 @@ def datamodule(samples_per_class: int) -> ImageDataModule:
 
 def module(lam: float) -> DrLocModule:
     torch.manual_seed(0)
-    return DrLocModule("vit_tiny_patch16_224", num_classes=10, lambda_drloc=lam, model_kwargs=VIT_STUDY, schedule="constant",
-                       seed=0, lr=1e-3, warmup_epochs=0)
+    return DrLocModule(
+        "vit_tiny_patch16_224",
+        num_classes=10,
+        lambda_drloc=lam,
+        model_kwargs=VIT_STUDY,
+        schedule="constant",
+        seed=0,
+        lr=1e-3,
+        warmup_epochs=0,
+    )
 
 
 def bare_loop(dm: ImageDataModule, epochs: int) -> tuple[float, int]:
@@ -89,9 +107,17 @@ class EpochTimer(pl.Callback):
 
 def lightning_run(dm: ImageDataModule, epochs: int, lam: float) -> tuple[float, int]:
     timer = EpochTimer()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs + 1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                         callbacks=[timer])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
     trainer.fit(module(lam), train_dataloaders=dm.train_dataloader())
     return timer.seconds, timer.images
 
@@ -108,8 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
     rates: dict[str, list[float]] = {"bare": [], "lightning": [], "lightning_drloc": []}
     seconds: dict[str, list[float]] = {k: [] for k in rates}
     for _ in range(args.reps):
-        for key, run in (("bare", lambda: bare_loop(dm, args.epochs)), ("lightning", lambda: lightning_run(dm, args.epochs, 0.0)),
-                         ("lightning_drloc", lambda: lightning_run(dm, args.epochs, 1.0))):
+        for key, run in (
+            ("bare", lambda: bare_loop(dm, args.epochs)),
+            ("lightning", lambda: lightning_run(dm, args.epochs, 0.0)),
+            ("lightning_drloc", lambda: lightning_run(dm, args.epochs, 1.0)),
+        ):
             secs, images = run()
             rates[key].append(images / secs)
             seconds[key].append(secs)
@@ -119,14 +148,24 @@ def main(argv: list[str] | None = None) -> dict:
         "lightning_over_bare": median["lightning"] / median["bare"],
         "drloc_on_over_off_wall": statistics.median(seconds["lightning_drloc"]) / statistics.median(seconds["lightning"]),
         "runs": {"rates": rates, "seconds": seconds},
-        "setup": {"model": "vit_study", "train_images": dm.train_size, "batch": 64, "epochs_timed": args.epochs, "reps": args.reps,
-                  "threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": pl.__version__,
-                  "machine": platform.platform()},
+        "setup": {
+            "model": "vit_study",
+            "train_images": dm.train_size,
+            "batch": 64,
+            "epochs_timed": args.epochs,
+            "reps": args.reps,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "lightning": pl.__version__,
+            "machine": platform.platform(),
+        },
     }
     print(f"{'variant':<18} {'images/s (median)':>18}")
     for key, value in median.items():
         print(f"{key:<18} {value:>18.1f}")
-    print(f"lightning / bare images/s: {result['lightning_over_bare']:.3f}   DRLoc on / off wall time: {result['drloc_on_over_off_wall']:.3f}")
+    print(
+        f"lightning / bare images/s: {result['lightning_over_bare']:.3f}   DRLoc on / off wall time: {result['drloc_on_over_off_wall']:.3f}"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     return result

@@ -95,9 +95,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.json"))
     args = parser.parse_args()
     rows = [bench_model(m, args.batch, args.img, args.steps, args.warmup, args.device) for m in args.models]
-    header = (f"{'model':30} {'grid':>6} {'loss grid':>9} {'head/backbone':>13} {'off s/step':>10} {'on s/step':>10} "
-              f"{'ratio':>6} {'off min':>8} {'on min':>8} {'ratio min':>9} {'paired':>7}")
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} batch={args.batch} img={args.img} steps={args.steps}")
+    header = (
+        f"{'model':30} {'grid':>6} {'loss grid':>9} {'head/backbone':>13} {'off s/step':>10} {'on s/step':>10} "
+        f"{'ratio':>6} {'off min':>8} {'on min':>8} {'ratio min':>9} {'paired':>7}"
+    )
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} batch={args.batch} img={args.img} steps={args.steps}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -48,8 +48,14 @@ def callback(kind: str = "timm", lambda_drloc: float = 0.5, **kwargs) -> DrLocCa
 
 def trainer(tmp_path, callbacks=(), **kwargs) -> pl.Trainer:
     defaults = dict(
-        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0,
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
     )
     defaults.update(kwargs)
     return pl.Trainer(callbacks=list(callbacks), **defaults)
@@ -220,8 +226,7 @@ def test_accumulation_and_bf16_mixed(tmp_path, setting):
     class Spy(pl.Callback):
         def on_train_start(self, trainer, pl_module):
             nonlocal handle
-            handle = cb.loss.head.register_forward_hook(
-                lambda m, args, out: seen.append((out.dtype, torch.is_autocast_enabled("cpu"))))
+            handle = cb.loss.head.register_forward_hook(lambda m, args, out: seen.append((out.dtype, torch.is_autocast_enabled("cpu"))))
 
     t.callbacks.append(Spy())
     t.fit(module, random_loader(n=32, batch=8))
@@ -276,7 +281,8 @@ def test_checkpoints_resume_the_head_and_load_into_the_users_class(tmp_path):
     # parameters of the head groups in checkpoint order == the callback's decay / no-decay split
     assert len(head_ids) == len(order) and all(state[i]["exp_avg"].abs().sum() > 0 for i in head_ids)
     assert sum(v.abs().sum() for v in opt_state.values()) == pytest.approx(
-        sum(state[i]["exp_avg"].abs().sum().item() for i in head_ids), rel=1e-5)
+        sum(state[i]["exp_avg"].abs().sum().item() for i in head_ids), rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------- finding the grid
@@ -404,7 +410,10 @@ def test_bad_arguments_raise_at_construction(kwargs, message):
 def test_ddp_two_cpu_processes_keep_the_head_in_sync(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPTS / "ddp_callback.py"), str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
@@ -455,8 +464,14 @@ def test_hydra_config_instantiates_with_the_signature_defaults(tmp_path):
 def test_callbacks_drloc_honours_drloc_overrides(tmp_path):
     from vt_drloc.train import instantiate_all
 
-    cfg = compose_callbacks_drloc(tmp_path, "drloc.lambda_drloc=0.7", "drloc.schedule=constant", "drloc.sample_size=8",
-                                  "drloc.hidden_dims=[32]", "drloc.tap_norm=post")
+    cfg = compose_callbacks_drloc(
+        tmp_path,
+        "drloc.lambda_drloc=0.7",
+        "drloc.schedule=constant",
+        "drloc.sample_size=8",
+        "drloc.hidden_dims=[32]",
+        "drloc.tap_norm=post",
+    )
     (cb,) = [cb for cb in instantiate_all(cfg.callbacks) if isinstance(cb, DrLocCallback)]
     c = cb.config
     assert (c.lambda_drloc, c.schedule, c.sample_size, c.hidden_dims, c.tap_norm) == (0.7, "constant", 8, [32], "post")

@@ -95,18 +95,19 @@ def test_tar_index_matches_tarfile(flowers102_tar: Path) -> None:
     assert index.sizes.tolist() == [m.size for m in members]
 
 
-def test_archive_and_extracted_folder_give_identical_samples(flowers102_tar: Path,
-                                                             flowers_extracted: Path,
-                                                             flowers_full: ImageDataModule) -> None:
-    folder = ImageDataModule("flowers102", root=str(flowers_extracted), batch_size=4, num_workers=0,
-                             augment="none")
+def test_archive_and_extracted_folder_give_identical_samples(
+    flowers102_tar: Path, flowers_extracted: Path, flowers_full: ImageDataModule
+) -> None:
+    folder = ImageDataModule("flowers102", root=str(flowers_extracted), batch_size=4, num_workers=0, augment="none")
     folder.setup("fit")
     assert folder.source.startswith("folder")
     assert flowers_full.source.startswith("tar archive")
     assert folder.class_names == flowers_full.class_names
-    for a, b in ((folder.train_dataset, flowers_full.train_dataset),
-                 (folder.val_dataset, flowers_full.val_dataset),
-                 (folder.test_dataset, flowers_full.test_dataset)):
+    for a, b in (
+        (folder.train_dataset, flowers_full.train_dataset),
+        (folder.val_dataset, flowers_full.val_dataset),
+        (folder.test_dataset, flowers_full.test_dataset),
+    ):
         assert a.keys() == b.keys()
         assert np.array_equal(a.labels, b.labels)
     # Same bytes, same pixels for a spread of samples.
@@ -117,8 +118,7 @@ def test_archive_and_extracted_folder_give_identical_samples(flowers102_tar: Pat
         assert np.array_equal(np.asarray(ta.load_image(k)), np.asarray(tb.load_image(k)))
     # The small-data subset is the same, too.
     sub_tar = ImageDataModule("flowers102", root=str(flowers102_tar), samples_per_class=3, seed=5, num_workers=0)
-    sub_dir = ImageDataModule("flowers102", root=str(flowers_extracted / "flowers102"), samples_per_class=3,
-                              seed=5, num_workers=0)
+    sub_dir = ImageDataModule("flowers102", root=str(flowers_extracted / "flowers102"), samples_per_class=3, seed=5, num_workers=0)
     sub_tar.setup()
     sub_dir.setup()
     assert sub_tar.train_size == 306
@@ -159,16 +159,14 @@ def test_train_fraction(cifar10_tar: Path, flowers102_tar: Path) -> None:
 
 
 def test_holdout_validation(cifar10_tar: Path) -> None:
-    dm = ImageDataModule("cifar10", root=str(cifar10_tar), val_split="holdout", val_fraction=0.1,
-                         num_workers=0)
+    dm = ImageDataModule("cifar10", root=str(cifar10_tar), val_split="holdout", val_fraction=0.1, num_workers=0)
     dm.setup()
     assert dm.val_size == 5000 and dm.train_size == 45_000 and dm.test_size == 10_000
     assert _per_class(dm.val_dataset) == {c: 500 for c in range(10)}
     assert not set(dm.val_dataset.keys()) & set(dm.train_dataset.keys())
     assert all(k.startswith("train/") for k in dm.val_dataset.keys())
     # The hold-out does not move with the subset seed; the subset never overlaps it.
-    small = ImageDataModule("cifar10", root=str(cifar10_tar), val_split="holdout", samples_per_class=10,
-                            seed=7, num_workers=0)
+    small = ImageDataModule("cifar10", root=str(cifar10_tar), val_split="holdout", samples_per_class=10, seed=7, num_workers=0)
     small.setup()
     assert small.val_dataset.keys() == dm.val_dataset.keys()
     assert small.train_size == 100
@@ -187,8 +185,7 @@ def test_val_split_test_on_flowers(flowers102_tar: Path) -> None:
 
 
 def test_cifar_shapes_and_value_ranges(cifar10_tar: Path) -> None:
-    dm = ImageDataModule("cifar10", root=str(cifar10_tar), samples_per_class=2, batch_size=8, re_prob=0.0,
-                         num_workers=0)
+    dm = ImageDataModule("cifar10", root=str(cifar10_tar), samples_per_class=2, batch_size=8, re_prob=0.0, num_workers=0)
     dm.setup()
     mean, std = torch.tensor(SPECS["cifar10"].mean), torch.tensor(SPECS["cifar10"].std)
     lo, hi = ((0 - mean) / std).view(1, 3, 1, 1), ((1 - mean) / std).view(1, 3, 1, 1)
@@ -203,14 +200,12 @@ def test_cifar_shapes_and_value_ranges(cifar10_tar: Path) -> None:
 
 
 def test_upsampled_224_and_flowers_shapes(cifar10_tar: Path, flowers102_tar: Path) -> None:
-    dm = ImageDataModule("cifar10", root=str(cifar10_tar), samples_per_class=1, img_size=224, batch_size=2,
-                         num_workers=0)
+    dm = ImageDataModule("cifar10", root=str(cifar10_tar), samples_per_class=1, img_size=224, batch_size=2, num_workers=0)
     dm.setup()
     x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (2, 3, 224, 224)
     assert dm.val_dataset[0][0].shape == (3, 224, 224)
-    fl = ImageDataModule("flowers102", root=str(flowers102_tar), samples_per_class=1, batch_size=2,
-                         num_workers=0)
+    fl = ImageDataModule("flowers102", root=str(flowers102_tar), samples_per_class=1, batch_size=2, num_workers=0)
     fl.setup()
     assert fl.img_size == 224
     x, y = next(iter(fl.train_dataloader()))
@@ -235,8 +230,7 @@ def test_cache_holds_decoded_uint8_and_matches_store(cifar10_tar: Path, flowers1
     for k in (0, 77, 199):
         assert torch.equal(cached.train_dataset[k][0], plain.train_dataset[k][0])
     # Flowers: images differ in size, so the cache is a list of arrays.
-    fl = ImageDataModule("flowers102", root=str(flowers102_tar), samples_per_class=1, cache=True,
-                         val_split="test", num_workers=0)
+    fl = ImageDataModule("flowers102", root=str(flowers102_tar), samples_per_class=1, cache=True, val_split="test", num_workers=0)
     fl.setup()
     fl.train_dataloader()
     assert fl.test_dataset.cache is None  # only the requested split is decoded

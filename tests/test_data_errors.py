@@ -8,9 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from image_folders import make_image_folder
 from PIL import Image
 
-from image_folders import make_image_folder
 from vt_drloc.data import (
     KNOWN_DATASETS,
     CorruptImageError,
@@ -20,8 +20,7 @@ from vt_drloc.data import (
 )
 
 
-def make_toy_folder(root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class: int = 4,
-                    splits=("train", "val")) -> Path:
+def make_toy_folder(root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class: int = 4, splits=("train", "val")) -> Path:
     return make_image_folder(root, name, classes, per_class, splits, size=10, ext="jpg")
 
 

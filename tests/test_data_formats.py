@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
+from image_folders import make_image_folder
 from PIL import Image
 
-from image_folders import make_image_folder
 from vt_drloc.data import ImageDataModule, read_tar_index
-import scipy.io
-
-from vt_drloc.data.sources import DatasetLayoutError, load_mat
 from vt_drloc.data.sampling import stratified_holdout, stratified_subset
+from vt_drloc.data.sources import DatasetLayoutError, load_mat
 
 
 def _rng_images(n: int, seed: int, size: int = 32) -> np.ndarray:
@@ -38,8 +37,9 @@ def _write_cifar_pickle(path: Path, images: np.ndarray, labels: list[int], label
         pickle.dump(entry, f, protocol=2)
 
 
-def make_toy_folder(root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class=None,
-                    splits=("train", "val", "test"), size: int = 12) -> Path:
+def make_toy_folder(
+    root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class=None, splits=("train", "val", "test"), size: int = 12
+) -> Path:
     """``root/name/<split>/<class>/<i>.png`` with distinct solid-colour images of distinct sizes."""
     per_class = per_class or {"train": 6, "val": 2, "test": 3}
     return make_image_folder(root, name, classes, per_class, splits, size=size, ext="png", vary_height=True)
@@ -63,12 +63,10 @@ def cifar100_root(tmp_path: Path) -> tuple[Path, np.ndarray, list[int]]:
     train_labels = [c for c in range(100) for _ in range(4)]
     train = _rng_images(400, seed=1)
     _write_cifar_pickle(base / "train", train, train_labels, "fine_labels")
-    _write_cifar_pickle(base / "test", _rng_images(200, seed=2), [c for c in range(100) for _ in range(2)],
-                        "fine_labels")
+    _write_cifar_pickle(base / "test", _rng_images(200, seed=2), [c for c in range(100) for _ in range(2)], "fine_labels")
     names = [f"class_{i:02d}" for i in range(100)]
     with open(base / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": names, "coarse_label_names": [f"c{i}" for i in range(20)]}, f,
-                    protocol=2)
+        pickle.dump({"fine_label_names": names, "coarse_label_names": [f"c{i}" for i in range(20)]}, f, protocol=2)
     return tmp_path, train, train_labels
 
 
@@ -141,8 +139,7 @@ def test_svhn_mat_format(tmp_path: Path) -> None:
         y = np.where(digits == 0, 10, digits).astype(np.float64).reshape(n, 1)
         save_mat(tmp_path / f"{split}_32x32.mat", {"X": imgs.transpose(1, 2, 3, 0), "y": y})
         expected[split] = (imgs, digits)
-    dm = ImageDataModule("svhn", root=str(tmp_path), samples_per_class=4, batch_size=8, num_workers=0,
-                         augment="none")
+    dm = ImageDataModule("svhn", root=str(tmp_path), samples_per_class=4, batch_size=8, num_workers=0, augment="none")
     dm.setup()
     assert dm.class_names == [str(i) for i in range(10)]
     assert dm.source.startswith("torchvision SVHN")
@@ -183,9 +180,11 @@ def test_flowers102_torchvision_format(tmp_path: Path) -> None:
     for i in range(n):
         Image.new("RGB", (9, 7), (i % 256, (i * 7) % 256, 5)).save(base / "jpg" / f"image_{i + 1:05d}.jpg")
     ids = np.arange(1, n + 1)
-    setid = {"trnid": ids[0::3].reshape(1, -1).astype(np.float64),
-             "valid": ids[1::3].reshape(1, -1).astype(np.float64),
-             "tstid": ids[2::3].reshape(1, -1).astype(np.float64)}
+    setid = {
+        "trnid": ids[0::3].reshape(1, -1).astype(np.float64),
+        "valid": ids[1::3].reshape(1, -1).astype(np.float64),
+        "tstid": ids[2::3].reshape(1, -1).astype(np.float64),
+    }
     save_mat(base / "setid.mat", setid)
     save_mat(base / "imagelabels.mat", {"labels": labels.reshape(1, -1)})
 
@@ -208,8 +207,7 @@ def test_flowers102_torchvision_format(tmp_path: Path) -> None:
 
 def test_folder_dataset_dir_tar_and_root_forms(tmp_path: Path) -> None:
     folder = make_toy_folder(tmp_path / "data")
-    dm = ImageDataModule("folder", root=str(tmp_path / "data"), folder_name="toy", img_size=16,
-                         batch_size=4, num_workers=0)
+    dm = ImageDataModule("folder", root=str(tmp_path / "data"), folder_name="toy", img_size=16, batch_size=4, num_workers=0)
     with pytest.raises(RuntimeError, match="after setup"):
         _ = dm.num_classes
     dm.setup()
@@ -224,8 +222,13 @@ def test_folder_dataset_dir_tar_and_root_forms(tmp_path: Path) -> None:
     tar_folder(folder, tmp_path / "tars" / "toy.tar")
     pax = tar_folder(folder, tmp_path / "pax.tar", fmt=tarfile.PAX_FORMAT, arcroot="toy")
     bare = tar_folder(folder, tmp_path / "bare.tar", arcroot="")
-    variants = [dict(root=str(tmp_path / "tars"), folder_name="toy"), dict(root=str(tmp_path / "tars" / "toy.tar")),
-                dict(root=str(pax)), dict(root=str(bare)), dict(root=str(folder))]
+    variants = [
+        dict(root=str(tmp_path / "tars"), folder_name="toy"),
+        dict(root=str(tmp_path / "tars" / "toy.tar")),
+        dict(root=str(pax)),
+        dict(root=str(bare)),
+        dict(root=str(folder)),
+    ]
     for kw in variants:
         other = ImageDataModule("folder", img_size=16, num_workers=0, **kw)
         other.setup()
@@ -246,8 +249,7 @@ def test_pax_archive_with_long_names_uses_tarfile_fallback(tmp_path: Path) -> No
 
 
 def test_folder_valid_alias_and_ignored_metadata(tmp_path: Path) -> None:
-    folder = make_toy_folder(tmp_path, name="mine", splits=("train", "valid"),
-                             per_class={"train": 3, "valid": 2})
+    folder = make_toy_folder(tmp_path, name="mine", splits=("train", "valid"), per_class={"train": 3, "valid": 2})
     (folder / "classes.tsv").write_text("metadata next to the splits is ignored\n")
     (folder / "train" / "cat" / ".DS_Store").write_text("hidden files are ignored")
     dm = ImageDataModule("folder", root=str(tmp_path), folder_name="mine", img_size=8, num_workers=0)
@@ -258,8 +260,7 @@ def test_folder_valid_alias_and_ignored_metadata(tmp_path: Path) -> None:
 
 def test_folder_holdout_when_no_eval_split(tmp_path: Path) -> None:
     make_toy_folder(tmp_path, name="only", splits=("train",), per_class={"train": 10})
-    dm = ImageDataModule("folder", root=str(tmp_path), folder_name="only", img_size=8, num_workers=0,
-                         val_fraction=0.2)
+    dm = ImageDataModule("folder", root=str(tmp_path), folder_name="only", img_size=8, num_workers=0, val_fraction=0.2)
     dm.setup()
     assert dm.subset_info["val_split"] == "holdout"
     assert dm.val_size == 6 and dm.train_size == 24 and dm.test_dataset is None

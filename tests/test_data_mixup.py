@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from image_folders import make_image_folder
 from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 
-from image_folders import make_image_folder
 from vt_drloc.data import ImageDataModule, apply_mixup, build_eval_transform, build_mixup, build_train_transform
 from vt_drloc.data.specs import SPECS
 
@@ -86,12 +86,30 @@ class _Probe(pl.LightningModule):
 
 def test_mixup_runs_on_device_only_while_training(tmp_path: Path) -> None:
     make_toy_folder(tmp_path)
-    dm = ImageDataModule("folder", root=str(tmp_path), folder_name="toy", img_size=16, batch_size=6,
-                         num_workers=0, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
+    dm = ImageDataModule(
+        "folder",
+        root=str(tmp_path),
+        folder_name="toy",
+        img_size=16,
+        batch_size=6,
+        num_workers=0,
+        mixup_alpha=0.8,
+        cutmix_alpha=1.0,
+        label_smoothing=0.1,
+    )
     probe = _Probe(num_classes=4)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(probe, datamodule=dm)
     assert dm.mixup_fn is not None and dm.mixup_fn.num_classes == 4
     assert len(probe.train_targets) == 2
@@ -120,13 +138,11 @@ def test_transform_recipes() -> None:
     tf224 = build_train_transform(224, spec.mean, spec.std, augment="paper", native_size=32)
     assert isinstance(tf224.transforms[0], RandomResizedCropAndInterpolation)
     assert tf224.transforms[0].size == (224, 224)
-    no_aa = build_train_transform(32, spec.mean, spec.std, augment="paper", native_size=32,
-                                  auto_augment="none", color_jitter=0.3)
+    no_aa = build_train_transform(32, spec.mean, spec.std, augment="paper", native_size=32, auto_augment="none", color_jitter=0.3)
     assert "RandAugment" not in [type(t).__name__ for t in no_aa.transforms]
     assert "ColorJitter" in [type(t).__name__ for t in no_aa.transforms]
     basic = build_train_transform(32, spec.mean, spec.std, augment="basic", native_size=32)
-    assert [type(t).__name__ for t in basic.transforms] == ["RandomCrop", "RandomHorizontalFlip",
-                                                            "MaybeToTensor", "Normalize"]
+    assert [type(t).__name__ for t in basic.transforms] == ["RandomCrop", "RandomHorizontalFlip", "MaybeToTensor", "Normalize"]
     ev = build_eval_transform(224, spec.mean, spec.std, native_size=32)
     assert [type(t).__name__ for t in ev.transforms][:2] == ["Resize", "CenterCrop"]
     assert ev.transforms[0].size == 256  # 224 / 0.875
@@ -146,12 +162,22 @@ def test_hydra_instantiate_with_plain_config(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
     make_toy_folder(tmp_path)
-    cfg = OmegaConf.create({
-        "_target_": "vt_drloc.data.ImageDataModule",
-        "name": "folder", "root": str(tmp_path), "folder_name": "toy", "img_size": 16,
-        "samples_per_class": 2, "seed": 3, "num_workers": 0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-        "scale": [0.5, 1.0], "mixup_alpha": 0.2,
-    })
+    cfg = OmegaConf.create(
+        {
+            "_target_": "vt_drloc.data.ImageDataModule",
+            "name": "folder",
+            "root": str(tmp_path),
+            "folder_name": "toy",
+            "img_size": 16,
+            "samples_per_class": 2,
+            "seed": 3,
+            "num_workers": 0,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "scale": [0.5, 1.0],
+            "mixup_alpha": 0.2,
+        }
+    )
     dm = instantiate(cfg)
     assert isinstance(dm, ImageDataModule)
     dm.setup()

@@ -239,4 +239,9 @@ def test_task_record_names_the_grid_its_chance_and_the_fraction():
     assert record["drloc_grid"] == [7, 7] and record["drloc_chance_l1"] == pytest.approx(66 / 49)
     assert record["drloc_final_over_chance"] == pytest.approx(49 / 66)
     assert task_record(DrLocLoss(in_dim=4, mode="ce", grid_hw=(8, 8)), 2.0)["drloc_chance_l1"] is None
-    assert task_record(None, None) == {"drloc_grid": None, "drloc_chance_l1": None, "drloc_final_loss": None, "drloc_final_over_chance": None}
+    assert task_record(None, None) == {
+        "drloc_grid": None,
+        "drloc_chance_l1": None,
+        "drloc_final_loss": None,
+        "drloc_final_over_chance": None,
+    }

@@ -160,8 +160,11 @@ def test_paper_model_configs_match_the_released_models():
         return OmegaConf.load(str(files("vt_drloc.conf") / "model" / f"{name}.yaml"))
 
     released = {  # tap, grid_size (pooling target), head init, as the released code fed DRLoc
-        "swin_t": ("pre", 7, "released"), "vit_b16": ("pre", None, "torch"), "cvt_13_drloc": ("pre", 7, "torch"),
-        "t2t_vit_14": ("post", 7, "released"), "resnet50": ("pre", 7, "torch"),
+        "swin_t": ("pre", 7, "released"),
+        "vit_b16": ("pre", None, "torch"),
+        "cvt_13_drloc": ("pre", 7, "torch"),
+        "t2t_vit_14": ("post", 7, "released"),
+        "resnet50": ("pre", 7, "torch"),
     }
     for name, expected in released.items():
         cfg = model_cfg(name)

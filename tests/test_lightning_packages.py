@@ -9,10 +9,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from test_readme import section_code
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
-
-from test_readme import section_code
 
 PACKAGES = ["pytorch_lightning", "lightning.pytorch"]
 TINY_VIT = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)  # 4x4 grid
@@ -32,8 +31,16 @@ def data(n: int = 16, seed: int = 0) -> DataLoader:
 
 
 def fit(pl, module, loader, callbacks=(), steps: int = 2):
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=list(callbacks), limit_val_batches=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        limit_val_batches=0,
+    )
     trainer.fit(module, loader)
     return trainer
 

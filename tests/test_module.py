@@ -38,8 +38,13 @@ def random_loader(n=16, batch=8, seed=0):
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
     defaults = dict(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
@@ -109,8 +114,17 @@ def test_fit_logs_the_documented_metrics_and_lambda_schedule(tmp_path):
 def test_lambda_horizon_and_interval_in_a_fit(tmp_path):
     """λ held per epoch with its decay horizon past the end of training; the LR cosine laid out the
     same way (released runs); both read back from what the module logged / scheduled."""
-    module = tiny_module(lambda_schedule="warmup_decay", lambda_warmup_epochs=1, lambda_decay_epochs=5, lambda_interval="epoch",
-                         lr=1e-3, min_lr=0.0, warmup_epochs=0, lr_decay_epochs=4, drloc_seed=0)
+    module = tiny_module(
+        lambda_schedule="warmup_decay",
+        lambda_warmup_epochs=1,
+        lambda_decay_epochs=5,
+        lambda_interval="epoch",
+        lr=1e-3,
+        min_lr=0.0,
+        warmup_epochs=0,
+        lr_decay_epochs=4,
+        drloc_seed=0,
+    )
     lambdas, lrs = [], []
 
     class Probe(pl.Callback):
@@ -248,7 +262,7 @@ def test_drloc_loss_is_learnable_on_real_cifar_images(cifar10_tar):
     targets = (a - b).abs().float()
     mean_offset_loss = (targets - targets.mean(0)).abs().mean().item()
     start = eval_loss()
-    for step in range(150):
+    for _ in range(150):
         idx = torch.randint(len(x_train), (32,), generator=gen)
         _, grid = module.forward_with_grid(x_train[idx])
         loss = loss_fn(grid, generator=gen)
@@ -263,10 +277,19 @@ def test_drloc_loss_is_learnable_on_real_cifar_images(cifar10_tar):
 def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
     from vt_drloc.objective import DrLocConfig
 
-    new = dict(schedule="warmup_decay", warmup_epochs=3, decay_epochs=9, interval="epoch", seed=4, hidden_dims=[48],
-               mode="l1", target="signed")
-    old = dict(lambda_schedule="warmup_decay", lambda_warmup_epochs=3, lambda_decay_epochs=9, lambda_interval="epoch",
-               drloc_seed=4, head_hidden_dims=[48], drloc_mode="l1", drloc_target="signed")
+    new = dict(
+        schedule="warmup_decay", warmup_epochs=3, decay_epochs=9, interval="epoch", seed=4, hidden_dims=[48], mode="l1", target="signed"
+    )
+    old = dict(
+        lambda_schedule="warmup_decay",
+        lambda_warmup_epochs=3,
+        lambda_decay_epochs=9,
+        lambda_interval="epoch",
+        drloc_seed=4,
+        head_hidden_dims=[48],
+        drloc_mode="l1",
+        drloc_target="signed",
+    )
     # a top-level warmup_epochs is the optimizer's (as in conf/optim); λ's warm-up goes in drloc=
     kwargs = {k: v for k, v in new.items() if k != "warmup_epochs"}
     by_kwargs = tiny_module(**kwargs, drloc={"warmup_epochs": 3}, warmup_epochs=1)
@@ -280,10 +303,18 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
         tiny_module(schedule="constant", lambda_schedule="constant")
     # a checkpoint written with vt_drloc 0.1's flat hyper-parameters still loads
     path = tmp_path / "old.ckpt"
-    legacy_hparams = {"model_name": NAME, "num_classes": 10, "model_kwargs": VIT, **old, "lambda_drloc": 0.5,
-                      "sample_size": 64, "grid_size": 7, "lr": 5e-4, "tap_norm": "pre"}
-    torch.save({"state_dict": by_old.state_dict(), "hyper_parameters": legacy_hparams,
-                "pytorch-lightning_version": pl.__version__}, path)
+    legacy_hparams = {
+        "model_name": NAME,
+        "num_classes": 10,
+        "model_kwargs": VIT,
+        **old,
+        "lambda_drloc": 0.5,
+        "sample_size": 64,
+        "grid_size": 7,
+        "lr": 5e-4,
+        "tap_norm": "pre",
+    }
+    torch.save({"state_dict": by_old.state_dict(), "hyper_parameters": legacy_hparams, "pytorch-lightning_version": pl.__version__}, path)
     restored = DrLocModule.load_from_checkpoint(path)
     assert restored.drloc_config == by_old.drloc_config
     assert all(torch.equal(v, by_old.state_dict()[k]) for k, v in restored.state_dict().items())

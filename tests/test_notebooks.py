@@ -40,7 +40,10 @@ def execute_notebook(path: Path, parameters: Mapping[str, Any] | None = None, ti
     os.environ.update(env or {})  # the kernel inherits the environment of this process
     try:
         client = nbclient.NotebookClient(
-            book, timeout=timeout, kernel_name="python3", allow_errors=False,
+            book,
+            timeout=timeout,
+            kernel_name="python3",
+            allow_errors=False,
             resources={"metadata": {"path": str(path.parent)}},
         )
         client.execute()
@@ -75,8 +78,16 @@ def images(book) -> list[dict]:
 def quickstart_parameters(fx: Fixtures) -> dict[str, Any]:
     fx.fixture("cifar10_tar")  # fails with a clear message when the archive is missing
     return {
-        "SAMPLES_PER_CLASS": 4, "MAX_EPOCHS": 1, "DEPTH": 1, "EMBED_DIM": 32, "NUM_HEADS": 2, "SAMPLE_SIZE": 8,
-        "BATCH_SIZE": 8, "LIMIT_TRAIN_BATCHES": 2, "LIMIT_EVAL_BATCHES": 1, "DATA_ROOT": fx.fixture("data_root"),
+        "SAMPLES_PER_CLASS": 4,
+        "MAX_EPOCHS": 1,
+        "DEPTH": 1,
+        "EMBED_DIM": 32,
+        "NUM_HEADS": 2,
+        "SAMPLE_SIZE": 8,
+        "BATCH_SIZE": 8,
+        "LIMIT_TRAIN_BATCHES": 2,
+        "LIMIT_EVAL_BATCHES": 1,
+        "DATA_ROOT": fx.fixture("data_root"),
     }
 
 

@@ -51,8 +51,11 @@ def test_adaptive_options_are_checked():
 
 
 def test_adaptive_state_survives_a_checkpoint():
-    kwargs = dict(model_kwargs=dict(img_size=32, patch_size=4, depth=1, embed_dim=32, num_heads=2), hidden_dims=[16],
-                  drloc=dict(schedule="adaptive", warmup_epochs=1))
+    kwargs = dict(
+        model_kwargs=dict(img_size=32, patch_size=4, depth=1, embed_dim=32, num_heads=2),
+        hidden_dims=[16],
+        drloc=dict(schedule="adaptive", warmup_epochs=1),
+    )
     module = DrLocModule("vit_tiny_patch16_224", num_classes=10, lambda_drloc=1.0, **kwargs)
     module.objective.task_ratio, module.objective.anneal_from = 0.2, 7.5
     checkpoint: dict = {}

@@ -150,8 +150,14 @@ def test_non_float32_grid_without_autocast(dtype):
 
 
 @FAST
-@given(batch=st.integers(1, 3), height=sides, width=sides, m=sample_sizes, seed=seeds,
-       bad=st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+@given(
+    batch=st.integers(1, 3),
+    height=sides,
+    width=sides,
+    m=sample_sizes,
+    seed=seeds,
+    bad=st.sampled_from([float("nan"), float("inf"), float("-inf")]),
+)
 def test_non_finite_grid_gives_a_non_finite_loss_never_a_silent_number(batch, height, width, m, seed, bad):
     fn = loss_fn(sample_size=m, grid_size=None)
     grid = torch.full((batch, CHANNELS, height, width), bad)

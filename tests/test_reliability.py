@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-
 from test_train import TINY, cli, compose_cfg, read_results
-from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossError
+
 from vt_drloc.checkpoints import check_output_dir
 from vt_drloc.config import UserError
+from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossError
 from vt_drloc.train import train
 
 TESTS = Path(__file__).resolve().parent
@@ -59,9 +59,13 @@ def stable(results: dict) -> dict:
 @pytest.mark.parametrize("term, value, step", [("drloc", "nan", 1), ("ce", "inf", 1), ("ce", "nan", 0)])
 def test_non_finite_loss_stops_naming_term_step_and_last_good_checkpoint(tmp_path, term, value, step):
     out = tmp_path / "run"
-    poison = ["+callbacks.poison._target_=helpers.PoisonLoss", f"+callbacks.poison.term={term}",
-              f"+callbacks.poison.step={step}", f"+callbacks.poison.value={value}",
-              "callbacks.last_checkpoint.every_n_train_steps=1"]
+    poison = [
+        "+callbacks.poison._target_=helpers.PoisonLoss",
+        f"+callbacks.poison.term={term}",
+        f"+callbacks.poison.step={step}",
+        f"+callbacks.poison.value={value}",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+    ]
     cfg = compose_cfg([*TINY, "trainer.max_epochs=2", *poison], out)
     with pytest.raises(NonFiniteLossError) as info:
         train(cfg)
@@ -81,8 +85,11 @@ def test_non_finite_loss_stops_naming_term_step_and_last_good_checkpoint(tmp_pat
 
 @pytest.mark.slow
 def test_cli_non_finite_loss_exits_3_with_one_paragraph(tmp_path):
-    run = cli_faults("vt_drloc.train", [*TINY, "+callbacks.poison._target_=helpers.PoisonLoss", "+callbacks.poison.step=1",
-                                        f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    run = cli_faults(
+        "vt_drloc.train",
+        [*TINY, "+callbacks.poison._target_=helpers.PoisonLoss", "+callbacks.poison.step=1", f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path,
+    )
     assert run.returncode == 3, run.stderr[-3000:]  # not a user mistake (2): its own code
     assert "error: non-finite training loss: term drloc is not finite at global step 1" in run.stderr
     assert "Traceback" not in run.stderr
@@ -162,8 +169,11 @@ def uninterrupted(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    killed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, "+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.epoch=2",
-                                           f"hydra.run.dir={out}"], tmp_path)
+    killed = cli_faults(
+        "vt_drloc.train",
+        [*THREE_EPOCHS, "+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.epoch=2", f"hydra.run.dir={out}"],
+        tmp_path,
+    )
     assert killed.returncode == -signal.SIGKILL
     assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 4  # epochs 0 and 1 done
     saved = tmp_path / "killed_last.ckpt"
@@ -191,8 +201,11 @@ def test_sigkill_mid_epoch_resumes_from_step_checkpoint(tmp_path, uninterrupted)
     with the same optimizer steps and epochs; see docs/reliability.md for what is not guaranteed."""
     out = tmp_path / "run"
     steps = ["callbacks.last_checkpoint.every_n_train_steps=1"]
-    killed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, *steps, "+callbacks.kill._target_=helpers.KillAt",
-                                           "+callbacks.kill.step=3", f"hydra.run.dir={out}"], tmp_path)
+    killed = cli_faults(
+        "vt_drloc.train",
+        [*THREE_EPOCHS, *steps, "+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.step=3", f"hydra.run.dir={out}"],
+        tmp_path,
+    )
     assert killed.returncode == -signal.SIGKILL
     ckpt = load(out / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 3 and ckpt["epoch"] == 1  # at most one step lost
@@ -270,7 +283,13 @@ def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
     # vt_drloc.eval follows the same rule
     from vt_drloc.eval import evaluate
 
-    quick = ["data.num_workers=0", "data.eval_batch_size=100", "trainer.limit_test_batches=1", "trainer.limit_val_batches=1", "print_config=false"]
+    quick = [
+        "data.num_workers=0",
+        "data.eval_batch_size=100",
+        "trainer.limit_test_batches=1",
+        "trainer.limit_val_batches=1",
+        "print_config=false",
+    ]
     with pytest.raises(UserError, match="trust_checkpoint=true"):
         evaluate(compose_cfg([f"ckpt_path={unsafe}", *quick], tmp_path / "e1", config_name="eval"))
     scored = evaluate(compose_cfg([f"ckpt_path={unsafe}", "trust_checkpoint=true", *quick], tmp_path / "e2", config_name="eval"))
@@ -281,9 +300,21 @@ def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
 @pytest.mark.slow
 def test_ddp_one_rank_raising_ends_the_job_quickly_with_nonzero_exit(tmp_path):
     start = time.monotonic()
-    run = cli_faults("vt_drloc.train", [*TINY, "trainer=ddp_cpu", "callbacks.rich_progress_bar=null", "trainer.max_epochs=2",
-                                        "+callbacks.fault._target_=helpers.RaiseOnRank", "+callbacks.fault.rank=1",
-                                        "+callbacks.fault.step=1", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, timeout=240)
+    run = cli_faults(
+        "vt_drloc.train",
+        [
+            *TINY,
+            "trainer=ddp_cpu",
+            "callbacks.rich_progress_bar=null",
+            "trainer.max_epochs=2",
+            "+callbacks.fault._target_=helpers.RaiseOnRank",
+            "+callbacks.fault.rank=1",
+            "+callbacks.fault.step=1",
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+        ],
+        tmp_path,
+        timeout=240,
+    )
     elapsed = time.monotonic() - start
     assert run.returncode != 0
     assert "injected fault on rank 1 at step 1" in run.stderr
@@ -316,20 +347,55 @@ def test_full_disk_is_detected_before_training(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------- 6. every user-facing key
 BAD_VALUES = [
-    "seed=-1", "seed=abc", "test=maybe", "print_config=2", "trust_checkpoint=yes",
-    "optim.lr=0", "optim.lr=-1", "optim.weight_decay=-1", "optim.min_lr=1", "optim.label_smoothing=1.5",
-    "optim.warmup_epochs=-1", "optim.lr_batch_scale=0",
-    "data.batch_size=0", "data.batch_size=-3", "data.num_workers=-1", "data.img_size=0", "data.samples_per_class=0",
-    "data.val_split=bogus", "data.mixup_alpha=-1",
-    "trainer.max_epochs=0", "trainer.max_epochs=-5", "trainer.precision=17", "trainer.gradient_clip_val=-1",
-    "trainer.gradient_clip_algorithm=l3", "trainer.accelerator=tpu", "trainer.devices=0", "trainer.accumulate_grad_batches=0",
-    "trainer.check_val_every_n_epoch=0", "trainer.log_every_n_steps=-1", "trainer.limit_train_batches=0",
+    "seed=-1",
+    "seed=abc",
+    "test=maybe",
+    "print_config=2",
+    "trust_checkpoint=yes",
+    "optim.lr=0",
+    "optim.lr=-1",
+    "optim.weight_decay=-1",
+    "optim.min_lr=1",
+    "optim.label_smoothing=1.5",
+    "optim.warmup_epochs=-1",
+    "optim.lr_batch_scale=0",
+    "data.batch_size=0",
+    "data.batch_size=-3",
+    "data.num_workers=-1",
+    "data.img_size=0",
+    "data.samples_per_class=0",
+    "data.val_split=bogus",
+    "data.mixup_alpha=-1",
+    "trainer.max_epochs=0",
+    "trainer.max_epochs=-5",
+    "trainer.precision=17",
+    "trainer.gradient_clip_val=-1",
+    "trainer.gradient_clip_algorithm=l3",
+    "trainer.accelerator=tpu",
+    "trainer.devices=0",
+    "trainer.accumulate_grad_batches=0",
+    "trainer.check_val_every_n_epoch=0",
+    "trainer.log_every_n_steps=-1",
+    "trainer.limit_train_batches=0",
     "trainer.limit_val_batches=-1",
-    "drloc.lambda_drloc=nan", "drloc.lambda_drloc=inf", "drloc.sample_size=-2", "drloc.grid_size=1",
-    "drloc.warmup_epochs=-1", "drloc.hidden_dims=[0]", "drloc.seed=abc", "drloc.target=rel", "drloc.schedule=cosine",
-    "drloc.tap_norm=mid", "drloc.head_init=xavier", "drloc.class_head=shared", "drloc.interval=batch", "drloc.decay_epochs=0",
-    "optim.decay_epochs=-1", "optim.warmup_prefix=maybe",
-    "model.kwargs.depth=0", "callbacks.last_checkpoint.every_n_train_steps=-1",
+    "drloc.lambda_drloc=nan",
+    "drloc.lambda_drloc=inf",
+    "drloc.sample_size=-2",
+    "drloc.grid_size=1",
+    "drloc.warmup_epochs=-1",
+    "drloc.hidden_dims=[0]",
+    "drloc.seed=abc",
+    "drloc.target=rel",
+    "drloc.schedule=cosine",
+    "drloc.tap_norm=mid",
+    "drloc.head_init=xavier",
+    "drloc.class_head=shared",
+    "drloc.interval=batch",
+    "drloc.decay_epochs=0",
+    "optim.decay_epochs=-1",
+    "optim.warmup_prefix=maybe",
+    "model.kwargs.depth=0",
+    "callbacks.last_checkpoint.every_n_train_steps=-1",
 ]
 
 

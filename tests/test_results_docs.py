@@ -27,7 +27,9 @@ def test_committed_summaries_and_results_md_match_the_results_json(study):
     """Each committed summary.md / study.md is what the report writes today from the committed jobs,
     and docs/results.md quotes the study table unchanged."""
     for cell in find_cells(study):
-        assert (cell / "summary.md").read_text() == summary_markdown(load_sweep(cell)), f"{cell}: rerun python -m vt_drloc.report --study {study}"
+        assert (cell / "summary.md").read_text() == summary_markdown(load_sweep(cell)), (
+            f"{cell}: rerun python -m vt_drloc.report --study {study}"
+        )
     rows = load_study(study)
     markdown = study_markdown(rows, study.name)
     assert (study / "study.md").read_text() == markdown, f"rerun python -m vt_drloc.report --study {study}"

@@ -18,11 +18,10 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from test_train import TINY as TRAIN_TINY
 
 from vt_drloc import report
 from vt_drloc.report.sweep import SUMMARY_FILES, load_sweep, summary_markdown, write_summary
-
-from test_train import TINY as TRAIN_TINY
 
 # The TINY run of tests/test_train.py (a 2-batch CIFAR-10 run from the archive), without the
 # progress bar, which only slows down a captured subprocess.
@@ -35,7 +34,9 @@ def without(overrides: list[str], *keys: str) -> list[str]:
 
 def multirun(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "vt_drloc.train", "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vt_drloc.train", "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -96,9 +97,21 @@ def fake_sweep(root: Path, jobs: list[dict], fixed: tuple[str, ...] = ("experime
 
 def fake_results(lam: float, seed: int, val: float, test: float, **extra) -> dict:
     return {
-        "status": "ok", "model": "vit_tiny_patch16_224", "data": "cifar10", "seed": seed, "lambda_drloc": lam,
-        "train_size": 500, "epochs": 3, "val_acc1": val, "val_acc5": min(1.0, val + 0.2), "best_val_acc1": val,
-        "test_acc1": test, "test_acc5": min(1.0, test + 0.25), "wall_time_s": 10.0 + seed, "images_per_s": 100.0, **extra,
+        "status": "ok",
+        "model": "vit_tiny_patch16_224",
+        "data": "cifar10",
+        "seed": seed,
+        "lambda_drloc": lam,
+        "train_size": 500,
+        "epochs": 3,
+        "val_acc1": val,
+        "val_acc5": min(1.0, val + 0.2),
+        "best_val_acc1": val,
+        "test_acc1": test,
+        "test_acc5": min(1.0, test + 0.25),
+        "wall_time_s": 10.0 + seed,
+        "images_per_s": 100.0,
+        **extra,
     }
 
 
@@ -218,8 +231,8 @@ def test_optuna_search_composes():
     assert cfg.task_name == "quickstart"  # the experiment still applies
     assert cfg.hydra.callbacks.sweep_summary._target_ == "vt_drloc.report.SweepSummary"
     # the search space parses the way the sweeper parses it
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
     parser = OverridesParser.create()
     for key, value in sweeper.params.items():
@@ -247,19 +260,34 @@ def test_slurm_launcher_writes_a_valid_sbatch_script(tmp_path, monkeypatch):
     (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    cfg = compose_hydra([
-        "hydra/launcher=slurm", "trainer=gpu", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90", "hydra.launcher.array_parallelism=4",
-        "+hydra.launcher.additional_parameters.mail-type=END",
-    ])
+    cfg = compose_hydra(
+        [
+            "hydra/launcher=slurm",
+            "trainer=gpu",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.timeout_min=90",
+            "hydra.launcher.array_parallelism=4",
+            "+hydra.launcher.additional_parameters.mail-type=END",
+        ]
+    )
     params = dict(instantiate(cfg.hydra.launcher).params)
     # the same steps as hydra_submitit_launcher's BaseSubmititLauncher.launch
     executor = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"], slurm_max_num_timeout=params["max_num_timeout"])
     base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in ("submitit_folder", "max_num_timeout")})
+    executor.update_parameters(
+        **{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in ("submitit_folder", "max_num_timeout")}
+    )
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit /job", "uid")
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
-                 "#SBATCH --mem=32GB", "#SBATCH --job-name=train", "#SBATCH --mail-type=END"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=90",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --job-name=train",
+        "#SBATCH --mail-type=END",
+    ):
         assert line in script, line
     assert str(tmp_path / "sweep" / ".submitit") in script
 
@@ -317,8 +345,14 @@ def test_failing_and_nan_jobs_are_recorded_and_the_sweep_goes_on(tmp_path, cifar
     """Under the joblib launcher: num_heads=3 raises inside the job (32 channels do not split in 3 heads);
     lr=1e30 trains to NaN losses. Both are recorded as failed; the good job and the summary still come."""
     sweep_dir = tmp_path / "sweep"
-    args = [*without(TINY, "model.kwargs.num_heads"), "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
-            "model.kwargs.num_heads=2,3", "optim.lr=0.001,1e30", f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        *without(TINY, "model.kwargs.num_heads"),
+        "hydra/launcher=local_parallel",
+        "hydra.launcher.n_jobs=2",
+        "model.kwargs.num_heads=2,3",
+        "optim.lr=0.001,1e30",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     run = multirun(args, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = {(r["model.kwargs.num_heads"], r["optim.lr"]): r for r in read_csv(sweep_dir / "summary.csv")}
@@ -338,10 +372,17 @@ def test_failing_and_nan_jobs_are_recorded_and_the_sweep_goes_on(tmp_path, cifar
 @pytest.mark.slow
 def test_optuna_search_runs_and_maximises_val_acc1(tmp_path, cifar10_tar):
     sweep_dir = tmp_path / "optuna"
-    args = [*without(TINY, "drloc.sample_size"), "hparams_search=drloc_optuna", "hydra.sweeper.n_trials=2",
-            "drloc.sample_size=choice(4,8)", f"hydra.sweep.dir={sweep_dir}"]
+    args = [
+        *without(TINY, "drloc.sample_size"),
+        "hparams_search=drloc_optuna",
+        "hydra.sweeper.n_trials=2",
+        "drloc.sample_size=choice(4,8)",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-m", "vt_drloc.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "vt_drloc.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     values = [json.loads((sweep_dir / str(j) / "results.json").read_text())["best_val_acc1"] for j in range(2)]
@@ -362,8 +403,11 @@ def test_study_tables_pair_each_drloc_setting_with_its_own_cells_baseline(tmp_pa
         for lam_value in ("0", lam):
             for seed in (0, 1, 2):
                 test = 0.30 + (0.05 if model == "swin" else 0.0) + 0.01 * seed + (0.02 * seed * float(lam_value))
-                extra = {"backbone_params": 1_200_000, "head_params": 400_000 if lam_value != "0" else 0,
-                         "drloc": {"target": "abs", "schedule": "warmup_decay", "hidden_dims": "released", "mode": "l1"}}
+                extra = {
+                    "backbone_params": 1_200_000,
+                    "head_params": 400_000 if lam_value != "0" else 0,
+                    "drloc": {"target": "abs", "schedule": "warmup_decay", "hidden_dims": "released", "mode": "l1"},
+                }
                 results = fake_results(float(lam_value), seed, test + 0.01, test, model=model, **extra)
                 if (cell, lam_value, seed) == ("b_swin", lam, 2):
                     results = {"status": "failed", "error": "killed", "seed": seed}
@@ -393,7 +437,9 @@ def test_study_tables_pair_each_drloc_setting_with_its_own_cells_baseline(tmp_pa
         row = csv_rows[cell]
         assert row["lambda_drloc"] == lam and int(row["seeds_paired"]) == len(seeds)
         assert math.isclose(float(row["delta_test_acc1_mean"]), statistics.fmean(diffs), abs_tol=1e-12)
-        assert math.isclose(float(row["baseline_test_acc1_mean"]), statistics.fmean(truth[(cell, "0", s)] for s in (0, 1, 2)), abs_tol=1e-12)
+        assert math.isclose(
+            float(row["baseline_test_acc1_mean"]), statistics.fmean(truth[(cell, "0", s)] for s in (0, 1, 2)), abs_tol=1e-12
+        )
         # the runs record no tap_norm / head_init: they ran the defaults before docs/fidelity.md, marked †
         assert row["drloc_options"] == "abs, warmup_decay, released, l1, post-norm†, torch init†" and row["train_size"] == "500"
         md = table[(cell,)]
@@ -433,10 +479,25 @@ def test_one_set_of_baselines_serves_drloc_runs_that_sweep_other_drloc_options(t
     for seed in (0, 1, 2):
         jobs.append({"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3 + 0.01 * seed)})
         for tap in ("pre", "post"):
-            jobs.append({"overrides": {"drloc.lambda_drloc": "0.1", "drloc.tap_norm": tap, "seed": seed},
-                         "results": fake_results(0.1, seed, 0.4, 0.35 + 0.01 * seed + (0.02 if tap == "pre" else 0.0),
-                                                 drloc={"target": "abs", "schedule": "constant", "hidden_dims": "released",
-                                                        "mode": "l1", "tap_norm": tap, "head_init": "released"})})
+            jobs.append(
+                {
+                    "overrides": {"drloc.lambda_drloc": "0.1", "drloc.tap_norm": tap, "seed": seed},
+                    "results": fake_results(
+                        0.1,
+                        seed,
+                        0.4,
+                        0.35 + 0.01 * seed + (0.02 if tap == "pre" else 0.0),
+                        drloc={
+                            "target": "abs",
+                            "schedule": "constant",
+                            "hidden_dims": "released",
+                            "mode": "l1",
+                            "tap_norm": tap,
+                            "head_init": "released",
+                        },
+                    ),
+                }
+            )
     sweep = load_sweep(fake_sweep(tmp_path / "cell", jobs))
     settings = sweep.settings()
     by_tap = {s.values["drloc.tap_norm"]: s for s in settings}
@@ -449,10 +510,15 @@ def test_one_set_of_baselines_serves_drloc_runs_that_sweep_other_drloc_options(t
     from vt_drloc.report.study import load_study
 
     rows = load_study(tmp_path)
-    assert {r.options for r in rows} == {"abs, constant, released, l1, pre-norm, released init", "abs, constant, released, l1, post-norm, released init"}
+    assert {r.options for r in rows} == {
+        "abs, constant, released, l1, pre-norm, released init",
+        "abs, constant, released, l1, post-norm, released init",
+    }
     # a baseline of another model is no baseline for these runs
-    other = [{"overrides": {"drloc.lambda_drloc": "0", "model": "swin", "seed": 0}, "results": fake_results(0.0, 0, 0.3, 0.3)},
-             {"overrides": {"drloc.lambda_drloc": "0.1", "model": "vit", "seed": 0}, "results": fake_results(0.1, 0, 0.3, 0.3)}]
+    other = [
+        {"overrides": {"drloc.lambda_drloc": "0", "model": "swin", "seed": 0}, "results": fake_results(0.0, 0, 0.3, 0.3)},
+        {"overrides": {"drloc.lambda_drloc": "0.1", "model": "vit", "seed": 0}, "results": fake_results(0.1, 0, 0.3, 0.3)},
+    ]
     sweep = load_sweep(fake_sweep(tmp_path / "other", other))
     assert sweep.baseline_of(sweep.settings()[-1], sweep.settings()) is None
 
@@ -475,7 +541,11 @@ def test_head_task_fraction_is_a_column_once_runs_record_it(tmp_path):
     assert table[("0.1",)]["DRLoc L1 / chance"] == "0.50 ± 0.10" and table[("0",)]["DRLoc L1 / chance"] == "–"
     assert "DRLoc L1 / chance" not in summary_markdown(load_sweep(old))
     write_summary(new)
-    assert [r["drloc_final_over_chance"] for r in read_csv(new / "summary.csv") if r["drloc.lambda_drloc"] == "0.1"] == ["0.4", "0.5", "0.6"]
+    assert [r["drloc_final_over_chance"] for r in read_csv(new / "summary.csv") if r["drloc.lambda_drloc"] == "0.1"] == [
+        "0.4",
+        "0.5",
+        "0.6",
+    ]
     study = md_rows(study_markdown(load_study(tmp_path / "study"), "study"), n_keys=1)
     assert study[("a_new",)]["DRLoc L1 / chance"] == "0.50 ± 0.10" and study[("b_old",)]["DRLoc L1 / chance"] == "–"
 
@@ -490,8 +560,14 @@ def test_summary_png_shows_every_job_the_seed_count_and_the_paired_difference_at
     for ax in (val, test):  # every job a point, the mean a marker: 6 jobs, 2 settings
         low, high = ax.get_ylim()
         assert high - low >= MIN_SPAN_PCT
-        assert sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets") and c.get_offsets().ndim == 2
-                   and len(c.get_offsets()) == 3) >= 2 * 3
+        assert (
+            sum(
+                len(c.get_offsets())
+                for c in ax.collections
+                if hasattr(c, "get_offsets") and c.get_offsets().ndim == 2 and len(c.get_offsets()) == 3
+            )
+            >= 2 * 3
+        )
         assert [t.get_text() for t in ax.texts].count("n=3") == 2
     settings = sweep.settings()
     drloc = next(s for s in settings if s.values["drloc.lambda_drloc"] == "1")

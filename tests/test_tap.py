@@ -16,8 +16,9 @@ XCiT, CrossViT) the family names its own reference (``post_ref`` / ``pre_at``) a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import timm
@@ -123,14 +124,25 @@ RESMLP = dict(MIXER, mlp_ratio=4, block_layer=mlp_mixer.ResBlock, norm_layer=mlp
 TNT = dict(img_size=32, patch_size=4, depth=2, embed_dim=64, inner_dim=16, num_heads_outer=2, num_heads_inner=1)
 SAM = dict(VIT, global_attn_indexes=(1,), window_size=4, neck_chans=32)
 CROSSVIT = dict(
-    img_size=64, img_scale=(1.0, 1.0), patch_size=(8, 16), embed_dim=(16, 32), depth=((1, 1, 0),), num_heads=(1, 1),
+    img_size=64,
+    img_scale=(1.0, 1.0),
+    patch_size=(8, 16),
+    embed_dim=(16, 32),
+    depth=((1, 1, 0),),
+    num_heads=(1, 1),
     mlp_ratio=(2, 2, 1),
 )
 MVITV2 = dict(cfg=mvitv2.MultiScaleVitCfg(depths=D4, embed_dim=16), img_size=(64, 64))
 HIERA = dict(img_size=(64, 64), embed_dim=16, num_heads=1, stages=D4, q_pool=2)
 POOLFORMER = dict(  # poolformer_s12's settings, which its entrypoint pins together with the sizes
-    STAGES, downsample_norm=None, mlp_act=nn.GELU, mlp_bias=True, norm_layers=metaformer.GroupNorm1,
-    layer_scale_init_values=1e-5, res_scale_init_values=None, use_mlp_head=False,
+    STAGES,
+    downsample_norm=None,
+    mlp_act=nn.GELU,
+    mlp_bias=True,
+    norm_layers=metaformer.GroupNorm1,
+    layer_scale_init_values=1e-5,
+    res_scale_init_values=None,
+    use_mlp_head=False,
 )
 CONVFORMER = dict(STAGES, token_mixers=metaformer.SepConv, norm_layers=metaformer.LayerNorm2dNoBias)
 EFFVIT_MSRA = dict(embed_dim=(16, 32, 48), depth=(1, 1, 1), num_heads=(1, 1, 1), key_dim=(8, 8, 8), window_size=(2, 2, 2))
@@ -146,7 +158,16 @@ FAMILIES = [
     F("cait", "cait_xxs24_224", dict(VIT, depth_token_only=1), 32, 8, 64, prefix=1, norm="norm:cl"),
     F("xcit", "xcit_nano_12_p16_224", dict(VIT, patch_size=8), 32, 4, 64, norm="norm:cl", post_ref=xcit_grid, pre_at="blocks.1"),
     F("tnt", "tnt_s_patch16_224", TNT, 32, 8, 64, prefix=1, norm="norm:cl"),
-    F("volo", volo.VOLO, dict(img_size=64, layers=D4, embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2)), 64, 4, 64, prefix=1, norm="norm:cl"),
+    F(
+        "volo",
+        volo.VOLO,
+        dict(img_size=64, layers=D4, embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2)),
+        64,
+        4,
+        64,
+        prefix=1,
+        norm="norm:cl",
+    ),
     F("mlp-mixer", mlp_mixer.MlpMixer, MIXER, 32, 8, 64, norm="norm:cl"),
     F("resmlp", mlp_mixer.MlpMixer, RESMLP, 32, 8, 64, norm="norm:cl"),  # the final "norm" is an Affine
     # ViTs whose final norm is in the pooled head (fc_norm): nothing normalises the grid
@@ -168,7 +189,15 @@ FAMILIES = [
     F("mvitv2", mvitv2.MultiScaleVit, MVITV2, 64, 2, 128, norm="norm:cl"),
     F("levit", "levit_128s", dict(img_size=128, depth=(1, 1, 1)), 128, 2, 384),
     F("hiera", "hiera_tiny_224", HIERA, 64, 4, 128, post_ref=hiera_grid),  # forward_intermediates refuses norm=True
-    F("nest", nest.Nest, dict(img_size=64, patch_size=4, embed_dims=(16, 32, 64), depths=(1, 1, 1), num_heads=(1, 1, 2)), 64, 4, 64, norm="norm:cl"),
+    F(
+        "nest",
+        nest.Nest,
+        dict(img_size=64, patch_size=4, embed_dims=(16, 32, 64), depths=(1, 1, 1), num_heads=(1, 1, 2)),
+        64,
+        4,
+        64,
+        norm="norm:cl",
+    ),
     F("davit", "davit_tiny", dict(depths=D4, embed_dims=W4, num_heads=(1, 1, 2, 2)), 64, 2, 64),
     F("gcvit", gcvit.GlobalContextVit, dict(img_size=64, depths=D4, embed_dim=16, num_heads=(1, 1, 2, 2)), 64, 2, 128),
     F("focalnet", focalnet.FocalNet, dict(depths=D4, embed_dim=16), 64, 2, 128, norm="norm:cf"),

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_train import TINY, compose_cfg
+
 from vt_drloc.train import train
 
 

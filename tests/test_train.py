@@ -16,9 +16,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from vt_drloc.config import UserError, group_options
 from vt_drloc.drloc import drloc_lambda, epoch_progress
 from vt_drloc.module import DrLocModule
-from vt_drloc.config import UserError, group_options
 from vt_drloc.train import build_module, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,8 +140,17 @@ def test_paper_swin_t_composes_to_the_released_run():
     assert module.grid_info.hw == module.drloc.reduced_hw == (7, 7) and module.grid_info.tap_norm == "pre"
     assert all(torch.count_nonzero(m.bias) == 0 for m in module.drloc.head.modules() if isinstance(m, torch.nn.Linear))
     hp = module.drloc_config
-    lam = [drloc_lambda(hp.lambda_drloc, epoch_progress(e, 100, 390, hp.interval), cfg.trainer.max_epochs, hp.schedule,
-                        hp.warmup_epochs, hp.decay_epochs) for e in (0, 1, 20, 50, 99)]
+    lam = [
+        drloc_lambda(
+            hp.lambda_drloc,
+            epoch_progress(e, 100, 390, hp.interval),
+            cfg.trainer.max_epochs,
+            hp.schedule,
+            hp.warmup_epochs,
+            hp.decay_epochs,
+        )
+        for e in (0, 1, 20, 50, 99)
+    ]
     assert [round(v, 4) for v in lam] == [0.0, 0.025, 0.5, 0.4464, 0.3589]
 
 
@@ -174,7 +183,9 @@ def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
     assert results["test_acc1"] == written["test_acc1"]
     # did the head learn its task: the 8x8 grid, chance_l1(8, 8) = 1.5625 and the last epoch's loss / chance
     assert written["drloc_grid"] == [8, 8] and written["drloc_chance_l1"] == 1.5625
-    drloc_epoch = [float(r["train/drloc_epoch"]) for r in csv.DictReader((out / "csv" / "metrics.csv").open()) if r.get("train/drloc_epoch")]
+    drloc_epoch = [
+        float(r["train/drloc_epoch"]) for r in csv.DictReader((out / "csv" / "metrics.csv").open()) if r.get("train/drloc_epoch")
+    ]
     assert written["drloc_final_loss"] == pytest.approx(drloc_epoch[-1])
     assert written["drloc_final_over_chance"] == pytest.approx(drloc_epoch[-1] / 1.5625)
     assert (out / "checkpoints" / "last.ckpt").is_file()
@@ -199,8 +210,19 @@ def test_cli_run_resume_and_eval_round_trip(tmp_path):
     assert b["global_step"] == 4 and b["epochs"] == 2
 
     # eval of the first run's last checkpoint reproduces its test accuracy
-    evaluated = cli("vt_drloc.eval", [f"ckpt_path={last}", "data=cifar10", "data.num_workers=0", *full_test,
-                                      "trainer.limit_val_batches=1", "print_config=false", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
+    evaluated = cli(
+        "vt_drloc.eval",
+        [
+            f"ckpt_path={last}",
+            "data=cifar10",
+            "data.num_workers=0",
+            *full_test,
+            "trainer.limit_val_batches=1",
+            "print_config=false",
+            f"hydra.run.dir={tmp_path / 'e'}",
+        ],
+        tmp_path,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     e = read_results(tmp_path / "e")
     assert 0.0 < a["test_acc1"] < 1.0
@@ -210,7 +232,9 @@ def test_cli_run_resume_and_eval_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_write_one_results_file(tmp_path):
-    run = cli("vt_drloc.train", [*TINY, "trainer=ddp_cpu", "callbacks.rich_progress_bar=null", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path)
+    run = cli(
+        "vt_drloc.train", [*TINY, "trainer=ddp_cpu", "callbacks.rich_progress_bar=null", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     results = read_results(tmp_path / "ddp")
     assert results["world_size"] == 2 and results["status"] == "ok"
@@ -220,13 +244,18 @@ def test_ddp_cpu_two_processes_write_one_results_file(tmp_path):
 @pytest.mark.slow
 def test_wheel_ships_its_configs(tmp_path):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
-                           capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheel_dir.glob("vt_drloc-*.whl"))
     # every config ships, and every config group folder is a declared package (no setuptools warnings)
-    import tomllib
     import zipfile
+
+    import tomllib
 
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
     configs = sorted((REPO / "conf").rglob("*.yaml"))
@@ -234,19 +263,31 @@ def test_wheel_ships_its_configs(tmp_path):
     packages = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     groups = {".".join(("vt_drloc", "conf", *c.parent.relative_to(REPO / "conf").parts)) for c in configs}
     assert groups <= packages, sorted(groups - packages)
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                             capture_output=True, text=True, timeout=600)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert install.returncode == 0, install.stderr[-2000:]
-    code = ("import vt_drloc.config as r, vt_drloc; print(vt_drloc.__file__); "
-            "print(','.join(r.group_options('model'))); print(','.join(r.group_options('experiment')))")
+    code = (
+        "import vt_drloc.config as r, vt_drloc; print(vt_drloc.__file__); "
+        "print(','.join(r.group_options('model'))); print(','.join(r.group_options('experiment')))"
+    )
     env = dict(os.environ, PYTHONPATH=str(target))
     probe = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr[-2000:]
     location, models, experiments = probe.stdout.strip().splitlines()
     assert location.startswith(str(target))
     assert {"cvt_13", "swin_t", "vit_tiny_c32"} <= set(models.split(",")) and "quickstart" in experiments.split(",")
-    composed = subprocess.run([sys.executable, "-m", "vt_drloc.train", "experiment=quickstart", "--cfg", "job", "--resolve"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    composed = subprocess.run(
+        [sys.executable, "-m", "vt_drloc.train", "experiment=quickstart", "--cfg", "job", "--resolve"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert composed.returncode == 0 and "task_name: quickstart" in composed.stdout, composed.stderr[-2000:]
 
 
@@ -292,7 +333,9 @@ def test_cli_errors_are_one_paragraph_with_exit_code(tmp_path):
     negative = cli("vt_drloc.train", [*TINY, "drloc.lambda_drloc=-1", f"hydra.run.dir={tmp_path / 'neg'}"], tmp_path, timeout=300)
     assert negative.returncode == 2 and "drloc.lambda_drloc=-1" in negative.stderr and "Traceback" not in negative.stderr
     # a missing data set: one paragraph in the command line's spelling, before any model is built
-    missing = cli("vt_drloc.train", ["data.root=/nonexistent", "print_config=false", f"hydra.run.dir={tmp_path / 'nodata'}"], tmp_path, timeout=300)
+    missing = cli(
+        "vt_drloc.train", ["data.root=/nonexistent", "print_config=false", f"hydra.run.dir={tmp_path / 'nodata'}"], tmp_path, timeout=300
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
     error = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "Dataset 'cifar10' not found" in error[0]

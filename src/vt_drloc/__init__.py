@@ -7,7 +7,7 @@ Liu et al., "Efficient Training of Visual Transformers with Small Datasets", Neu
 ...                      model_kwargs={"img_size": 32, "patch_size": 4, "depth": 2})
 """
 
-from vt_drloc import models  # registers cvt_13, cvt_21, t2t_vit_14, ... with timm
+from vt_drloc import models  # noqa: F401 (importing registers cvt_13, cvt_21, t2t_vit_14, ... with timm)
 from vt_drloc.callback import DrLocCallback
 from vt_drloc.drloc import (
     DRLOC_MODES,

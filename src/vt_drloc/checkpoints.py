@@ -20,7 +20,9 @@ def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any
     set (``trust_checkpoint=true`` on the command line)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"ckpt_path={str(path)!r} does not exist. Pass the .ckpt file of an earlier run, e.g. <run dir>/checkpoints/last.ckpt.")
+        raise UserError(
+            f"ckpt_path={str(path)!r} does not exist. Pass the .ckpt file of an earlier run, e.g. <run dir>/checkpoints/last.ckpt."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file, or needs arbitrary unpickling
@@ -33,7 +35,9 @@ def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err2:
-            raise UserError(f"ckpt_path={str(path)!r} cannot be read even with trust_checkpoint=true ({type(err2).__name__}: {err2}).") from None
+            raise UserError(
+                f"ckpt_path={str(path)!r} cannot be read even with trust_checkpoint=true ({type(err2).__name__}: {err2})."
+            ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise UserError(f"ckpt_path={str(path)!r} is not a Lightning checkpoint of DrLocModule (no state_dict / hyper_parameters).")
     hparams = checkpoint["hyper_parameters"]
@@ -92,7 +96,9 @@ def check_output_dir(output_dir: Path, resume_from: str | Path | None = None) ->
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"output dir {str(output_dir)!r} is not writable ({err.strerror}); set paths.log_dir or hydra.run.dir to a writable folder.") from None
+        raise UserError(
+            f"output dir {str(output_dir)!r} is not writable ({err.strerror}); set paths.log_dir or hydra.run.dir to a writable folder."
+        ) from None
 
 
 # ---------------------------------------------------------------------------------- init_from
@@ -105,7 +111,9 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     ``.safetensors``), or a Lightning checkpoint of an earlier run (its ``state_dict``)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"init_from={str(path)!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run.")
+        raise UserError(
+            f"init_from={str(path)!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run."
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -147,7 +155,7 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
     own = backbone.state_dict()
     best: dict[str, torch.Tensor] = {}
     for prefix in ("", *_PREFIXES):
-        candidate = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in own}
+        candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] in own}
         if len(candidate) > len(best):
             best = candidate
     loaded = {k: v for k, v in best.items() if v.shape == own[k].shape}

@@ -53,8 +53,13 @@ def exit_on_user_error(task):
 
 
 # The data modules speak Python (root=..., download=True); the app's user types Hydra overrides.
-_CLI_SPELLING = (("pass root=", "pass data.root="), (" root=<", " data.root=<"), ("download=True", "data.download=true"),
-                 ("folder_name=", "data.folder_name="), ("(root=", "(data.root="))
+_CLI_SPELLING = (
+    ("pass root=", "pass data.root="),
+    (" root=<", " data.root=<"),
+    ("download=True", "data.download=true"),
+    ("folder_name=", "data.folder_name="),
+    ("(root=", "(data.root="),
+)
 
 
 def prepare_data_checked(datamodule: Any, stage: str) -> None:
@@ -130,12 +135,21 @@ def check_group_choices(argv: list[str]) -> None:
 def check_drloc_config(drloc: Mapping[str, Any]) -> None:
     lam = drloc["lambda_drloc"]
     if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-        raise UserError(f"drloc.lambda_drloc={lam} is invalid: use a number >= 0 (0 trains the baseline without DRLoc; the paper uses 0.1-0.5).")
+        raise UserError(
+            f"drloc.lambda_drloc={lam} is invalid: use a number >= 0 (0 trains the baseline without DRLoc; the paper uses 0.1-0.5)."
+        )
     size = drloc["sample_size"]
     if not isinstance(size, int) or size < 1:
         raise UserError(f"drloc.sample_size={size} is invalid: use an integer >= 1 (the paper samples 64 pairs per image).")
-    choices_of = (("mode", DRLOC_MODES), ("target", TARGETS), ("schedule", SCHEDULES), ("tap_norm", TAP_NORMS),
-                  ("head_init", HEAD_INITS), ("class_head", CLASS_HEADS), ("interval", LAMBDA_INTERVALS))
+    choices_of = (
+        ("mode", DRLOC_MODES),
+        ("target", TARGETS),
+        ("schedule", SCHEDULES),
+        ("tap_norm", TAP_NORMS),
+        ("head_init", HEAD_INITS),
+        ("class_head", CLASS_HEADS),
+        ("interval", LAMBDA_INTERVALS),
+    )
     for key, choices in choices_of:
         if drloc[key] not in choices:
             raise UserError(f"drloc.{key}={drloc[key]!r} is invalid: choose one of {', '.join(choices)}.")
@@ -169,20 +183,34 @@ def check_run_config(cfg: DictConfig) -> None:
     if drloc is not None:
         need(_is_number(drloc.warmup_epochs) and drloc.warmup_epochs >= 0, "drloc.warmup_epochs", "use a number >= 0")
         need(drloc.seed is None or (_is_int(drloc.seed) and drloc.seed >= 0), "drloc.seed", "use an integer >= 0, or null")
-        need(drloc.decay_epochs is None or (_is_number(drloc.decay_epochs) and drloc.decay_epochs > 0), "drloc.decay_epochs",
-             "use the epoch at which lambda reaches 0 (a number > 0), or null for trainer.max_epochs")
+        need(
+            drloc.decay_epochs is None or (_is_number(drloc.decay_epochs) and drloc.decay_epochs > 0),
+            "drloc.decay_epochs",
+            "use the epoch at which lambda reaches 0 (a number > 0), or null for trainer.max_epochs",
+        )
     if optim is not None and "lr_batch_scale" in optim:
         scale = optim.lr_batch_scale
-        need(scale is None or (_is_number(scale) and scale > 0), "optim.lr_batch_scale", "use a batch size > 0 (the paper: 512), or null to use lr as given")
+        need(
+            scale is None or (_is_number(scale) and scale > 0),
+            "optim.lr_batch_scale",
+            "use a batch size > 0 (the paper: 512), or null to use lr as given",
+        )
     if optim is not None and "decay_epochs" in optim:
         decay = optim.decay_epochs
-        need(decay is None or (_is_number(decay) and decay > 0), "optim.decay_epochs",
-             "use the epoch at which the cosine reaches min_lr (a number > 0), or null for trainer.max_epochs")
+        need(
+            decay is None or (_is_number(decay) and decay > 0),
+            "optim.decay_epochs",
+            "use the epoch at which the cosine reaches min_lr (a number > 0), or null for trainer.max_epochs",
+        )
     if optim is not None and "warmup_prefix" in optim:
         need(isinstance(optim.warmup_prefix, bool), "optim.warmup_prefix", "use true (cosine after the warm-up) or false (timm / released)")
     if trainer is not None:
         epochs = trainer.get("max_epochs")
-        need(epochs is None or (_is_int(epochs) and (epochs >= 1 or epochs == -1)), "trainer.max_epochs", "use an integer >= 1 (-1: no limit); 0 would train nothing")
+        need(
+            epochs is None or (_is_int(epochs) and (epochs >= 1 or epochs == -1)),
+            "trainer.max_epochs",
+            "use an integer >= 1 (-1: no limit); 0 would train nothing",
+        )
         clip = trainer.get("gradient_clip_val")
         need(clip is None or (_is_number(clip) and clip >= 0), "trainer.gradient_clip_val", "use a number >= 0, or null for no clipping")
         algo = trainer.get("gradient_clip_algorithm")
@@ -195,9 +223,14 @@ def check_run_config(cfg: DictConfig) -> None:
         need(log_every is None or (_is_int(log_every) and log_every >= 1), "trainer.log_every_n_steps", "use an integer >= 1")
         for split in ("train", "val", "test"):
             limit = trainer.get(f"limit_{split}_batches")
-            rule = "use a fraction in (0, 1], a number of batches >= 1, or null for all" + ("" if split != "train" else "; 0 would train nothing")
-            ok = limit is None or (_is_int(limit) and limit >= (1 if split == "train" else 0)) or (
-                isinstance(limit, float) and (0 < limit <= 1 or (split != "train" and limit == 0)))
+            rule = "use a fraction in (0, 1], a number of batches >= 1, or null for all" + (
+                "" if split != "train" else "; 0 would train nothing"
+            )
+            ok = (
+                limit is None
+                or (_is_int(limit) and limit >= (1 if split == "train" else 0))
+                or (isinstance(limit, float) and (0 < limit <= 1 or (split != "train" and limit == 0)))
+            )
             need(ok, f"trainer.limit_{split}_batches", rule)
     if problems:
         raise UserError("; ".join(problems) + ".")
@@ -222,7 +255,9 @@ def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
         raise
 
 
-def print_config_tree(cfg: DictConfig, order: Iterable[str] = ("model", "data", "drloc", "optim", "trainer", "callbacks", "logger", "paths")) -> None:
+def print_config_tree(
+    cfg: DictConfig, order: Iterable[str] = ("model", "data", "drloc", "optim", "trainer", "callbacks", "logger", "paths")
+) -> None:
     """Print the composed config as a rich tree, one branch per group."""
     import rich
     import rich.syntax
@@ -236,5 +271,3 @@ def print_config_tree(cfg: DictConfig, order: Iterable[str] = ("model", "data", 
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         branch.add(rich.syntax.Syntax(text, "yaml"))
     rich.print(tree)
-
-

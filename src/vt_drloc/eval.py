@@ -16,9 +16,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from vt_drloc.module import DrLocModule
 from vt_drloc.checkpoints import check_output_dir, load_checkpoint_file
-from vt_drloc.results import metric, write_results
 from vt_drloc.config import (
     CONFIG_PATH,
     UserError,
@@ -27,6 +25,8 @@ from vt_drloc.config import (
     print_config_tree,
     run_cli,
 )
+from vt_drloc.module import DrLocModule
+from vt_drloc.results import metric, write_results
 
 log = logging.getLogger("vt_drloc.eval")
 

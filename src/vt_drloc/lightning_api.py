@@ -49,7 +49,8 @@ class LightningAPI:
             Callback=pl.Callback,
             MisconfigurationException=exceptions.MisconfigurationException,
             sharded_strategies=tuple(
-                getattr(strategies, name) for name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+                getattr(strategies, name)
+                for name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
                 if hasattr(strategies, name)
             ),
             rank_zero_warn=utilities.rank_zero_warn,

@@ -101,12 +101,24 @@ class DrLocModuleBase:
         self._check_args(model_name, num_classes, lr, weight_decay, warmup_epochs, min_lr, label_smoothing)
         if lr_decay_epochs is not None and not lr_decay_epochs > 0:
             raise ValueError(f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches min_lr), or None for max_epochs")
-        self.save_hyperparameters({
-            "model_name": model_name, "num_classes": num_classes, "lambda_drloc": config.lambda_drloc,
-            "model_kwargs": model_kwargs, "drloc": config.as_dict(), "lr": lr, "weight_decay": weight_decay,
-            "warmup_epochs": warmup_epochs, "min_lr": min_lr, "betas": list(betas), "label_smoothing": label_smoothing,
-            "input_size": input_size, "lr_decay_epochs": lr_decay_epochs, "warmup_prefix": warmup_prefix,
-        })
+        self.save_hyperparameters(
+            {
+                "model_name": model_name,
+                "num_classes": num_classes,
+                "lambda_drloc": config.lambda_drloc,
+                "model_kwargs": model_kwargs,
+                "drloc": config.as_dict(),
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "warmup_epochs": warmup_epochs,
+                "min_lr": min_lr,
+                "betas": list(betas),
+                "label_smoothing": label_smoothing,
+                "input_size": input_size,
+                "lr_decay_epochs": lr_decay_epochs,
+                "warmup_prefix": warmup_prefix,
+            }
+        )
 
         self.model = timm.create_model(model_name, num_classes=num_classes, **model_kwargs)
         self.objective = DrLocObjective(config)

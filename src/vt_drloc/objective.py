@@ -263,4 +263,3 @@ class DrLocObjective:
             self.observe(float(drloc.detach()), epoch)
             module.log("train/drloc_over_chance", self.task_ratio, on_step=True, on_epoch=False)
         return drloc, lam
-

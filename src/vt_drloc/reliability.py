@@ -29,11 +29,10 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from torch import Tensor
 
-from vt_drloc.files import write_atomic
 from vt_drloc.config import RunStopped
+from vt_drloc.files import write_atomic
 
 __all__ = ["AtomicCheckpointIO", "NonFiniteLossError", "NonFiniteLossGuard", "ResumeRngState", "atomic_torch_save", "last_good_checkpoint"]
-
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -62,8 +61,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # ---------------------------------------------------------------------------------- RNG state
 def _numpy_state_plain() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def _numpy_state_restore(state: dict[str, Any]) -> None:
@@ -164,8 +168,11 @@ class NonFiniteLossGuard(pl.Callback):
         where = f"rank {trainer.global_rank}" if bad_local else "another rank"
         shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items()) or f"loss={_value(loss):.6g}"
         ckpt = last_good_checkpoint(trainer)
-        resume = (f"The last good checkpoint is {ckpt}; resume with ckpt_path={ckpt} after changing the settings."
-                  if ckpt else "No checkpoint was written before this step.")
+        resume = (
+            f"The last good checkpoint is {ckpt}; resume with ckpt_path={ckpt} after changing the settings."
+            if ckpt
+            else "No checkpoint was written before this step."
+        )
         term = "/".join(named) if named else "loss"
         raise NonFiniteLossError(
             f"non-finite training loss: term {term} is not finite at global step {step} (epoch {epoch}) on {where} "

@@ -140,9 +140,7 @@ def tokens_to_grid(features: Tensor, model: nn.Module, prefix_tokens: int | None
         tokens = features[:, prefix:]
         side = math.isqrt(tokens.shape[1])
         if side * side != tokens.shape[1]:
-            raise GridTapError(
-                f"{tokens.shape[1]} tokens left after dropping {prefix} prefix token(s) do not form a square grid"
-            )
+            raise GridTapError(f"{tokens.shape[1]} tokens left after dropping {prefix} prefix token(s) do not form a square grid")
         return tokens.transpose(1, 2).unflatten(-1, (side, side))
     if features.dim() == 4:
         channels = getattr(model, "num_features", None)
@@ -404,8 +402,8 @@ class GridCapture:
             raise GridTapError(f"DRLoc: the {self.name} returned {type(raw).__name__}, not a tensor.")
         self.format = self._resolve_format(raw)
         if self.format == "tokens":
-            self.prefix = self.prefix_tokens if self.prefix_tokens is not None else (
-                _num_prefix_tokens(self.owner) if self.owner is not None else 0
+            self.prefix = (
+                self.prefix_tokens if self.prefix_tokens is not None else (_num_prefix_tokens(self.owner) if self.owner is not None else 0)
             )
         try:
             grid = self.to_grid(raw)
@@ -427,7 +425,9 @@ class GridCapture:
         if self.grid_format != "auto":
             expected = 3 if self.grid_format == "tokens" else 4
             if raw.dim() != expected:
-                raise GridTapError(f"grid_format={self.grid_format!r} expects a {expected}-D output, the {self.name} gave {tuple(raw.shape)}")
+                raise GridTapError(
+                    f"grid_format={self.grid_format!r} expects a {expected}-D output, the {self.name} gave {tuple(raw.shape)}"
+                )
             return self.grid_format
         if raw.dim() == 3:
             return "tokens"

@@ -14,11 +14,10 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
 from vt_drloc.callback import DrLocCallbackBase
-from vt_drloc.drloc import task_record
 from vt_drloc.checkpoints import check_output_dir, check_resume_checkpoint, load_backbone_weights, resolve_resume_path
 from vt_drloc.config import (
     CONFIG_PATH,
@@ -32,8 +31,9 @@ from vt_drloc.config import (
     print_config_tree,
     run_cli,
 )
-from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
+from vt_drloc.drloc import task_record
 from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumeRngState
+from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
 
 log = logging.getLogger("vt_drloc.train")
 
@@ -48,7 +48,11 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` entry of a callbacks / logger group."""
     if not group:
         return []
-    return [instantiate_checked(f"{group._key()}.{name}", entry) for name, entry in group.items() if isinstance(entry, DictConfig) and "_target_" in entry]
+    return [
+        instantiate_checked(f"{group._key()}.{name}", entry)
+        for name, entry in group.items()
+        if isinstance(entry, DictConfig) and "_target_" in entry
+    ]
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -62,7 +66,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, cfg.model.name, model_kwargs, trust=bool(cfg.get("trust_checkpoint")))
     if cfg.get("init_from") and not Path(str(cfg.init_from)).expanduser().is_file():
-        raise UserError(f"init_from={cfg.init_from!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run.")
+        raise UserError(
+            f"init_from={cfg.init_from!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run."
+        )
     if ckpt_path and cfg.get("init_from"):
         raise UserError(
             f"init_from={cfg.init_from!r} and ckpt_path={cfg.ckpt_path!r} are both set: resuming restores every weight, so "
@@ -88,17 +94,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     init_report = None
     if cfg.get("init_from"):
         init_report = load_backbone_weights(getattr(model, "model", model), cfg.init_from, trust=bool(cfg.get("trust_checkpoint")))
-        log.info("init_from %s: %d backbone tensors loaded, %d skipped (shape: %s), %d left as initialised",
-                 cfg.init_from, len(init_report["loaded"]), len(init_report["skipped"]), ", ".join(init_report["skipped"]) or "-",
-                 len(init_report["missing"]))
+        log.info(
+            "init_from %s: %d backbone tensors loaded, %d skipped (shape: %s), %d left as initialised",
+            cfg.init_from,
+            len(init_report["loaded"]),
+            len(init_report["skipped"]),
+            ", ".join(init_report["skipped"]) or "-",
+            len(init_report["missing"]),
+        )
     throughput = Throughput()
     callbacks.append(throughput)
     # Always on (docs/reliability.md): stop at the first NaN/inf loss term; resume with the same RNG streams.
     callbacks += [NonFiniteLossGuard(), ResumeRngState()]
     loggers = instantiate_all(cfg.get("logger"))
 
-    trainer: pl.Trainer = instantiate_checked("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir),
-                                      plugins=[AtomicCheckpointIO()])  # checkpoints: temp file + os.replace, never torn
+    trainer: pl.Trainer = instantiate_checked(
+        "trainer",
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
+        plugins=[AtomicCheckpointIO()],
+    )  # checkpoints: temp file + os.replace, never torn
     if cfg.optim.lr_batch_scale and "lr" in model.hparams:
         # lr and min_lr scale together, as in the released code (its warm-up and floor scale too)
         global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
@@ -113,7 +130,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         share = head_params / max(1, backbone_params + head_params)
         log.info(
             "params: backbone %.2fM, DRLoc head %.3fM (%.1f%% of the total); train images %d; lr %.3g",
-            backbone_params / 1e6, head_params / 1e6, 100 * share, datamodule.train_size, model.hparams.get("lr", float("nan")),
+            backbone_params / 1e6,
+            head_params / 1e6,
+            100 * share,
+            datamodule.train_size,
+            model.hparams.get("lr", float("nan")),
         )
         for lg in loggers:
             lg.log_hyperparams({"train_size": datamodule.train_size, "backbone_params": backbone_params, "head_params": head_params})
@@ -155,7 +176,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "head_params": getattr(model, "num_head_params", 0) + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks),
         "lr": float(model.hparams["lr"]) if "lr" in model.hparams else None,
         # the head's task: its grid, chance L1 and the last epoch's training DRLoc loss / chance
-        **task_record(drloc_callbacks[0].loss if drloc_callbacks else getattr(model, "drloc", None), metric(fit_metrics, "train/drloc_epoch")),
+        **task_record(
+            drloc_callbacks[0].loss if drloc_callbacks else getattr(model, "drloc", None), metric(fit_metrics, "train/drloc_epoch")
+        ),
         "wall_time_s": time.perf_counter() - start,
         "images_per_s": throughput.images_per_second,
         "world_size": trainer.world_size,
@@ -206,8 +229,19 @@ def _sweep_job(cfg: DictConfig) -> float | None:
         log.error("job failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, (UserError, RunStopped)))
         if had_results:  # refused to overwrite an earlier run's results: keep them
             return None
-        record = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(), "output_dir": str(output_dir)}
-        for key, path in (("task_name", "task_name"), ("model", "model.name"), ("data", "data.name"), ("seed", "seed"), ("lambda_drloc", "drloc.lambda_drloc")):
+        record = {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+            "output_dir": str(output_dir),
+        }
+        for key, path in (
+            ("task_name", "task_name"),
+            ("model", "model.name"),
+            ("data", "data.name"),
+            ("seed", "seed"),
+            ("lambda_drloc", "drloc.lambda_drloc"),
+        ):
             try:
                 record[key] = OmegaConf.select(cfg, path, throw_on_resolution_failure=False)
             except Exception:

@@ -6,8 +6,8 @@ submodule's parameters and a scheduler of its own.
 
 from __future__ import annotations
 
-import timm
 import pytorch_lightning as pl
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from callback_models import Classifier, random_loader
 from torch.nn.parallel import DistributedDataParallel
 
-from callback_models import Classifier, random_loader
 from vt_drloc.callback import DrLocCallback
 
 
@@ -60,8 +60,15 @@ def main(out: Path) -> None:
     drloc = DrLocCallback(0.5, lambda_schedule="constant", head_hidden_dims=[64], sample_size=16)
     snap = Snapshot(drloc)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[drloc, snap],
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[drloc, snap],
     )
     trainer.fit(module, random_loader(n=48, batch=8))
     torch.save(

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vt_drloc.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.data.dataset import VERIFY_MODES, ImageCache, ImageDataset, verify_samples
 from vt_drloc.data.mixup import apply_mixup, build_mixup
 from vt_drloc.data.sampling import per_class_counts, stratified_holdout, stratified_subset
@@ -35,6 +34,7 @@ from vt_drloc.data.sources import (
 )
 from vt_drloc.data.specs import get_spec
 from vt_drloc.data.transforms import AUGMENT_PRESETS, build_eval_transform, build_train_transform
+from vt_drloc.lightning_api import PYTORCH_LIGHTNING
 
 log = logging.getLogger("vt_drloc.data")
 
@@ -131,16 +131,17 @@ class ImageDataModuleBase:
         self.download = bool(download)
         self.folder_name = folder_name
         if self.name == "folder" and folder_name is None and root is None:
-            raise ValueError("name='folder' needs folder_name=<the <name>/ folder or <name>.tar> "
-                             "and/or root=<a directory, the dataset folder or the .tar>")
+            raise ValueError(
+                "name='folder' needs folder_name=<the <name>/ folder or <name>.tar> "
+                "and/or root=<a directory, the dataset folder or the .tar>"
+            )
 
         # Small-data regime.
         if samples_per_class is not None and train_fraction is not None:
-            raise ValueError(f"give samples_per_class ({samples_per_class}) or train_fraction "
-                             f"({train_fraction}), not both")
-        if samples_per_class is not None and (isinstance(samples_per_class, bool)
-                                              or int(samples_per_class) != samples_per_class
-                                              or samples_per_class < 1):
+            raise ValueError(f"give samples_per_class ({samples_per_class}) or train_fraction ({train_fraction}), not both")
+        if samples_per_class is not None and (
+            isinstance(samples_per_class, bool) or int(samples_per_class) != samples_per_class or samples_per_class < 1
+        ):
             raise ValueError(f"samples_per_class={samples_per_class!r} must be a positive integer")
         if train_fraction is not None and not 0.0 < float(train_fraction) <= 1.0:
             raise ValueError(f"train_fraction={train_fraction!r} must lie in (0, 1]")
@@ -179,14 +180,24 @@ class ImageDataModuleBase:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean={list(self.mean)} / std={list(self.std)} need 3 values each, std > 0")
         self.augment = augment
-        self._tf_kwargs = dict(auto_augment=auto_augment, color_jitter=color_jitter, re_prob=re_prob,
-                               interpolation=interpolation, scale=tuple(float(s) for s in scale),
-                               crop_pct=crop_pct)
+        self._tf_kwargs = dict(
+            auto_augment=auto_augment,
+            color_jitter=color_jitter,
+            re_prob=re_prob,
+            interpolation=interpolation,
+            scale=tuple(float(s) for s in scale),
+            crop_pct=crop_pct,
+        )
 
         # Mixup / CutMix (validated now; built once num_classes is known).
-        self._mixup_kwargs = dict(mixup_alpha=float(mixup_alpha), cutmix_alpha=float(cutmix_alpha),
-                                  prob=float(mixup_prob), switch_prob=float(mixup_switch_prob),
-                                  mode=mixup_mode, label_smoothing=float(label_smoothing))
+        self._mixup_kwargs = dict(
+            mixup_alpha=float(mixup_alpha),
+            cutmix_alpha=float(cutmix_alpha),
+            prob=float(mixup_prob),
+            switch_prob=float(mixup_switch_prob),
+            mode=mixup_mode,
+            label_smoothing=float(label_smoothing),
+        )
         self.mixup_fn = build_mixup(self.spec.num_classes or 2, **self._mixup_kwargs)
         if self.spec.num_classes is None:
             self.mixup_fn = None  # rebuilt in setup with the folder's class count
@@ -265,8 +276,7 @@ class ImageDataModuleBase:
                 raise
         target = Path(self.root).expanduser() if self.root is not None else torchvision_default_root()
         if target.suffix.lower() == ".tar":
-            raise DatasetNotFoundError(f"cannot download {self.name} into the archive path {target}; "
-                                       "pass a directory as root")
+            raise DatasetNotFoundError(f"cannot download {self.name} into the archive path {target}; pass a directory as root")
         log.info("downloading %s into %s", self.name, target)
         download(self.spec, target)
 
@@ -279,8 +289,9 @@ class ImageDataModuleBase:
         self.source = data.description
         expected = self.spec.num_classes
         if expected is not None and len(data.classes) != expected:
-            raise DatasetLayoutError(f"{self.name} needs {expected} classes, {data.description} has "
-                                     f"{len(data.classes)}: {data.classes[:12]}")
+            raise DatasetLayoutError(
+                f"{self.name} needs {expected} classes, {data.description} has {len(data.classes)}: {data.classes[:12]}"
+            )
         num_classes = len(data.classes)
         skipped = list(data.skipped)
 
@@ -296,11 +307,11 @@ class ImageDataModuleBase:
         if mode == "auto":
             mode = "val" if has_val else ("test" if test_name else "holdout")
         if mode == "val" and not has_val:
-            raise DatasetLayoutError(f"val_split='val' but {data.description} has no val split; "
-                                     "use val_split='test' (the paper's practice) or 'holdout'")
+            raise DatasetLayoutError(
+                f"val_split='val' but {data.description} has no val split; use val_split='test' (the paper's practice) or 'holdout'"
+            )
         if mode == "test" and test_name is None:
-            raise DatasetLayoutError(f"val_split='test' but {data.description} has no val/test split; "
-                                     "use val_split='holdout'")
+            raise DatasetLayoutError(f"val_split='test' but {data.description} has no val/test split; use val_split='holdout'")
 
         # Verify files before training (train whole, so the subset does not depend on verify).
         def checked(split: SplitData) -> np.ndarray:
@@ -316,17 +327,20 @@ class ImageDataModuleBase:
 
         holdout_idx = None
         if mode == "holdout":
-            keep, held = stratified_holdout(train.labels[train_all], num_classes,
-                                            fraction=self.val_fraction, seed=self.holdout_seed)
+            keep, held = stratified_holdout(train.labels[train_all], num_classes, fraction=self.val_fraction, seed=self.holdout_seed)
             train_all, holdout_idx = train_all[keep], train_all[held]
 
         available = per_class_counts(train.labels[train_all], num_classes)
         if self.samples_per_class is not None or self.train_fraction is not None:
-            sub = stratified_subset(train.labels[train_all], num_classes,
-                                    samples_per_class=self.samples_per_class,
-                                    fraction=self.train_fraction, seed=self.seed,
-                                    class_names=data.classes,
-                                    what="train split" + (" (after the hold-out)" if holdout_idx is not None else ""))
+            sub = stratified_subset(
+                train.labels[train_all],
+                num_classes,
+                samples_per_class=self.samples_per_class,
+                fraction=self.train_fraction,
+                seed=self.seed,
+                class_names=data.classes,
+                what="train split" + (" (after the hold-out)" if holdout_idx is not None else ""),
+            )
             train_idx = train_all[sub]
         else:
             train_idx = train_all
@@ -334,11 +348,15 @@ class ImageDataModuleBase:
 
         # Transforms.
         native = self.spec.native_size
-        train_tf = build_train_transform(self.img_size, self.mean, self.std, augment=self.augment,
-                                         native_size=native, **self._tf_kwargs)
-        eval_tf = build_eval_transform(self.img_size, self.mean, self.std, native_size=native,
-                                       interpolation=self._tf_kwargs["interpolation"],
-                                       crop_pct=self._tf_kwargs["crop_pct"])
+        train_tf = build_train_transform(self.img_size, self.mean, self.std, augment=self.augment, native_size=native, **self._tf_kwargs)
+        eval_tf = build_eval_transform(
+            self.img_size,
+            self.mean,
+            self.std,
+            native_size=native,
+            interpolation=self._tf_kwargs["interpolation"],
+            crop_pct=self._tf_kwargs["crop_pct"],
+        )
 
         def make(split_name: str, idx: np.ndarray, tf) -> ImageDataset:
             return ImageDataset(data.splits[split_name], idx, tf)
@@ -376,24 +394,43 @@ class ImageDataModuleBase:
     def _report(self, chosen: np.ndarray) -> None:
         info = self.subset_info
         if info["samples_per_class"] is not None or info["train_fraction"] is not None:
-            rule = (f"samples_per_class={info['samples_per_class']}" if info["samples_per_class"]
-                    is not None else f"train_fraction={info['train_fraction']}")
-            log.info("%s: small-data regime %s, seed %d: %d of %d training images (%d-%d per class, "
-                     "%d classes)", self.name, rule, self.seed, info["train_size"],
-                     info["train_available"], info["train_per_class_min"],
-                     info["train_per_class_max"], info["num_classes"])
+            rule = (
+                f"samples_per_class={info['samples_per_class']}"
+                if info["samples_per_class"] is not None
+                else f"train_fraction={info['train_fraction']}"
+            )
+            log.info(
+                "%s: small-data regime %s, seed %d: %d of %d training images (%d-%d per class, %d classes)",
+                self.name,
+                rule,
+                self.seed,
+                info["train_size"],
+                info["train_available"],
+                info["train_per_class_min"],
+                info["train_per_class_max"],
+                info["num_classes"],
+            )
         else:
             log.info("%s: %d training images, %d classes", self.name, info["train_size"], info["num_classes"])
-        log.info("%s: validation on %s (%d images), test %d images; from %s", self.name,
-                 info["val_split"], info["val_size"], info["test_size"], info["source"])
+        log.info(
+            "%s: validation on %s (%d images), test %d images; from %s",
+            self.name,
+            info["val_split"],
+            info["val_size"],
+            info["test_size"],
+            info["source"],
+        )
         if self.skipped:
-            log.warning("%s: skipped %d bad file(s):\n  %s", self.name, len(self.skipped),
-                        "\n  ".join(self.skipped[:20]) + ("\n  ..." if len(self.skipped) > 20 else ""))
+            log.warning(
+                "%s: skipped %d bad file(s):\n  %s",
+                self.name,
+                len(self.skipped),
+                "\n  ".join(self.skipped[:20]) + ("\n  ..." if len(self.skipped) > 20 else ""),
+            )
         logger = getattr(self.trainer, "logger", None) if self.trainer is not None else None
         if logger is not None:
             try:
-                logger.log_hyperparams({f"data/{k}": v for k, v in info.items()
-                                        if isinstance(v, (int, float, str))})
+                logger.log_hyperparams({f"data/{k}": v for k, v in info.items() if isinstance(v, (int, float, str))})
             except Exception as exc:  # a logger refusing extra hparams must not stop training
                 log.debug("could not log data hparams: %s", exc)
 
@@ -420,8 +457,12 @@ class ImageDataModuleBase:
             self._caches[key] = cache
             if cache.skipped:
                 self.skipped.extend(cache.skipped)
-                log.warning("%s: skipped %d undecodable file(s) while caching:\n  %s", self.name,
-                            len(cache.skipped), "\n  ".join(cache.skipped[:20]))
+                log.warning(
+                    "%s: skipped %d undecodable file(s) while caching:\n  %s",
+                    self.name,
+                    len(cache.skipped),
+                    "\n  ".join(cache.skipped[:20]),
+                )
             self.subset_info["cache_bytes"] = int(sum(c.nbytes for c in self._caches.values()))
             self.subset_info["skipped_files"] = len(self.skipped)
         dataset.set_cache(cache)
@@ -434,9 +475,11 @@ class ImageDataModuleBase:
             per_rank = len(dataset) // self._world_size()
             drop_last = per_rank >= batch_size if self.drop_last is None else bool(self.drop_last)
             if drop_last and per_rank < batch_size:
-                raise ValueError(f"drop_last=True with {per_rank} training images per rank and "
-                                 f"batch_size={batch_size} leaves no batch; lower batch_size or "
-                                 "set drop_last=False")
+                raise ValueError(
+                    f"drop_last=True with {per_rank} training images per rank and "
+                    f"batch_size={batch_size} leaves no batch; lower batch_size or "
+                    "set drop_last=False"
+                )
         workers = self.num_workers
         return DataLoader(
             dataset,

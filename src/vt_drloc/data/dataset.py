@@ -8,8 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from vt_drloc.data.sources import SplitData
@@ -34,8 +34,7 @@ def _check_header(store: ImageStore, i: int) -> None:
     probe_image(store.read_bytes(i), store.where(i))
 
 
-def verify_samples(store: ImageStore, indices: np.ndarray, mode: str,
-                   skip_corrupt: bool) -> tuple[np.ndarray, list[str]]:
+def verify_samples(store: ImageStore, indices: np.ndarray, mode: str, skip_corrupt: bool) -> tuple[np.ndarray, list[str]]:
     """Check that the samples ``indices`` of ``store`` are images, before any training.
 
     ``mode``: ``"none"``; ``"header"`` reads the first bytes of each file (catches non-image and
@@ -48,8 +47,7 @@ def verify_samples(store: ImageStore, indices: np.ndarray, mode: str,
     indices = np.asarray(indices, np.int64)
     if mode == "none" or isinstance(store, ArrayStore) or len(indices) == 0:
         return indices, []
-    check: Callable[[int], None] = (lambda i: _check_header(store, i)) if mode == "header" \
-        else (lambda i: store.load(i) and None)
+    check: Callable[[int], None] = (lambda i: _check_header(store, i)) if mode == "header" else (lambda i: store.load(i) and None)
 
     def run(i: int) -> str | None:
         try:
@@ -68,7 +66,8 @@ def verify_samples(store: ImageStore, indices: np.ndarray, mode: str,
     bad = [k for k, e in enumerate(errors) if e is not None]
     if bad and not skip_corrupt:
         raise CorruptImageError(
-            f"{errors[bad[0]]}" + (f" (and {len(bad) - 1} more bad file(s))" if len(bad) > 1 else "")
+            f"{errors[bad[0]]}"
+            + (f" (and {len(bad) - 1} more bad file(s))" if len(bad) > 1 else "")
             + ". Remove or replace it, or pass skip_corrupt=True to skip bad files and report them"
         )
     keep = np.delete(indices, bad)
@@ -101,9 +100,7 @@ class ImageCache:
             arrays = list(pool.map(decode, indices, chunksize=256))
         bad = [k for k, a in enumerate(arrays) if isinstance(a, Exception)]
         if bad and not skip_corrupt:
-            raise CorruptImageError(
-                f"{arrays[bad[0]]}. Remove or replace it, or pass skip_corrupt=True to skip bad files"
-            )
+            raise CorruptImageError(f"{arrays[bad[0]]}. Remove or replace it, or pass skip_corrupt=True to skip bad files")
         self.skipped = [str(arrays[k]) for k in bad]
         bad_set = set(bad)
         good = [a for k, a in enumerate(arrays) if k not in bad_set]
@@ -125,8 +122,7 @@ class ImageDataset(Dataset):
     With ``cache`` given, images come from the decoded in-memory cache instead of the store.
     """
 
-    def __init__(self, split: SplitData, indices: np.ndarray, transform: Callable | None = None,
-                 cache: ImageCache | None = None) -> None:
+    def __init__(self, split: SplitData, indices: np.ndarray, transform: Callable | None = None, cache: ImageCache | None = None) -> None:
         self.split = split
         self.cache: ImageCache | None = None
         self.indices = np.asarray(indices, np.int64)

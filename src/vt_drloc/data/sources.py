@@ -80,9 +80,7 @@ class Location:
 
 def torchvision_default_root() -> Path:
     """Default torchvision download root: ``$TORCH_HOME/datasets`` (``~/.cache/torch/datasets``)."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch"
-    )
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch")
     return Path(torch_home).expanduser() / "datasets"
 
 
@@ -107,8 +105,7 @@ def _has_split_dirs(d: Path) -> bool:
     return (d / "train").is_dir()
 
 
-def _check_dir(spec: DatasetSpec, d: Path, dname: str | None, explicit: bool,
-               searched: list[str]) -> Location | None:
+def _check_dir(spec: DatasetSpec, d: Path, dname: str | None, explicit: bool, searched: list[str]) -> Location | None:
     if dname:
         tar = d / f"{dname}.tar"
         searched.append(str(tar))
@@ -173,14 +170,18 @@ def _not_found_message(spec: DatasetSpec, dname: str | None, root, searched: lis
         lines += [f"  {p}" for p in data_root_candidates()]
     lines.append("How to get it:")
     what = dname or "<name>"
-    lines.append(f"  - put {what}.tar (layout {what}/<split>/<class>/<image>) or the extracted "
-                 f"{what}/ folder in a directory and pass root=<that directory>, or set "
-                 f"{DATA_ENV_VAR}=<that directory>;")
+    lines.append(
+        f"  - put {what}.tar (layout {what}/<split>/<class>/<image>) or the extracted "
+        f"{what}/ folder in a directory and pass root=<that directory>, or set "
+        f"{DATA_ENV_VAR}=<that directory>;"
+    )
     if spec.name == "folder" and not dname:
         lines.append("  - for name='folder', pass folder_name=<name> or root=<the dataset folder or .tar>;")
     if spec.torchvision_marker:
-        lines.append(f"  - or {spec.download_hint} to have prepare_data() download it into "
-                     f"{str(root) if root is not None else torchvision_default_root()}.")
+        lines.append(
+            f"  - or {spec.download_hint} to have prepare_data() download it into "
+            f"{str(root) if root is not None else torchvision_default_root()}."
+        )
     else:
         lines.append(f"  - {spec.download_hint}.")
     return "\n".join(lines)
@@ -196,15 +197,12 @@ def _split_of(first: str, where: str, seen: dict[str, str]) -> str | None:
     if split is None:
         return None
     if split in seen and seen[split] != first:
-        raise DatasetLayoutError(
-            f"{where} has two folders for the {split!r} split: {seen[split]!r} and {first!r}; keep one"
-        )
+        raise DatasetLayoutError(f"{where} has two folders for the {split!r} split: {seen[split]!r} and {first!r}; keep one")
     seen[split] = first
     return split
 
 
-def _group_layout(rel_paths: list[str], where: str, skip_corrupt: bool,
-                  skipped: list[str]) -> dict[str, dict[str, list[str]]]:
+def _group_layout(rel_paths: list[str], where: str, skip_corrupt: bool, skipped: list[str]) -> dict[str, dict[str, list[str]]]:
     """``{split: {class: [rel_path, ...]}}`` from paths relative to the dataset folder.
 
     Files outside ``<split>/<class>/`` (e.g. ``classes.tsv`` next to the split folders) and hidden
@@ -239,8 +237,7 @@ def _group_layout(rel_paths: list[str], where: str, skip_corrupt: bool,
     return layout
 
 
-def _layout_to_splits(layout: dict[str, dict[str, list[str]]], where: str,
-                      make_store) -> tuple[list[str], dict[str, SplitData]]:
+def _layout_to_splits(layout: dict[str, dict[str, list[str]]], where: str, make_store) -> tuple[list[str], dict[str, SplitData]]:
     if "train" not in layout:
         raise DatasetLayoutError(
             f"{where} has no images under a train/<class>/ folder; expected "
@@ -280,11 +277,10 @@ def load_tar(path: Path, dname: str | None, skip_corrupt: bool) -> LoadedDataset
             prefix = tops[0] + "/"
         else:
             raise DatasetLayoutError(
-                f"archive {path} holds no {dname or '<name>'}/<split>/<class>/<image> layout; "
-                f"its top-level entries are {tops[:10]}"
+                f"archive {path} holds no {dname or '<name>'}/<split>/<class>/<image> layout; its top-level entries are {tops[:10]}"
             )
     where = f"{path}:{prefix.rstrip('/')}" if prefix else str(path)
-    pos = {n[len(prefix):]: i for i, n in enumerate(names) if n.startswith(prefix)}
+    pos = {n[len(prefix) :]: i for i, n in enumerate(names) if n.startswith(prefix)}
     skipped: list[str] = []
     layout = _group_layout(list(pos), where, skip_corrupt, skipped)
 
@@ -332,8 +328,9 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(f, encoding="latin1")
 
 
-def _load_cifar(d: Path, base: str, train_files: list[str], test_file: str, meta_file: str,
-                label_key: str, names_key: str) -> LoadedDataset:
+def _load_cifar(
+    d: Path, base: str, train_files: list[str], test_file: str, meta_file: str, label_key: str, names_key: str
+) -> LoadedDataset:
     """torchvision's CIFAR-10/100 pickles, read directly. torchvision's ``CIFAR10`` / ``CIFAR100``
     classes refuse any copy whose md5 differs from the original download ("Dataset not found or
     corrupted"): re-packed copies and the tests' small fixtures in the same format. Reading the
@@ -345,8 +342,7 @@ def _load_cifar(d: Path, base: str, train_files: list[str], test_file: str, meta
         for name in files:
             path = folder / name
             if not path.is_file():
-                raise DatasetNotFoundError(f"{path} is missing (torchvision {base}/ format); "
-                                           "re-download with download=True")
+                raise DatasetNotFoundError(f"{path} is missing (torchvision {base}/ format); re-download with download=True")
             entry = _unpickle(path)
             arrays.append(np.asarray(entry["data"], np.uint8))
             labels += list(entry[label_key] if label_key in entry else entry["labels"])
@@ -373,8 +369,7 @@ def _load_svhn(d: Path) -> LoadedDataset:
     for split in ("train", "test"):
         path = d / SVHN_FILES[split][1]
         if not path.is_file():
-            raise DatasetNotFoundError(f"{path} is missing (torchvision SVHN format); "
-                                       "download it with download=True")
+            raise DatasetNotFoundError(f"{path} is missing (torchvision SVHN format); download it with download=True")
         mat = load_mat(path)
         if "X" not in mat or "y" not in mat:
             raise DatasetLayoutError(f"{path} lacks the 'X' / 'y' arrays of an SVHN .mat file")
@@ -404,8 +399,7 @@ def _load_flowers(d: Path) -> LoadedDataset:
     return LoadedDataset(classes, splits, f"torchvision flowers-102/ in {d}")
 
 
-def load_location(spec: DatasetSpec, loc: Location, folder_name: str | None,
-                  skip_corrupt: bool) -> LoadedDataset:
+def load_location(spec: DatasetSpec, loc: Location, folder_name: str | None, skip_corrupt: bool) -> LoadedDataset:
     """Index every split of the dataset found at ``loc``."""
     dname = folder_name if spec.name == "folder" else spec.name
     if loc.kind == "tar":
@@ -413,11 +407,11 @@ def load_location(spec: DatasetSpec, loc: Location, folder_name: str | None,
     if loc.kind == "dir":
         return load_dir(loc.path, skip_corrupt)
     if spec.name == "cifar10":
-        return _load_cifar(loc.path, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
-                           "test_batch", "batches.meta", "labels", "label_names")
+        return _load_cifar(
+            loc.path, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta", "labels", "label_names"
+        )
     if spec.name == "cifar100":
-        return _load_cifar(loc.path, "cifar-100-python", ["train"], "test", "meta",
-                           "fine_labels", "fine_label_names")
+        return _load_cifar(loc.path, "cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names")
     if spec.name == "svhn":
         return _load_svhn(loc.path)
     if spec.name == "flowers102":

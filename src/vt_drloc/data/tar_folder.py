@@ -203,8 +203,7 @@ class ImageStore:
 class TarStore(ImageStore):
     """Members of an uncompressed tar archive, read by offset through a per-process handle."""
 
-    def __init__(self, path: str | Path, keys: list[str], offsets: np.ndarray, sizes: np.ndarray,
-                 member_prefix: str = "") -> None:
+    def __init__(self, path: str | Path, keys: list[str], offsets: np.ndarray, sizes: np.ndarray, member_prefix: str = "") -> None:
         self.path = str(path)
         self.keys = list(keys)
         self.offsets = np.asarray(offsets, np.int64)

@@ -11,7 +11,8 @@ parameters without allocating memory)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ __all__ = [
     "check_no_pretrained",
 ]
 
-IntOrPair = Union[int, Sequence[int]]
+IntOrPair = int | Sequence[int]
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -48,7 +49,7 @@ def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return out
 
 
-def tokens_to_nchw(x: Tensor, hw: Tuple[int, int], num_prefix: int = 0) -> Tensor:
+def tokens_to_nchw(x: Tensor, hw: tuple[int, int], num_prefix: int = 0) -> Tensor:
     """Tokens ``(B, num_prefix + H*W, C)`` -> map ``(B, C, H, W)`` (prefix tokens dropped)."""
     x = x[:, num_prefix:]
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
@@ -93,7 +94,7 @@ class MultiHeadAttentionBase(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, shape: Tuple[int, int, int]) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, shape: tuple[int, int, int]) -> Tensor:
         """Attention over heads, merged back to ``shape == (B, N, C)``, then the output projection."""
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(shape)
@@ -170,7 +171,7 @@ def linear_drop_path_rates(drop_path_rate: float, depths: Iterable[int]) -> list
 _SOURCE_KEYS = ("url", "file", "hf_hub_id", "state_dict")
 
 
-def check_no_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> None:
+def check_no_pretrained(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> None:
     """Raise a clear error for ``pretrained=True`` unless the caller supplied a weight source.
 
     No pretrained weights are published for these implementations. A local file can still be used
@@ -186,7 +187,6 @@ def check_no_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) 
         f"Use pretrained=False, or load a state dict saved from this model with "
         f"timm.create_model('{variant}', checkpoint_path='path/to/weights.pth')."
     )
-
 
 
 # ---------------------------------------------------------------------- timm model surface
@@ -216,7 +216,7 @@ class ClassifierMixin:
 
     def _init_classifier_surface(
         self,
-        img_size: Union[int, Tuple[int, int]],
+        img_size: int | tuple[int, int],
         in_chans: int,
         num_classes: int,
         global_pool: str,
@@ -243,7 +243,7 @@ class ClassifierMixin:
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
             self._check_global_pool(global_pool, self.num_prefix_tokens > 0)
@@ -255,7 +255,7 @@ class ClassifierMixin:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
-    def _prune_trunk(self, name: str, indices: Union[int, List[int]], prune_norm: bool, prune_head: bool) -> List[int]:
+    def _prune_trunk(self, name: str, indices: int | list[int], prune_norm: bool, prune_head: bool) -> list[int]:
         """``prune_intermediate_layers`` over the ``nn.ModuleList`` attribute ``name`` (stages / blocks)."""
         trunk = getattr(self, name)
         take_indices, max_index = feature_take_indices(len(trunk), indices)
@@ -278,7 +278,7 @@ class ClassifierMixin:
         return self.forward_head(self.forward_features(x))  # type: ignore[attr-defined]
 
 
-_DEFAULT_CFG: Dict[str, Any] = {
+_DEFAULT_CFG: dict[str, Any] = {
     "url": "",
     "num_classes": 1000,
     "input_size": (3, 224, 224),
@@ -293,19 +293,19 @@ _DEFAULT_CFG: Dict[str, Any] = {
 }
 
 # Overrides for the native 32-px (``*_c32``) variants.
-C32_CFG: Dict[str, Any] = dict(input_size=(3, 32, 32), crop_pct=1.0)
+C32_CFG: dict[str, Any] = dict(input_size=(3, 32, 32), crop_pct=1.0)
 
 
-def cfg_factory(**family: Any) -> Callable[..., Dict[str, Any]]:
+def cfg_factory(**family: Any) -> Callable[..., dict[str, Any]]:
     """A timm-style ``_cfg(**overrides)`` for one model family: common defaults < ``family`` < per model."""
 
-    def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    def _cfg(**kwargs: Any) -> dict[str, Any]:
         return {**_DEFAULT_CFG, **family, **kwargs}
 
     return _cfg
 
 
-def build_model(model_cls: Type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> Any:
+def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> Any:
     """``build_model_with_cfg`` with the pretrained check and a ``getter`` feature wrapper."""
     check_no_pretrained(variant, pretrained, kwargs)
     out_indices = kwargs.pop("out_indices", 3)

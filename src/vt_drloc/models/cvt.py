@@ -51,8 +51,9 @@ for the configured ``img_size``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -87,10 +88,10 @@ class ConvEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chs, dim, kernel_size=kernel, stride=stride, padding=padding, **dd)
         self.norm = nn.LayerNorm(dim, **dd)
 
-    def out_size(self, hw: Tuple[int, int]) -> Tuple[int, int]:
+    def out_size(self, hw: tuple[int, int]) -> tuple[int, int]:
         return tuple(conv_out_size(s, self.kernel, self.stride, self.padding) for s in hw)  # type: ignore[return-value]
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.proj(x)
         hw = (x.shape[-2], x.shape[-1])
         return self.norm(x.flatten(2).transpose(1, 2)), hw
@@ -148,7 +149,7 @@ class ConvProjectionAttention(MultiHeadAttentionBase):
         B, N, _ = x.shape
         return x.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, hw: Tuple[int, int], num_prefix: int) -> Tensor:
+    def forward(self, x: Tensor, hw: tuple[int, int], num_prefix: int) -> Tensor:
         B, N, C = x.shape
         prefix, tokens = x[:, :num_prefix], x[:, num_prefix:]
         grid = tokens_to_nchw(tokens, hw)
@@ -186,7 +187,15 @@ class ConvTransformerBlock(TransformerBlock):
     ) -> None:
         attn_layer = partial(ConvProjectionAttention, kernel=kernel, q_stride=1, kv_stride=kv_stride, shared_kv_conv=shared_kv_conv)
         super().__init__(
-            dim, num_heads, mlp_ratio, qkv_bias, proj_drop, attn_drop, drop_path, device=device, dtype=dtype,
+            dim,
+            num_heads,
+            mlp_ratio,
+            qkv_bias,
+            proj_drop,
+            attn_drop,
+            drop_path,
+            device=device,
+            dtype=dtype,
             attn_layer=attn_layer,
         )
 
@@ -232,7 +241,7 @@ class CvTStage(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x, hw = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
@@ -249,7 +258,7 @@ class CvT(ClassifierMixin, nn.Module):
 
     def __init__(
         self,
-        img_size: Union[int, Tuple[int, int]] = 224,
+        img_size: int | tuple[int, int] = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "token",
@@ -275,24 +284,35 @@ class CvT(ClassifierMixin, nn.Module):
     ) -> None:
         super().__init__()
         n = len(embed_dims)
-        self._init_classifier_surface(
-            img_size, in_chans, num_classes, global_pool, embed_dims[-1], 1 if class_token else 0, drop_path_rate
-        )
+        self._init_classifier_surface(img_size, in_chans, num_classes, global_pool, embed_dims[-1], 1 if class_token else 0, drop_path_rate)
         if not all(len(s) == n for s in (depths, num_heads, patch_sizes, patch_strides, patch_paddings)):
             raise ValueError("embed_dims, depths, num_heads and the patch_* tuples must have the same length")
         dd = {"device": device, "dtype": dtype}
 
         dpr = linear_drop_path_rates(drop_path_rate, depths)
-        stages: List[CvTStage] = []
-        self.feature_info: List[Dict[str, Any]] = []
+        stages: list[CvTStage] = []
+        self.feature_info: list[dict[str, Any]] = []
         in_chs, reduction, hw = in_chans, 1, self.img_size
         for i in range(n):
             stages.append(
                 CvTStage(
-                    in_chs, embed_dims[i], depths[i], num_heads[i], patch_sizes[i], patch_strides[i], patch_paddings[i],
-                    class_token=class_token and i == n - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                    proj_kernel=proj_kernel, kv_stride=kv_stride, proj_drop=proj_drop_rate,
-                    attn_drop=attn_drop_rate, drop_path=dpr[i], shared_kv_conv=shared_kv_conv, **dd,
+                    in_chs,
+                    embed_dims[i],
+                    depths[i],
+                    num_heads[i],
+                    patch_sizes[i],
+                    patch_strides[i],
+                    patch_paddings[i],
+                    class_token=class_token and i == n - 1,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    proj_kernel=proj_kernel,
+                    kv_stride=kv_stride,
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[i],
+                    shared_kv_conv=shared_kv_conv,
+                    **dd,
                 )
             )
             hw = stages[-1].patch_embed.out_size(hw)
@@ -300,7 +320,7 @@ class CvT(ClassifierMixin, nn.Module):
             in_chs = embed_dims[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.ModuleList(stages)
-        self.grid_size: Tuple[int, int] = hw
+        self.grid_size: tuple[int, int] = hw
         self.patch_size = reduction  # total stride of the final token grid
 
         self._init_head(drop_rate, **dd)
@@ -314,14 +334,16 @@ class CvT(ClassifierMixin, nn.Module):
 
     # ------------------------------------------------------------------ timm interface
     @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
+    def no_weight_decay(self) -> set[str]:
         return {f"stages.{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
             stem=r"^stages\.0\.patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
                 (r"^stages\.(\d+)\.blocks\.(\d+)", None),
                 (r"^stages\.(\d+)\.(patch_embed|cls_token)", (0,)),
                 (r"^norm", (99999,)),
@@ -337,12 +359,12 @@ class CvT(ClassifierMixin, nn.Module):
     def forward_intermediates(
         self,
         x: Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
+        indices: int | list[int] | None = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Stage outputs as feature maps (class token removed).
 
         Args:
@@ -360,7 +382,7 @@ class CvT(ClassifierMixin, nn.Module):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_index = len(self.stages) - 1
         stages = self.stages[: max_index + 1] if (stop_early and intermediates_only) else self.stages
-        intermediates: List[Tensor] = []
+        intermediates: list[Tensor] = []
         for i, stage in enumerate(stages):
             tokens, hw = stage(x)
             prefix = stage.num_prefix_tokens
@@ -374,10 +396,10 @@ class CvT(ClassifierMixin, nn.Module):
 
     def prune_intermediate_layers(
         self,
-        indices: Union[int, List[int]] = 1,
+        indices: int | list[int] = 1,
         prune_norm: bool = False,
         prune_head: bool = True,
-    ) -> List[int]:
+    ) -> list[int]:
         """Drop stages after the last requested one (and optionally the norm / head)."""
         _, max_index = feature_take_indices(len(self.stages), indices)
         if max_index < len(self.stages) - 1:
@@ -440,8 +462,15 @@ def cvt_13_drloc(pretrained: bool = False, **kwargs: Any) -> CvT:
     token, average-pooled classifier without a final norm, shared k/v conv, no q/k/v bias,
     19.94 M params; final grid 14x14 at 224 px."""
     args = dict(
-        embed_dims=(64, 192, 384), depths=(1, 2, 10), num_heads=(1, 3, 6), patch_paddings=(3, 1, 1),
-        class_token=False, global_pool="avg", final_norm=False, shared_kv_conv=True, qkv_bias=False,
+        embed_dims=(64, 192, 384),
+        depths=(1, 2, 10),
+        num_heads=(1, 3, 6),
+        patch_paddings=(3, 1, 1),
+        class_token=False,
+        global_pool="avg",
+        final_norm=False,
+        shared_kv_conv=True,
+        qkv_bias=False,
     )
     return _create_cvt("cvt_13_drloc", pretrained, **dict(args, **kwargs))
 

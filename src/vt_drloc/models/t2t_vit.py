@@ -48,15 +48,16 @@ The position table fixes the input size to ``img_size`` (a mismatching input rai
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import Mlp, to_2tuple
 from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import Block
 from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from vt_drloc.models._layers import (
@@ -79,7 +80,9 @@ class _TokenLayer(nn.Module):
     """Single-head token layer mapping width ``dim`` to ``out_dim``: ``y = v + proj(attention(q, k, v))``
     on ``LN(x)``, then ``y + MLP(LN(y))``. Subclasses define :meth:`attention`."""
 
-    def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 1.0, qkv_bias: bool = True, device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, mlp_ratio: float = 1.0, qkv_bias: bool = True, device: Any = None, dtype: Any = None
+    ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.out_dim = out_dim
@@ -171,7 +174,7 @@ class T2TModule(nn.Module):
 
     def __init__(
         self,
-        img_size: Union[int, Tuple[int, int]] = 224,
+        img_size: int | tuple[int, int] = 224,
         in_chans: int = 3,
         embed_dim: int = 384,
         token_dim: int = 64,
@@ -191,9 +194,7 @@ class T2TModule(nn.Module):
         dd = {"device": device, "dtype": dtype}
         self.img_size = to_2tuple(img_size)
         self.t2t_attn = t2t_attn
-        self.soft_splits = nn.ModuleList(
-            nn.Unfold(kernel_size=k, stride=s, padding=p) for k, s, p in zip(kernels, strides, paddings)
-        )
+        self.soft_splits = nn.ModuleList(nn.Unfold(kernel_size=k, stride=s, padding=p) for k, s, p in zip(kernels, strides, paddings))
         layers = []
         width = in_chans * kernels[0] ** 2
         for k in kernels[1:]:
@@ -205,12 +206,12 @@ class T2TModule(nn.Module):
         self.token_layers = nn.ModuleList(layers)
         self.proj = nn.Linear(width, embed_dim, **dd)
 
-        self.grid_sizes: List[Tuple[int, int]] = []
+        self.grid_sizes: list[tuple[int, int]] = []
         hw = self.img_size
         for k, s, p in zip(kernels, strides, paddings):
             hw = (conv_out_size(hw[0], k, s, p), conv_out_size(hw[1], k, s, p))
             self.grid_sizes.append(hw)
-        self.grid_size: Tuple[int, int] = hw
+        self.grid_size: tuple[int, int] = hw
         self.num_patches = hw[0] * hw[1]
         self.reduction = math.prod(strides)
 
@@ -233,7 +234,7 @@ class T2TViT(ClassifierMixin, nn.Module):
 
     def __init__(
         self,
-        img_size: Union[int, Tuple[int, int]] = 224,
+        img_size: int | tuple[int, int] = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
         global_pool: str = "token",
@@ -261,10 +262,18 @@ class T2TViT(ClassifierMixin, nn.Module):
         dd = {"device": device, "dtype": dtype}
 
         self.patch_embed = T2TModule(
-            self.img_size, in_chans, embed_dim, token_dim, t2t_attn, t2t_kernels, t2t_strides, t2t_paddings,
-            kernel_ratio, **dd,
+            self.img_size,
+            in_chans,
+            embed_dim,
+            token_dim,
+            t2t_attn,
+            t2t_kernels,
+            t2t_strides,
+            t2t_paddings,
+            kernel_ratio,
+            **dd,
         )
-        self.grid_size: Tuple[int, int] = self.patch_embed.grid_size
+        self.grid_size: tuple[int, int] = self.patch_embed.grid_size
         self.patch_size = self.patch_embed.reduction  # total stride of the token grid
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
@@ -274,14 +283,20 @@ class T2TViT(ClassifierMixin, nn.Module):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = linear_drop_path_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                  attn_drop=attn_drop_rate, drop_path=dpr[i], **dd)
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                **dd,
+            )
             for i in range(depth)
         )
         self._init_head(drop_rate, **dd)
-        self.feature_info = [
-            dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=self.patch_size) for i in range(depth)
-        ]
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=self.patch_size) for i in range(depth)]
 
         init_weights(self)
         if not self.cls_token.is_meta:
@@ -289,11 +304,11 @@ class T2TViT(ClassifierMixin, nn.Module):
 
     # ------------------------------------------------------------------ timm interface
     @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
+    def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     @torch.jit.ignore
@@ -313,12 +328,12 @@ class T2TViT(ClassifierMixin, nn.Module):
     def forward_intermediates(
         self,
         x: Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
+        indices: int | list[int] | None = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """Backbone block outputs as feature maps (class token removed).
 
         Args:
@@ -336,7 +351,7 @@ class T2TViT(ClassifierMixin, nn.Module):
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         blocks = self.blocks[: max_index + 1] if (stop_early and intermediates_only) else self.blocks
         x = self._embed(x)
-        intermediates: List[Tensor] = []
+        intermediates: list[Tensor] = []
         prefix = self.num_prefix_tokens
         for i, blk in enumerate(blocks):
             x = self._run_block(blk, x)
@@ -349,10 +364,10 @@ class T2TViT(ClassifierMixin, nn.Module):
 
     def prune_intermediate_layers(
         self,
-        indices: Union[int, List[int]] = 1,
+        indices: int | list[int] = 1,
         prune_norm: bool = False,
         prune_head: bool = True,
-    ) -> List[int]:
+    ) -> list[int]:
         """Drop blocks after the last requested one (and optionally the norm / head)."""
         return self._prune_trunk("blocks", indices, prune_norm, prune_head)
 

@@ -25,8 +25,24 @@ from typing import Any
 
 from vt_drloc.files import write_atomic
 from vt_drloc.report.sweep import (
-    LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, delta_text, new_figure, md_cell, mean_std, natural_key,
-    pct_text, png_bytes, find_job_dirs, load_sweep, paired_delta, records_task, task_text,
+    LAMBDA_KEY,
+    TASK_KEY,
+    TASK_TITLE,
+    Setting,
+    Sweep,
+    SweepError,
+    delta_text,
+    find_job_dirs,
+    load_sweep,
+    md_cell,
+    mean_std,
+    natural_key,
+    new_figure,
+    paired_delta,
+    pct_text,
+    png_bytes,
+    records_task,
+    task_text,
 )
 
 STUDY_FILES = ("study.csv", "study.md", "study.png")
@@ -122,12 +138,18 @@ class StudyRow:
             "lambda_drloc": self.lam,
             "drloc_options": self.options,
             "seeds_paired": d_test[2],
-            "baseline_test_acc1_mean": base_test[0], "baseline_test_acc1_std": base_test[1],
-            "drloc_test_acc1_mean": drl_test[0], "drloc_test_acc1_std": drl_test[1],
-            "delta_test_acc1_mean": d_test[0], "delta_test_acc1_std": d_test[1],
-            "delta_val_acc1_mean": d_val[0], "delta_val_acc1_std": d_val[1],
-            "baseline_wall_s": self.baseline.stats("wall_time_s")[0], "drloc_wall_s": self.drloc.stats("wall_time_s")[0],
-            f"{TASK_KEY}_mean": task_mean, f"{TASK_KEY}_std": task_std,
+            "baseline_test_acc1_mean": base_test[0],
+            "baseline_test_acc1_std": base_test[1],
+            "drloc_test_acc1_mean": drl_test[0],
+            "drloc_test_acc1_std": drl_test[1],
+            "delta_test_acc1_mean": d_test[0],
+            "delta_test_acc1_std": d_test[1],
+            "delta_val_acc1_mean": d_val[0],
+            "delta_val_acc1_std": d_val[1],
+            "baseline_wall_s": self.baseline.stats("wall_time_s")[0],
+            "drloc_wall_s": self.drloc.stats("wall_time_s")[0],
+            f"{TASK_KEY}_mean": task_mean,
+            f"{TASK_KEY}_std": task_std,
         }
 
 
@@ -197,20 +219,33 @@ def study_markdown(rows: list[StudyRow], title: str) -> str:
         "|" + "|".join(["---"] * (13 if with_task else 12)) + "|",
     ]
     if with_task:
-        lines[2] += (f" {TASK_TITLE}: the DRLoc runs' last-epoch training DRLoc loss over chance_l1 (near 1: the head "
-                     "did not learn to localise; – = not recorded by runs before it existed).")
+        lines[2] += (
+            f" {TASK_TITLE}: the DRLoc runs' last-epoch training DRLoc loss over chance_l1 (near 1: the head "
+            "did not learn to localise; – = not recorded by runs before it existed)."
+        )
     for row in rows:
         v = row.values()
-        lines.append("| " + " | ".join([
-            md_cell(row.label), f"`{v['model']}`", f"{_params(v['backbone_params'])} ({_params(v['head_params'])})",
-            f"{v['train_size']:,}" if isinstance(v["train_size"], int) else "–", str(v["epochs"] or "–"), row.lam,
-            md_cell(v["drloc_options"]),
-            pct_text(*row.baseline.stats("test_acc1")[:2]), pct_text(*row.drloc.stats("test_acc1")[:2]),
-            delta_text(paired_delta(row.drloc, row.baseline, "test_acc1")),
-            delta_text(paired_delta(row.drloc, row.baseline, "val_acc1")),
-            *([task_text(row.drloc)] if with_task else []),
-            f"{_seconds(v['baseline_wall_s'])} / {_seconds(v['drloc_wall_s'])}",
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    md_cell(row.label),
+                    f"`{v['model']}`",
+                    f"{_params(v['backbone_params'])} ({_params(v['head_params'])})",
+                    f"{v['train_size']:,}" if isinstance(v["train_size"], int) else "–",
+                    str(v["epochs"] or "–"),
+                    row.lam,
+                    md_cell(v["drloc_options"]),
+                    pct_text(*row.baseline.stats("test_acc1")[:2]),
+                    pct_text(*row.drloc.stats("test_acc1")[:2]),
+                    delta_text(paired_delta(row.drloc, row.baseline, "test_acc1")),
+                    delta_text(paired_delta(row.drloc, row.baseline, "val_acc1")),
+                    *([task_text(row.drloc)] if with_task else []),
+                    f"{_seconds(v['baseline_wall_s'])} / {_seconds(v['drloc_wall_s'])}",
+                ]
+            )
+            + " |"
+        )
     lines += ["", "Per-cell tables and figures: `<cell>/summary.md`, `<cell>/summary.png`, `<cell>/curves.png`; figure: `study.png`.", ""]
     return "\n".join(lines)
 
@@ -257,4 +292,15 @@ def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path
     return paths
 
 
-__all__ = ["KEPT_JOB_FILES", "STUDY_FILES", "StudyRow", "copy_sweep_results", "find_cells", "load_study", "plot_study", "study_csv", "study_markdown", "write_study"]
+__all__ = [
+    "KEPT_JOB_FILES",
+    "STUDY_FILES",
+    "StudyRow",
+    "copy_sweep_results",
+    "find_cells",
+    "load_study",
+    "plot_study",
+    "study_csv",
+    "study_markdown",
+    "write_study",
+]

@@ -45,8 +45,19 @@ LAMBDA_KEY = "drloc.lambda_drloc"
 SEED_KEY = "seed"
 # results.json fields copied into summary.csv, after the swept values.
 RESULT_COLUMNS = (
-    "seed", "lambda_drloc", "model", "data", "train_size", "epochs",
-    "val_acc1", "val_acc5", "best_val_acc1", "test_acc1", "test_acc5", "wall_time_s", "images_per_s",
+    "seed",
+    "lambda_drloc",
+    "model",
+    "data",
+    "train_size",
+    "epochs",
+    "val_acc1",
+    "val_acc5",
+    "best_val_acc1",
+    "test_acc1",
+    "test_acc5",
+    "wall_time_s",
+    "images_per_s",
 )
 # (results.json key, column title) of the accuracies aggregated in summary.md.
 SUMMARY_METRICS = (("val_acc1", "val acc1"), ("test_acc1", "test acc1"), ("test_acc5", "test acc5"))
@@ -287,7 +298,9 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     """Read every job of ``sweep_dir``; raises :class:`SweepError` if it holds none."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise SweepError(f"{str(sweep_dir)!r} is not a folder. Pass the sweep dir of a multirun (the folder holding multirun.yaml and one subfolder per job).")
+        raise SweepError(
+            f"{str(sweep_dir)!r} is not a folder. Pass the sweep dir of a multirun (the folder holding multirun.yaml and one subfolder per job)."
+        )
     jobs = [load_job(d, d.relative_to(sweep_dir).as_posix()) for d in find_job_dirs(sweep_dir)]
     if not jobs:
         raise SweepError(
@@ -323,13 +336,15 @@ def summary_csv(sweep: Sweep) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for job in sweep.jobs:
-        writer.writerow([
-            job.name,
-            job.status,
-            *(job.overrides.get(k, "") for k in sweep.swept),
-            *(_number_text(job.results.get(c)) for c in result_cols),
-            job.error.splitlines()[0][:300] if job.error else "",
-        ])
+        writer.writerow(
+            [
+                job.name,
+                job.status,
+                *(job.overrides.get(k, "") for k in sweep.swept),
+                *(_number_text(job.results.get(c)) for c in result_cols),
+                job.error.splitlines()[0][:300] if job.error else "",
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -486,7 +501,9 @@ def plot_summary(sweep: Sweep):
     key), the mean ± std over its seeds as a marker labelled with the seed count, on an axis at
     least :data:`MIN_SPAN_PCT` points tall; when λ = 0 baselines exist, a last panel shows the
     per-seed paired differences (DRLoc run minus the baseline of the same seed) with a zero line."""
-    metrics = [(k, t) for k, t in (("val_acc1", "val acc1"), ("test_acc1", "test acc1")) if any(j.metric(k) is not None for j in sweep.jobs)]
+    metrics = [
+        (k, t) for k, t in (("val_acc1", "val acc1"), ("test_acc1", "test acc1")) if any(j.metric(k) is not None for j in sweep.jobs)
+    ]
     metrics = metrics or [("val_acc1", "val acc1")]
     settings = sweep.settings()
     paired = [(st, base) for st in settings if (base := sweep.baseline_of(st, settings)) is not None and base is not st]
@@ -517,7 +534,9 @@ def plot_summary(sweep: Sweep):
             label = _group_label(sweep, setting)
             index = by_group.get(label, 0)
             shift = (index - (len(groups) - 1) / 2) * jitter * 0.6
-            _draw_spread(ax, _setting_x(sweep, setting, positions) + shift, diffs, f"C{index % 10}", None if label in labelled else label, jitter)
+            _draw_spread(
+                ax, _setting_x(sweep, setting, positions) + shift, diffs, f"C{index % 10}", None if label in labelled else label, jitter
+            )
             labelled.add(label)
         ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
         ax.set_title(f"Δ {delta_key.replace('_', ' ')} vs λ = 0, paired by seed", fontsize=9)
@@ -532,7 +551,9 @@ def plot_summary(sweep: Sweep):
         if len(groups) > 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title=", ".join(sweep.group_keys), title_fontsize=7)
     failed = len(sweep.failed)
-    fig.suptitle(f"Sweep {sweep.path.name}" + (f" ({failed} failed job{'s' if failed != 1 else ''} left out)" if failed else ""), fontsize=11)
+    fig.suptitle(
+        f"Sweep {sweep.path.name}" + (f" ({failed} failed job{'s' if failed != 1 else ''} left out)" if failed else ""), fontsize=11
+    )
     return fig
 
 
@@ -576,7 +597,9 @@ def plot_curves(sweep: Sweep, metric: str = CURVE_METRIC):
                 style = {"color": cmap(0.15 + 0.7 * shade), "label": f"{name}={value}" if sweep.x_key else name}
             ax.plot(epochs, means, marker="o", markersize=3, **style)
             if any(stds):
-                ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=style["color"], alpha=0.15)
+                ax.fill_between(
+                    epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=style["color"], alpha=0.15
+                )
         if sweep.group_keys:
             ax.set_title(label, fontsize=10)
         ax.xaxis.set_major_locator(_integer_locator())
@@ -585,10 +608,17 @@ def plot_curves(sweep: Sweep, metric: str = CURVE_METRIC):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    for ax in axes[len(groups):]:
+    for ax in axes[len(groups) :]:
         ax.set_axis_off()
     if not anything:
-        axes[0].text(0.5, 0.5, f"no {metric} logged\n(the CSV logger writes <job>/csv/metrics.csv)", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].text(
+            0.5,
+            0.5,
+            f"no {metric} logged\n(the CSV logger writes <job>/csv/metrics.csv)",
+            ha="center",
+            va="center",
+            transform=axes[0].transAxes,
+        )
     fig.suptitle(f"{metric} per epoch, mean ± std over seeds: baseline vs DRLoc", fontsize=11)
     return fig
 
@@ -664,7 +694,21 @@ def iter_values(sweep: Sweep, key: str) -> Iterable[str]:
 
 
 __all__ = [
-    "SUMMARY_FILES", "Job", "Setting", "Sweep", "SweepError", "SweepSummary", "final_metrics", "iter_values",
-    "load_sweep", "non_finite_metrics", "paired_delta", "plot_curves", "plot_summary", "read_curve",
-    "summary_csv", "summary_markdown", "write_summary",
+    "SUMMARY_FILES",
+    "Job",
+    "Setting",
+    "Sweep",
+    "SweepError",
+    "SweepSummary",
+    "final_metrics",
+    "iter_values",
+    "load_sweep",
+    "non_finite_metrics",
+    "paired_delta",
+    "plot_curves",
+    "plot_summary",
+    "read_curve",
+    "summary_csv",
+    "summary_markdown",
+    "write_summary",
 ]
