@@ -40,7 +40,6 @@ Written once as :class:`DrLocCallbackBase` and built for each Lightning package:
 from __future__ import annotations
 
 import difflib
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -58,6 +57,7 @@ from vt_drloc.tap import (
     find_timm_models,
     fixed_input_size,
     is_timm_model,
+    patch_method,
     prefix_owner,
     sample_input_shape,
 )
@@ -356,22 +356,10 @@ class DrLocCallbackBase:
         self._undo.append(pl_module.register_load_state_dict_post_hook(allow_missing_head).remove)
 
     def _wrap_training_step(self, trainer: Any, pl_module: Any) -> None:
-        original = pl_module.training_step
-        had_instance_attr = "training_step" in pl_module.__dict__
+        def wrap(original: Callable) -> Callable:
+            return lambda *args, **kwargs: self._training_step(trainer, pl_module, original, *args, **kwargs)
 
-        @functools.wraps(original)
-        def training_step(*args: Any, **kwargs: Any) -> Any:
-            return self._training_step(trainer, pl_module, original, *args, **kwargs)
-
-        pl_module.training_step = training_step
-
-        def restore_training_step() -> None:
-            if had_instance_attr:
-                pl_module.training_step = original
-            else:
-                pl_module.__dict__.pop("training_step", None)
-
-        self._undo.append(restore_training_step)
+        self._undo.append(patch_method(pl_module, "training_step", wrap))
 
     def _detach(self) -> None:
         while self._undo:

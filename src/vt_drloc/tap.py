@@ -20,6 +20,7 @@ A model without a final norm (ResNet, the released CvT) gives the same grid eith
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -294,6 +295,22 @@ def sample_input_shape(dataset: Any) -> tuple[int, ...] | None:
     return None
 
 
+def patch_method(obj: Any, name: str, wrap: Any) -> Any:
+    """Set ``obj.<name>`` to ``wrap(original bound method)`` as an instance attribute; returns the undo
+    (which restores an instance attribute the object had, or removes ours)."""
+    original = getattr(obj, name)
+    had_instance_attr = name in obj.__dict__
+    setattr(obj, name, functools.wraps(original)(wrap(original)))
+
+    def undo() -> None:
+        if had_instance_attr:
+            setattr(obj, name, original)
+        else:
+            obj.__dict__.pop(name, None)
+
+    return undo
+
+
 class GridCapture:
     """Captures the grid of a forward run by other code (the user's ``training_step``).
 
@@ -341,23 +358,16 @@ class GridCapture:
     def wrap_forward_features(self, backbone: nn.Module, name: str) -> None:
         """Capture ``backbone.forward_features``' output (an instance attribute, removed by :meth:`detach`)."""
         self.name, self.owner = name, backbone
-        original = backbone.forward_features
-        had_instance_attr = "forward_features" in backbone.__dict__
 
-        def forward_features(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            self._record(out)
-            return out
+        def wrap(original: Any) -> Any:
+            def forward_features(*args: Any, **kwargs: Any) -> Any:
+                out = original(*args, **kwargs)
+                self._record(out)
+                return out
 
-        backbone.forward_features = forward_features
+            return forward_features
 
-        def restore() -> None:
-            if had_instance_attr:
-                backbone.forward_features = original
-            else:
-                backbone.__dict__.pop("forward_features", None)
-
-        self._undo.append(restore)
+        self._undo.append(patch_method(backbone, "forward_features", wrap))
 
     def detach(self) -> None:
         while self._undo:

@@ -365,6 +365,9 @@ def load_mat(path: Path) -> dict[str, np.ndarray]:
 
 
 def _load_svhn(d: Path) -> LoadedDataset:
+    """torchvision's SVHN ``.mat`` files through ``scipy.io.loadmat``, as torchvision reads them; not
+    through ``torchvision.datasets.SVHN``, which refuses any file whose md5 differs from the
+    original download (the tests' fixtures in the same format)."""
     splits: dict[str, SplitData] = {}
     for split in ("train", "test"):
         path = d / SVHN_FILES[split][1]
