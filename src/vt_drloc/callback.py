@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from vt_drloc.drloc import DrLocLoss
 from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI
 from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
-from vt_drloc.optim import weight_decay_groups
+from vt_drloc.optim import add_param_groups
 from vt_drloc.tap import (
     GRID_FORMATS,
     GridCapture,
@@ -65,18 +65,6 @@ from vt_drloc.tap import (
 __all__ = ["GRID_FORMATS", "HEAD_ATTR", "DrLocCallback", "DrLocCallbackBase", "find_timm_models", "is_timm_model"]
 
 HEAD_ATTR = "_drloc_loss"
-# per-parameter-group lists of torch (and timm) LR schedulers
-_SCHEDULER_GROUP_LISTS = ("base_lrs", "lr_lambdas", "min_lrs", "max_lrs", "_last_lr", "base_values")
-
-
-def _extend_scheduler(scheduler: Any, old_groups: int, added: int) -> None:
-    """Give a scheduler built for ``old_groups`` parameter groups entries for ``added`` more (copies of group 0's)."""
-    for attr in _SCHEDULER_GROUP_LISTS:
-        values = getattr(scheduler, attr, None)
-        if isinstance(values, list) and len(values) == old_groups and values:
-            values.extend([values[0]] * added)
-    for child in getattr(scheduler, "_schedulers", None) or ():
-        _extend_scheduler(child, old_groups, added)
 
 
 def _first_training_dataset(trainer: Any) -> Any:
@@ -406,28 +394,9 @@ class DrLocCallbackBase:
             self.lightning.rank_zero_warn("DrLocCallback: the module configured no optimizer, so the DRLoc head will not be trained.")
             return
         optimizer = trainer.optimizers[0]
-        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = {id(p) for p in self.loss.parameters() if id(p) not in held}
-        if not missing:
-            return  # configure_optimizers already covered the head (e.g. it used self.parameters())
-        template = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-        template["initial_lr"] = template.get("initial_lr", template["lr"])
-        weight_decay = template.get("weight_decay", 0.0) or 0.0
-        if weight_decay > 0:
-            groups = weight_decay_groups([self.loss], weight_decay)
-        else:
-            groups = [{"params": list(self.loss.parameters())}]
-        old_groups = len(optimizer.param_groups)
-        added = 0
-        for group in groups:
-            params = [p for p in group["params"] if id(p) in missing]
-            if params:
-                optimizer.add_param_group({**template, **group, "params": params})
-                added += 1
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-        for scheduler in schedulers:
-            _extend_scheduler(scheduler, old_groups, added)
-        if schedulers and "scheduler" not in self._warned:
+        added = add_param_groups(optimizer, self.loss, schedulers)
+        if added and schedulers and "scheduler" not in self._warned:
             self._warned.add("scheduler")
             self.lightning.rank_zero_warn(
                 f"DrLocCallback added the DRLoc head's parameters to {type(optimizer).__name__} as {added} new parameter "
