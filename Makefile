@@ -26,7 +26,7 @@ lint: install
 # The README's main job: the quickstart for lambda = 0 and the default lambda, as one Hydra multirun;
 # the sweep summary at the end prints both test accuracies.
 train: install
-	$(BIN)/python -m vt_drloc.train -m experiment=quickstart drloc.lambda_drloc=0,0.1
+	$(BIN)/python -m vt_drloc.train -m experiment=quickstart drloc.lambda_drloc=0,1
 
 bench: install
 	$(BIN)/python bench/overhead.py
