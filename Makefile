@@ -15,7 +15,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q tests
 
 # ruff (configured in pyproject.toml): lint, then check the formatting; `ruff format` fixes the latter.

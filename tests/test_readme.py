@@ -33,7 +33,7 @@ def test_two_commands_are_the_make_targets():
     text = README.read_text()
     assert "make train" in text and "make test" in text
     makefile = (README.parent / "Makefile").read_text()
-    assert re.search(r"^train: install$", makefile, flags=re.M) and re.search(r"^test: install$", makefile, flags=re.M)
+    assert re.search(r"^train: install$", makefile, flags=re.M) and re.search(r"^test: install lint$", makefile, flags=re.M)
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
 
