@@ -4,8 +4,9 @@ For every DRLoc setting (λ > 0) of every cell of the given study dirs (see vt_d
 ``train/drloc_epoch`` from each job's CSV log and prints, mean ± std over seeds, the loss of the
 first and of the last epoch beside ``chance_l1``: the loss of a head that predicts the best
 constant offset, i.e. knows nothing about positions. A last-epoch loss near chance means the
-localisation task was not learned, so DRLoc can only have acted as noise. Prints a markdown table
-and writes bench/results/drloc_task.json.
+localisation task was not learned, so DRLoc can only have acted as noise. It also says when the
+head learned: per seed, the first epoch (1-based) whose loss fell below half of chance ("–": never).
+Prints a markdown table and writes bench/results/drloc_task.json.
 
     python bench/drloc_task.py docs/results/study_cifar10 docs/results/study_flowers102 --grid 8
 """
@@ -21,6 +22,7 @@ from vt_drloc.drloc import chance_l1
 from vt_drloc.report import load_study, read_curve
 
 LOSS_COLUMN = "train/drloc_epoch"
+LEARNED_FRACTION = 0.5  # "learned": the epoch loss first below this fraction of chance
 
 
 def _mean_std(values: list[float]) -> str:
@@ -40,6 +42,7 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
                 continue  # chance_l1 is the chance level of the l1 loss only
             chance = chance_l1(grid, grid, options.get("target", "abs"))
             last = [c[-1] for c in curves]
+            learned = [next((i + 1 for i, v in enumerate(c) if v < LEARNED_FRACTION * chance), None) for c in curves]
             rows.append(
                 {
                     "study": study_dir.name,
@@ -51,6 +54,7 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
                     "last_epoch": last,
                     "chance": chance,
                     "last_over_chance": statistics.fmean(last) / chance if last else None,
+                    "learned_epoch": learned,
                 }
             )
     return rows
@@ -58,14 +62,16 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
 
 def markdown(rows: list[dict], grid: int) -> str:
     lines = [
-        f"| study | cell | λ | target | seeds | DRLoc loss, epoch 1 | DRLoc loss, last epoch | chance ({grid}×{grid}) | last / chance |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| study | cell | λ | target | seeds | DRLoc loss, epoch 1 | DRLoc loss, last epoch | chance ({grid}×{grid}) | last / chance "
+        "| epoch < chance / 2, per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = "–" if r["last_over_chance"] is None else f"{r['last_over_chance']:.2f}"
         lines.append(
             f"| {r['study']} | {r['cell']} | {r['lambda']} | {r['target']} | {r['seeds']} | {_mean_std(r['first_epoch'])} "
-            f"| {_mean_std(r['last_epoch'])} | {r['chance']:.3f} | {ratio} |"
+            f"| {_mean_std(r['last_epoch'])} | {r['chance']:.3f} | {ratio} "
+            f"| {', '.join('–' if e is None else str(e) for e in r['learned_epoch'])} |"
         )
     return "\n".join(lines)
 

@@ -91,3 +91,14 @@ def test_results_md_quotes_the_drloc_task_table():
         assert line in text, f"docs/results.md lacks this row of bench/drloc_task.py:\n{line}"
     rows = bench.task_rows(STUDIES, 8)
     assert rows and all(r["seeds"] >= 3 and 0 < r["last_over_chance"] < 1.1 for r in rows)
+
+
+PROBES = ROOT / "docs" / "probes"
+
+
+@pytest.mark.parametrize("cell", sorted(PROBES.glob("*/*/summary.md")) if PROBES.is_dir() else [], ids=lambda p: p.parent.name)
+def test_single_seed_probes_are_what_the_report_writes(cell):
+    """docs/probes: single-seed diagnostic runs (kept out of the >= 3-seed study tables), each summary
+    what the report writes from its committed jobs, and quoted in docs/results.md."""
+    assert cell.read_text() == summary_markdown(load_sweep(cell.parent))
+    assert f"probes/{cell.parent.parent.name}/{cell.parent.name}" in RESULTS_MD.read_text()
