@@ -166,6 +166,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _positive_or_null(value: Any) -> bool:
+    return value is None or (_is_number(value) and value > 0)
+
+
 def check_run_config(cfg: DictConfig) -> None:
     """The user-facing keys that Lightning / the module would accept silently or fail on late and
     cryptically (ZeroDivisionError, a run that trains nothing). Run before anything is built."""
@@ -184,24 +188,16 @@ def check_run_config(cfg: DictConfig) -> None:
         need(_is_number(drloc.warmup_epochs) and drloc.warmup_epochs >= 0, "drloc.warmup_epochs", "use a number >= 0")
         need(drloc.seed is None or (_is_int(drloc.seed) and drloc.seed >= 0), "drloc.seed", "use an integer >= 0, or null")
         need(
-            drloc.decay_epochs is None or (_is_number(drloc.decay_epochs) and drloc.decay_epochs > 0),
+            _positive_or_null(drloc.decay_epochs),
             "drloc.decay_epochs",
             "use the epoch at which lambda reaches 0 (a number > 0), or null for trainer.max_epochs",
         )
-    if optim is not None and "lr_batch_scale" in optim:
-        scale = optim.lr_batch_scale
-        need(
-            scale is None or (_is_number(scale) and scale > 0),
-            "optim.lr_batch_scale",
-            "use a batch size > 0 (the paper: 512), or null to use lr as given",
-        )
-    if optim is not None and "decay_epochs" in optim:
-        decay = optim.decay_epochs
-        need(
-            decay is None or (_is_number(decay) and decay > 0),
-            "optim.decay_epochs",
-            "use the epoch at which the cosine reaches min_lr (a number > 0), or null for trainer.max_epochs",
-        )
+    for key, rule in (
+        ("lr_batch_scale", "use a batch size > 0 (the paper: 512), or null to use lr as given"),
+        ("decay_epochs", "use the epoch at which the cosine reaches min_lr (a number > 0), or null for trainer.max_epochs"),
+    ):
+        if optim is not None and key in optim:
+            need(_positive_or_null(optim[key]), f"optim.{key}", rule)
     if optim is not None and "warmup_prefix" in optim:
         need(isinstance(optim.warmup_prefix, bool), "optim.warmup_prefix", "use true (cosine after the warm-up) or false (timm / released)")
     if trainer is not None:
