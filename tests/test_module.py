@@ -318,3 +318,31 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
     restored = DrLocModule.load_from_checkpoint(path)
     assert restored.drloc_config == by_old.drloc_config
     assert all(torch.equal(v, by_old.state_dict()[k]) for k, v in restored.state_dict().items())
+
+
+def test_optimizer_is_named_by_class_mapping_or_partial_and_checked_at_construction(tmp_path):
+    import functools
+
+    specs = [torch.optim.SGD, "torch.optim.SGD", {"_target_": "torch.optim.SGD"}, functools.partial(torch.optim.SGD)]
+    for spec in specs:
+        assert tiny_module(optimizer=spec).hparams.optimizer == {"_target_": "torch.optim.SGD"}
+    assert tiny_module().hparams.optimizer == {"_target_": "torch.optim.AdamW", "betas": [0.9, 0.999]}
+    assert tiny_module(betas=(0.8, 0.9)).hparams.optimizer["betas"] == [0.8, 0.9]
+    module = tiny_module(optimizer={"_target_": "torch.optim.SGD", "momentum": 0.9}, weight_decay=0.01, lr=0.02)
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t.fit(module, random_loader())
+    optimizer = t.optimizers[0]
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["momentum"] == 0.9
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.01]  # the module's groups
+    path = tmp_path / "sgd.ckpt"
+    t.save_checkpoint(path)
+    restored = DrLocModule.load_from_checkpoint(path, weights_only=True)
+    assert restored.hparams.optimizer == module.hparams.optimizer
+    with pytest.raises(ValueError, match=r"torch.optim.SGD.*weight_decay: these come from the module"):
+        tiny_module(optimizer={"_target_": "torch.optim.SGD", "weight_decay": 0.1})
+    with pytest.raises(ValueError, match=r"_target_='torch.optim.Nope' cannot be imported"):
+        tiny_module(optimizer="torch.optim.Nope")
+    with pytest.raises(ValueError, match=r"has no _target_"):
+        tiny_module(optimizer={"momentum": 0.9})
+    with pytest.raises(ValueError, match=r"SGD.*unexpected keyword argument 'betas'"):
+        tiny_module(optimizer={"_target_": "torch.optim.SGD", "betas": [0.9, 0.99]})

@@ -367,3 +367,24 @@ def test_module_group_instantiates_the_users_own_class(tmp_path, monkeypatch):
     assert "custom_module" in sys.modules
     with pytest.raises(UserError, match=r"module config \(vt_drloc.module.DrLocModule\): .*sample_size"):
         build_module(compose_cfg([*TINY, "drloc.sample_size=0"]), 10, 0.1)
+
+
+def test_optim_group_builds_the_optimizer_it_names(tmp_path):
+    # optim.optimizer is a _partial_ of the class, as in lightning-hydra-template; the module owns lr / weight decay
+    cfg = compose_cfg([*TINY, "optim=sgd", "optim.optimizer.momentum=0.8"], tmp_path / "run")
+    module = build_module(cfg, 10, 0.1)
+    assert module.hparams.optimizer == {"_target_": "torch.optim.SGD", "momentum": 0.8, "nesterov": True}
+    results = train(cfg)
+    assert results["global_step"] == 2
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["optimizer"]["_target_"] == "torch.optim.SGD"
+    assert "momentum_buffer" in next(iter(saved["optimizer_states"][0]["state"].values()))
+    nadam = build_module(compose_cfg([*TINY, "optim.optimizer._target_=torch.optim.NAdam"]), 10, 0.1)
+    assert nadam.hparams.optimizer == {"_target_": "torch.optim.NAdam", "betas": [0.9, 0.999]}
+    for override, message in [
+        ("+optim.optimizer.foo=1", r"AdamW.*unexpected keyword argument 'foo'"),
+        ("+optim.optimizer.lr=1", r"sets lr: these come from the module's own arguments \(optim.lr"),
+        ("optim.optimizer._target_=torch.nn.Linear", r"is not a torch.optim.Optimizer class"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            build_module(compose_cfg([*TINY, override]), 10, 0.1)

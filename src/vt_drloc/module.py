@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vt_drloc.drloc import DrLocLoss
 from vt_drloc.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
-from vt_drloc.optim import warmup_cosine_factor, weight_decay_groups
+from vt_drloc.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
 from vt_drloc.tap import GridInfo, probe_grid, tap_grid
 
 __all__ = ["DrLocModule", "DrLocModuleBase", "classification_loss", "warmup_cosine_factor", "weight_decay_groups"]
@@ -54,8 +54,13 @@ class DrLocModuleBase:
             may be given as keyword arguments (``DrLocModule(..., schedule="constant")``) except
             ``warmup_epochs``, which at the top level is the optimizer's, as in ``conf/optim``. The
             names of vt_drloc 0.1 (``drloc_mode``, ``lambda_schedule``, ...) are still accepted.
-        lr, weight_decay, warmup_epochs, min_lr, betas: AdamW with per-step linear warm-up and
-            cosine decay to ``min_lr``.
+        lr, weight_decay, warmup_epochs, min_lr: per-step linear warm-up and cosine decay to
+            ``min_lr``; weight decay on weights only (not norms, biases, position embeddings).
+        optimizer: the optimizer class and its other settings: ``None`` (AdamW with ``betas``), a
+            mapping ``{"_target_": "torch.optim.SGD", "momentum": 0.9}``, a ``functools.partial``
+            of the class (Hydra's ``_partial_: true``, as ``conf/optim`` builds it) or the class;
+            see :func:`vt_drloc.optim.optimizer_spec`.
+        betas: AdamW's, used when ``optimizer`` is ``None``.
         lr_decay_epochs: the epoch the cosine reaches ``min_lr`` (``None`` = ``max_epochs``; the
             released runs: 300 with 100 trained).
         warmup_prefix: ``True`` (default): the cosine starts after the warm-up; ``False``: it is
@@ -89,6 +94,7 @@ class DrLocModuleBase:
         input_size: Sequence[int] | int | None = None,
         lr_decay_epochs: float | None = None,
         warmup_prefix: bool = True,
+        optimizer: Any = None,
         **drloc_options: Any,
     ):
         super().__init__()
@@ -99,6 +105,7 @@ class DrLocModuleBase:
             drloc_options["lambda_drloc"] = lambda_drloc
         config = DrLocConfig.build(drloc, **drloc_options)
         self._check_args(model_name, num_classes, lr, weight_decay, warmup_epochs, min_lr, label_smoothing)
+        optimizer = optimizer_spec(plain(optimizer), betas)
         if lr_decay_epochs is not None and not lr_decay_epochs > 0:
             raise ValueError(f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches min_lr), or None for max_epochs")
         self.save_hyperparameters(
@@ -117,6 +124,7 @@ class DrLocModuleBase:
                 "input_size": input_size,
                 "lr_decay_epochs": lr_decay_epochs,
                 "warmup_prefix": warmup_prefix,
+                "optimizer": optimizer,
             }
         )
 
@@ -230,7 +238,9 @@ class DrLocModuleBase:
     def configure_optimizers(self):
         hp = self.hparams
         modules = [self.model] + ([self.drloc] if self.drloc is not None else [])
-        optimizer = torch.optim.AdamW(weight_decay_groups(modules, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        # checkpoints of vt_drloc <= 0.2 carry no optimizer: AdamW with their betas, as they trained
+        spec = hp.get("optimizer") or optimizer_spec(None, hp.betas)
+        optimizer = build_optimizer(plain(spec), weight_decay_groups(modules, hp.weight_decay), lr=hp.lr)
         train_steps = max(1, int(self.trainer.estimated_stepping_batches))
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         steps_per_epoch = train_steps / max_epochs

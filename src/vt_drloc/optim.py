@@ -1,13 +1,96 @@
-"""Optimizer pieces both faces use: AdamW parameter groups and the warm-up + cosine LR factor."""
+"""Optimizer pieces both faces use: the optimizer a config names, AdamW-style parameter groups and
+the warm-up + cosine LR factor."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
+
+# set from the module's own arguments (optim.lr, optim.weight_decay) and its parameter groups
+_OWNED_BY_MODULE = ("params", "lr", "weight_decay")
+
+
+def optimizer_spec(optimizer: Any = None, betas: Sequence[float] = (0.9, 0.999)) -> dict[str, Any]:
+    """The optimizer as a plain ``{"_target_": "<dotted class>", **kwargs}`` dict (what checkpoints
+    store as a hyper-parameter), from any of the ways a user or Hydra names it:
+
+    - ``None``: AdamW with ``betas`` (the paper's optimizer);
+    - a mapping with ``_target_`` (``conf/optim``; ``_partial_`` is ignored);
+    - a ``functools.partial`` of an optimizer class (what Hydra builds from ``_partial_: true``,
+      as in lightning-hydra-template);
+    - an optimizer class, or its dotted name (``"torch.optim.SGD"``).
+
+    ``lr`` and ``weight_decay`` are the module's own arguments and may not appear in it. Raises
+    ``ValueError`` naming a target that is no ``torch.optim.Optimizer``, or a keyword the class rejects.
+    """
+    if optimizer is None:
+        return {"_target_": "torch.optim.AdamW", "betas": [float(b) for b in betas]}
+    if isinstance(optimizer, functools.partial):
+        if optimizer.args:
+            raise ValueError(f"optimizer={optimizer!r}: give its settings as keywords, not positional arguments")
+        target, kwargs = optimizer.func, dict(optimizer.keywords)
+    elif isinstance(optimizer, Mapping):
+        kwargs = {str(k): v for k, v in optimizer.items() if k not in ("_target_", "_partial_", "_recursive_", "_convert_")}
+        if "_target_" not in optimizer:
+            raise ValueError(f"optimizer={dict(optimizer)!r} has no _target_: name the class, e.g. _target_: torch.optim.SGD")
+        target = optimizer["_target_"]
+    else:
+        target, kwargs = optimizer, {}
+    cls = _optimizer_class(target)
+    clash = [k for k in _OWNED_BY_MODULE if k in kwargs]
+    if clash:
+        raise ValueError(
+            f"optimizer ({_dotted(cls)}) sets {', '.join(clash)}: these come from the module's own arguments "
+            "(optim.lr, optim.weight_decay; parameter groups are built by the module). Remove them from the optimizer."
+        )
+    spec = {"_target_": _dotted(cls), **{k: _plain_value(v) for k, v in kwargs.items()}}
+    try:  # bad keywords fail here, at construction, not at the first training step
+        build_optimizer(spec, [nn.Parameter(torch.zeros(1))], lr=1e-3, weight_decay=0.0)
+    except TypeError as err:
+        raise ValueError(f"optimizer {spec}: {err}") from None
+    return spec
+
+
+def build_optimizer(spec: Mapping[str, Any], params: Any, lr: float, weight_decay: float | None = None) -> torch.optim.Optimizer:
+    """Instantiate an :func:`optimizer_spec` over ``params`` (tensors or parameter groups)."""
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    if weight_decay is not None:
+        kwargs["weight_decay"] = weight_decay
+    return _optimizer_class(spec["_target_"])(params, lr=lr, **kwargs)
+
+
+def _optimizer_class(target: Any) -> type:
+    if isinstance(target, str):
+        from hydra.utils import get_class
+
+        try:
+            target = get_class(target)
+        except Exception as err:  # Hydra wraps the import error: say what was asked for
+            raise ValueError(f"optimizer _target_={target!r} cannot be imported ({err}); e.g. torch.optim.AdamW, torch.optim.SGD") from None
+    if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
+        raise ValueError(f"optimizer _target_={target!r} is not a torch.optim.Optimizer class; e.g. torch.optim.AdamW, torch.optim.SGD")
+    return target
+
+
+def _dotted(cls: type) -> str:
+    if getattr(torch.optim, cls.__name__, None) is cls:
+        return f"torch.optim.{cls.__name__}"  # the public name, not torch.optim.adamw.AdamW
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plain_value(value: Any) -> Any:
+    # plain Python values only: checkpoints load with weights_only=True
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain_value(v) for v in value]
+    return value
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float, warmup_prefix: bool = True) -> float:
