@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from test_train import TINY as TRAIN_TINY
 
 from vt_drloc import report
-from vt_drloc.report.sweep import SUMMARY_FILES, load_sweep, summary_markdown, write_summary
+from vt_drloc.report.sweep import SUMMARY_FILES, SweepError, load_sweep, summary_markdown, write_summary
 
 # The TINY run of tests/test_train.py (a 2-batch CIFAR-10 run from the archive), without the
 # progress bar, which only slows down a captured subprocess.
@@ -576,3 +576,56 @@ def test_summary_png_shows_every_job_the_seed_count_and_the_paired_difference_at
     assert len(markers) == 1 and abs(markers[0].get_ydata()[0] - 100 * mean) < 1e-9 and n == 3
     assert any(list(line.get_ydata()) == [0.0, 0.0] for line in delta.get_lines())  # the zero line
     assert "paired by seed" in delta.get_title()
+
+
+def test_study_options_name_head_widths_and_a_non_default_pair_count(tmp_path):
+    from vt_drloc.report.study import load_study
+
+    opts = {"target": "abs", "schedule": "warmup_decay", "mode": "l1", "tap_norm": "pre", "head_init": "released"}
+    jobs = []
+    for seed in (0, 1):
+        jobs.append({"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3)})
+        for m, widths in (("16", [256, 256]), ("64", "released")):
+            drloc = {**opts, "hidden_dims": widths, "sample_size": int(m)}
+            jobs.append(
+                {
+                    "overrides": {"drloc.lambda_drloc": "1", "drloc.sample_size": m, "seed": seed},
+                    "results": fake_results(1.0, seed, 0.4, 0.4, drloc=drloc),
+                }
+            )
+    load_sweep(fake_sweep(tmp_path / "cell", jobs))
+    assert sorted(r.options for r in load_study(tmp_path)) == [
+        "abs, warmup_decay, 256-256, m=16, l1, pre-norm, released init",
+        "abs, warmup_decay, released, l1, pre-norm, released init",
+    ]
+
+
+def test_gain_curve_draws_the_rows_a_study_names_from_their_paired_seeds(tmp_path):
+    """gain_curve.json names study rows per x value; gain_curve.md holds their paired Δ and the figure is
+    written; a row the study lacks is a clear error naming the rows it has."""
+    study = tmp_path / "study"
+    for cell, gains in (("spc100", (0.05, 0.04, 0.06)), ("spc500", (0.07, 0.08, 0.06))):
+        jobs = []
+        for seed, gain in enumerate(gains):
+            jobs.append(
+                {"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.30 + 0.01 * seed)}
+            )
+            jobs.append(
+                {"overrides": {"drloc.lambda_drloc": "1", "seed": seed}, "results": fake_results(1.0, seed, 0.3, 0.30 + 0.01 * seed + gain)}
+            )
+        fake_sweep(study / cell, jobs)
+    spec = {"title": "toy", "panels": [{"x": "images per class", "series": {"λ 1": {"500": "spc500", "100": "spc100"}}}]}
+    (study / "gain_curve.json").write_text(json.dumps(spec))
+    assert report.main(["--study", str(study), "-q"]) == 0 and (study / "gain_curve.png").read_bytes().startswith(b"\x89PNG")
+    rows = [line.split("|")[1:-1] for line in (study / "gain_curve.md").read_text().splitlines() if line.startswith("| images")]
+    assert [(r[2].strip(), r[3].strip(), r[6].strip()) for r in rows] == [
+        ("100", delta([0.05, 0.04, 0.06]), "spc100"),
+        ("500", delta([0.07, 0.08, 0.06]), "spc500"),
+    ]
+    spec["panels"][0]["series"]["λ 1"]["2000"] = "spc2000"
+    (study / "gain_curve.json").write_text(json.dumps(spec))
+    assert report.main(["--study", str(study), "-q"]) == 2
+    from vt_drloc.report.study import write_study
+
+    with pytest.raises(SweepError, match=r"names row 'spc2000' at images per class=2000.*rows: spc100, spc500"):
+        write_study(study)

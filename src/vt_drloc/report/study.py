@@ -8,7 +8,9 @@ A study dir holds one sweep dir per *cell* (a model × data setting swept over �
   baseline of the same cell and setting: model and parameter count, training images, epochs, the
   DRLoc options (target, λ schedule, head), seeds, test top-1 of both (mean ± std), the paired
   per-seed difference DRLoc − baseline (mean ± std) on test and validation, wall time per run;
-* ``study.png``: the paired test differences per row, each seed a dot, the mean with its std.
+* ``study.png``: the paired test differences per row, each seed a dot, the mean with its std;
+* ``gain_curve.md`` / ``gain_curve.png`` where the study dir holds a ``gain_curve.json``: chosen
+  rows' paired differences along an axis (:mod:`vt_drloc.report.gain_curve`).
 
 ``python -m vt_drloc.report --study <study dir>`` also rewrites each cell's own summary files
 (:func:`vt_drloc.report.sweep.write_summary`). Everything is computed from the jobs' ``results.json``.
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vt_drloc.files import write_atomic
+from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec, plot_gain_curve
 from vt_drloc.report.sweep import (
     LAMBDA_KEY,
     TASK_KEY,
@@ -79,6 +82,7 @@ def copy_sweep_results(sweep_dir: str | Path, dest: str | Path) -> list[Path]:
 # The DRLoc defaults that changed with docs/fidelity.md (issue 13) and what runs recorded before
 # then used; such a row was produced by the older default until it is re-run.
 OLDER_DEFAULTS = {"tap_norm": "post", "head_init": "torch"}
+DEFAULT_PAIRS = 64  # the paper's m; the options column names m only when a run used another
 OLDER_DEFAULT_MARK = "†"
 
 
@@ -107,14 +111,20 @@ class StudyRow:
 
     @property
     def options(self) -> str:
-        """DRLoc options of the run: target, λ schedule, head, loss, grid tap, head init.
+        """DRLoc options of the run: target, λ schedule, head, pairs per image (when not 64), loss,
+        grid tap, head init.
 
         A run recorded before these two options existed ran the older defaults (the grid after the
         final norm, PyTorch's head init); they are shown with :data:`OLDER_DEFAULT_MARK`."""
         opts = self._first("drloc") or {}
         if not isinstance(opts, dict):
             return ""
-        parts = [str(opts.get(k, "?")) for k in ("target", "schedule", "hidden_dims", "mode")]
+        hidden = opts.get("hidden_dims", "?")
+        parts = [str(opts.get("target", "?")), str(opts.get("schedule", "?"))]
+        parts.append("-".join(map(str, hidden)) if isinstance(hidden, list) else str(hidden))  # widths: "256-256"
+        if opts.get("sample_size", DEFAULT_PAIRS) != DEFAULT_PAIRS:
+            parts.append(f"m={opts['sample_size']}")
+        parts.append(str(opts.get("mode", "?")))
         for key, label in (("tap_norm", "{}-norm"), ("head_init", "{} init")):
             parts.append(label.format(opts[key]) if key in opts else label.format(OLDER_DEFAULTS[key]) + OLDER_DEFAULT_MARK)
         return ", ".join(parts)
@@ -272,7 +282,8 @@ def plot_study(rows: list[StudyRow], title: str):
 
 
 def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path]:
-    """Write ``study.csv``, ``study.md`` and ``study.png`` (and, with ``cells_too``, each cell's summary)."""
+    """Write ``study.csv``, ``study.md`` and ``study.png`` (and, with ``cells_too``, each cell's summary);
+    ``gain_curve.md`` / ``gain_curve.png`` too where the study dir holds a ``gain_curve.json``."""
     from vt_drloc.report.sweep import write_summary
 
     study_dir = Path(study_dir)
@@ -285,6 +296,12 @@ def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path
         "study.md": study_markdown(rows, study_dir.name).encode(),
         "study.png": png_bytes(plot_study(rows, study_dir.name)),
     }
+    if (study_dir / GAIN_CURVE_SPEC).is_file():  # the rows to draw as gain curves, named by the study
+        spec = load_spec(study_dir / GAIN_CURVE_SPEC)
+        points = gain_points(rows, spec)
+        title = spec.get("title", study_dir.name)
+        outputs["gain_curve.md"] = gain_curve_markdown(points, title).encode()
+        outputs["gain_curve.png"] = png_bytes(plot_gain_curve(points, spec, title))
     paths = {}
     for name, data in outputs.items():
         write_atomic(study_dir / name, data)
