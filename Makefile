@@ -30,5 +30,6 @@ train: install
 
 bench: install
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/overhead.py --study
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/loop_overhead.py
