@@ -509,3 +509,23 @@ def test_pair_generator_resumes_rank0_exactly_and_gives_other_ranks_their_own_st
     assert torch.equal(torch.randint(100, (8,), generator=pair_generator("cpu", 7, 0, state)), expected)
     assert not torch.equal(torch.randint(100, (8,), generator=pair_generator("cpu", 7, 1, state)), expected)
     assert not torch.equal(torch.randint(100, (8,), generator=pair_generator("cpu", 7, 1)), expected)
+
+
+@pytest.mark.parametrize("head_decay", [0.0, 0.2])
+def test_head_weight_decay_sets_the_added_groups_only(tmp_path, head_decay):
+    module = Classifier("timm")
+    cb = callback(head_weight_decay=head_decay)
+    seen = {}
+
+    class Check(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["groups"] = [(g["weight_decay"], {id(p) for p in g["params"]}) for g in trainer.optimizers[0].param_groups]
+
+    with pytest.warns(UserWarning, match="LambdaLR"):
+        trainer(tmp_path, [cb, Check()], max_steps=1).fit(module, random_loader(n=8))
+    user, *head = seen["groups"]
+    assert user[0] == 0.05  # the user's own group keeps its decay
+    head_weights = {id(p) for n, p in cb.loss.named_parameters() if p.ndim > 1}
+    assert {i for _, ids in head for i in ids} == {id(p) for p in cb.loss.parameters()}
+    assert all(decay == head_decay for decay, ids in head if ids & head_weights)
+    assert all(decay == 0.0 for decay, ids in head if not ids & head_weights)  # biases never decay

@@ -346,3 +346,16 @@ def test_optimizer_is_named_by_class_mapping_or_partial_and_checked_at_construct
         tiny_module(optimizer={"momentum": 0.9})
     with pytest.raises(ValueError, match=r"SGD.*unexpected keyword argument 'betas'"):
         tiny_module(optimizer={"_target_": "torch.optim.SGD", "betas": [0.9, 0.99]})
+
+
+def test_head_weight_decay_applies_to_the_head_weights_only(tmp_path):
+    module = tiny_module(head_weight_decay=0.0)
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t.fit(module, random_loader())
+    decay_of = {id(p): g["weight_decay"] for g in t.optimizers[0].param_groups for p in g["params"]}
+    assert len(decay_of) == len(list(module.parameters()))
+    assert decay_of[id(module.model.blocks[0].attn.qkv.weight)] == 0.05  # the backbone keeps the optimizer's
+    assert all(decay_of[id(p)] == 0.0 for p in module.drloc.parameters())
+    assert tiny_module(head_weight_decay=0.3).drloc_config.head_weight_decay == 0.3
+    with pytest.raises(ValueError, match=r"head_weight_decay=-1 must be >= 0"):
+        tiny_module(head_weight_decay=-1)

@@ -392,6 +392,7 @@ BAD_VALUES = [
     "drloc.class_head=shared",
     "drloc.interval=batch",
     "drloc.decay_epochs=0",
+    "drloc.head_weight_decay=-0.1",
     "optim.decay_epochs=-1",
     "optim.warmup_prefix=maybe",
     "model.kwargs.depth=0",

@@ -395,7 +395,7 @@ class DrLocCallbackBase:
             return
         optimizer = trainer.optimizers[0]
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-        added = add_param_groups(optimizer, self.loss, schedulers)
+        added = add_param_groups(optimizer, self.loss, schedulers, weight_decay=self.config.head_weight_decay)
         if added and schedulers and "scheduler" not in self._warned:
             self._warned.add("scheduler")
             self.lightning.rank_zero_warn(

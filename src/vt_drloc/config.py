@@ -156,6 +156,11 @@ def check_drloc_config(drloc: Mapping[str, Any]) -> None:
     grid = drloc["grid_size"]
     if grid is not None and (not isinstance(grid, int) or grid < 2):
         raise UserError(f"drloc.grid_size={grid} is invalid: use an integer >= 2 (the paper pools to 7) or null to keep the grid.")
+    head_decay = drloc.get("head_weight_decay")
+    if head_decay is not None and not (_is_number(head_decay) and head_decay >= 0):
+        raise UserError(
+            f"drloc.head_weight_decay={head_decay!r} is invalid: use a number >= 0 (0: no decay on the head) or null (the optimizer's)."
+        )
 
 
 def _is_int(value: Any) -> bool:

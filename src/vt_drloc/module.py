@@ -240,7 +240,12 @@ class DrLocModuleBase:
         modules = [self.model] + ([self.drloc] if self.drloc is not None else [])
         # checkpoints of vt_drloc <= 0.2 carry no optimizer: AdamW with their betas, as they trained
         spec = hp.get("optimizer") or optimizer_spec(None, hp.betas)
-        optimizer = build_optimizer(plain(spec), weight_decay_groups(modules, hp.weight_decay), lr=hp.lr)
+        head_decay = self.drloc_config.head_weight_decay
+        if self.drloc is not None and head_decay is not None:  # the head's own weight decay
+            groups = weight_decay_groups([self.model], hp.weight_decay) + weight_decay_groups([self.drloc], head_decay)
+        else:
+            groups = weight_decay_groups(modules, hp.weight_decay)
+        optimizer = build_optimizer(plain(spec), groups, lr=hp.lr)
         train_steps = max(1, int(self.trainer.estimated_stepping_batches))
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         steps_per_epoch = train_steps / max_epochs

@@ -71,6 +71,8 @@ class DrLocConfig:
         interval: ``"step"`` (λ at the fractional epoch of every step) or ``"epoch"`` (held per
             epoch, as the released loop), see :func:`vt_drloc.drloc.epoch_progress`.
         seed: pair-sampler seed (``None``: derived from the run's seed), plus the rank.
+        head_weight_decay: weight decay of the head's weights (its biases never decay); ``None``:
+            the optimizer's, as the released code (one AdamW over backbone and head).
 
     >>> DrLocConfig(lambda_drloc=1.0, schedule="constant").schedule
     'constant'
@@ -95,6 +97,7 @@ class DrLocConfig:
     interval: str = "step"
     seed: int | None = None
     task_threshold: float = 0.3
+    head_weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         hidden = plain(self.hidden_dims)
@@ -107,6 +110,8 @@ class DrLocConfig:
         resolve_hidden_dims(self.hidden_dims)
         drloc_lambda(self.lambda_drloc, 0.0, None, self.schedule, self.warmup_epochs, self.decay_epochs)
         epoch_progress(0, 0, None, self.interval)
+        if self.head_weight_decay is not None and not (math.isfinite(float(self.head_weight_decay)) and self.head_weight_decay >= 0):
+            raise ValueError(f"head_weight_decay={self.head_weight_decay} must be >= 0, or None for the optimizer's weight decay")
         if not 0 < float(self.task_threshold) <= 1:
             raise ValueError(f"task_threshold={self.task_threshold} must lie in (0, 1] (a fraction of the chance L1)")
         if self.schedule == "adaptive" and self.mode != "l1":

@@ -134,18 +134,24 @@ def extend_scheduler(scheduler: Any, old_groups: int, added: int) -> None:
         extend_scheduler(child, old_groups, added)
 
 
-def add_param_groups(optimizer: Any, module: nn.Module, schedulers: Sequence[Any] = ()) -> int:
+def add_param_groups(optimizer: Any, module: nn.Module, schedulers: Sequence[Any] = (), weight_decay: float | None = None) -> int:
     """Add ``module``'s parameters that ``optimizer`` does not hold yet, as new groups with group 0's
-    hyper-parameters (weights decayed, norms / biases not, when group 0 decays), and extend the
-    schedulers' per-group lists to match. Returns the number of groups added (0: nothing missing)."""
+    hyper-parameters (weights decayed, norms / biases not, when group 0 decays; ``weight_decay``
+    replaces group 0's decay), and extend the schedulers' per-group lists to match. Returns the
+    number of groups added (0: nothing missing)."""
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = {id(p) for p in module.parameters() if id(p) not in held}
     if not missing:
         return 0
     template = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
     template["initial_lr"] = template.get("initial_lr", template["lr"])
-    weight_decay = template.get("weight_decay", 0.0) or 0.0
-    groups = weight_decay_groups([module], weight_decay) if weight_decay > 0 else [{"params": list(module.parameters())}]
+    if weight_decay is None:
+        weight_decay = template.get("weight_decay", 0.0) or 0.0
+    groups = (
+        weight_decay_groups([module], weight_decay)
+        if weight_decay > 0
+        else [{"params": list(module.parameters()), "weight_decay": weight_decay}]
+    )
     old_groups = len(optimizer.param_groups)
     added = 0
     for group in groups:
