@@ -12,6 +12,8 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 
+from vt_drloc.objective import plain
+
 # set from the module's own arguments (optim.lr, optim.weight_decay) and its parameter groups
 _OWNED_BY_MODULE = ("params", "lr", "weight_decay")
 
@@ -49,7 +51,7 @@ def optimizer_spec(optimizer: Any = None, betas: Sequence[float] = (0.9, 0.999))
             f"optimizer ({_dotted(cls)}) sets {', '.join(clash)}: these come from the module's own arguments "
             "(optim.lr, optim.weight_decay; parameter groups are built by the module). Remove them from the optimizer."
         )
-    spec = {"_target_": _dotted(cls), **{k: _plain_value(v) for k, v in kwargs.items()}}
+    spec = {"_target_": _dotted(cls), **{k: plain(v) for k, v in kwargs.items()}}  # no OmegaConf nodes: weights_only loads
     try:  # bad keywords fail here, at construction, not at the first training step
         build_optimizer(spec, [nn.Parameter(torch.zeros(1))], lr=1e-3, weight_decay=0.0)
     except TypeError as err:
@@ -84,13 +86,6 @@ def _dotted(cls: type) -> str:
     if getattr(torch.optim, cls.__name__, None) is cls:
         return f"torch.optim.{cls.__name__}"  # the public name, not torch.optim.adamw.AdamW
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _plain_value(value: Any) -> Any:
-    # plain Python values only: checkpoints load with weights_only=True
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return [_plain_value(v) for v in value]
-    return value
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float, warmup_prefix: bool = True) -> float:
