@@ -335,10 +335,10 @@ def test_cli_errors_are_one_paragraph_with_exit_code(tmp_path):
     negative = cli("vt_drloc.train", [*TINY, "drloc.lambda_drloc=-1", f"hydra.run.dir={tmp_path / 'neg'}"], tmp_path, timeout=300)
     assert negative.returncode == 2 and "drloc.lambda_drloc=-1" in negative.stderr and "Traceback" not in negative.stderr
     # a missing data set: one paragraph in the command line's spelling, before any model is built
-    missing = cli(
-        "vt_drloc.train", ["data.root=/nonexistent", "print_config=false", f"hydra.run.dir={tmp_path / 'nodata'}"], tmp_path, timeout=300
-    )
+    # (print_config left at its default: the config tree comes after the data check, not before the error)
+    missing = cli("vt_drloc.train", ["data.root=/nonexistent", f"hydra.run.dir={tmp_path / 'nodata'}"], tmp_path, timeout=300)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
+    assert "CONFIG" not in missing.stdout and "lambda_drloc" not in missing.stdout, missing.stdout[:500]
     error = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "Dataset 'cifar10' not found" in error[0]
     assert "data.root=<that directory>" in error[0] and "data.download=true" in error[0] and "download=True" not in error[0]

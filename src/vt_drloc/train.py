@@ -77,14 +77,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test_ckpt not in ("last", "best"):
         raise UserError(f"test_ckpt={cfg.test_ckpt!r} is invalid: use 'last' or 'best'.")
     check_output_dir(output_dir, resume_from=ckpt_path)
-    if cfg.get("print_config"):
-        print_config_tree(cfg)
 
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
 
     datamodule: pl.LightningDataModule = instantiate_checked("data", cfg.data)
     prepare_data_checked(datamodule, "fit")  # a missing data set: one paragraph, exit 2, no model built
+    if cfg.get("print_config"):  # after the data check, so a missing data set's error is all the user sees
+        print_config_tree(cfg)
 
     callbacks = instantiate_all(cfg.get("callbacks"))
     drloc_callbacks = [cb for cb in callbacks if isinstance(cb, DrLocCallbackBase)]
