@@ -629,3 +629,30 @@ def test_gain_curve_draws_the_rows_a_study_names_from_their_paired_seeds(tmp_pat
 
     with pytest.raises(SweepError, match=r"names row 'spc2000' at images per class=2000.*rows: spc100, spc500"):
         write_study(study)
+
+
+def test_gain_curve_tells_apart_the_lambdas_of_one_cell(tmp_path):
+    """A cell that swept several λ has one row per λ: its bare name is refused as ambiguous (it used to
+    pick one silently) and ``"<cell>, λ=<λ>"`` (the spelling of study.png) picks the row."""
+    study = tmp_path / "study"
+    jobs = []
+    for seed in range(2):
+        for lam, gain in (("0", 0.0), ("0.1", 0.01), ("0.5", 0.03)):
+            jobs.append(
+                {
+                    "overrides": {"drloc.lambda_drloc": lam, "seed": seed},
+                    "results": fake_results(float(lam), seed, 0.3, 0.30 + 0.01 * seed + gain),
+                }
+            )
+    fake_sweep(study / "vit", jobs)
+    spec = {"title": "toy", "panels": [{"x": "epochs", "series": {"paper": {"30": "vit"}}}]}
+    (study / "gain_curve.json").write_text(json.dumps(spec))
+    from vt_drloc.report.study import write_study
+
+    with pytest.raises(SweepError, match=r"names row 'vit' at epochs=30, which names more than one row; rows: 'vit, λ=0.1', 'vit, λ=0.5'"):
+        write_study(study)
+    spec["panels"][0]["series"]["paper"]["30"] = "vit, λ=0.5"
+    (study / "gain_curve.json").write_text(json.dumps(spec))
+    write_study(study)
+    rows = [line.split("|")[1:-1] for line in (study / "gain_curve.md").read_text().splitlines() if line.startswith("| epochs")]
+    assert [(r[3].strip(), r[5].strip()) for r in rows] == [(delta([0.03, 0.03]), "0.5")]

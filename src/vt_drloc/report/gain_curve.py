@@ -5,7 +5,8 @@ A study dir that holds a ``gain_curve.json`` gets ``gain_curve.png`` and ``gain_
 :func:`vt_drloc.report.study.write_study` (``python -m vt_drloc.report --study <dir>``). The file
 names, per panel, the x-axis and for each series (a λ policy) the study row at each x value, by its
 label in ``study.md`` (the cell name, plus its other swept values when the cell sweeps more; the
-cell name alone serves for a cell with one DRLoc setting):
+cell name alone serves for a cell with one DRLoc setting, and ``"<label>, λ=<λ>"`` as in
+``study.png`` for a cell that swept several λ):
 
 .. code-block:: json
 
@@ -52,21 +53,23 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 def gain_points(rows: list, spec: dict[str, Any]) -> list[dict[str, Any]]:
     """One record per (panel, series, x): the row, its per-seed paired test differences (points)."""
-    by_label = {row.label: row for row in rows}
-    for cell in {row.cell for row in rows}:  # a cell with one DRLoc setting may be named by the cell alone
-        mine = [row for row in rows if row.cell == cell]
-        if len(mine) == 1:
-            by_label.setdefault(cell, mine[0])
+    by_label: dict[str, list] = {}
+    for row in rows:
+        by_label.setdefault(row.label, []).append(row)
+        by_label.setdefault(f"{row.label}, λ={row.lam}", []).append(row)  # the spelling of study.png
+        if row.label != row.cell:
+            by_label.setdefault(row.cell, []).append(row)  # the cell alone, when that is unique
     points = []
     for panel in spec["panels"]:
         for series, xs in panel["series"].items():
             for x, label in sorted(xs.items(), key=lambda kv: float(kv[0])):
-                if label not in by_label:
+                if len(by_label.get(label, ())) != 1:
+                    names = [row.label if len(by_label[row.label]) == 1 else f"'{row.label}, λ={row.lam}'" for row in rows]
+                    problem = "which the study does not have" if label not in by_label else "which names more than one row"
                     raise SweepError(
-                        f"gain curve series {series!r} names row {label!r} at {panel['x']}={x}, which the study does not have; "
-                        f"rows: {', '.join(sorted(by_label))}"
+                        f"gain curve series {series!r} names row {label!r} at {panel['x']}={x}, {problem}; rows: {', '.join(sorted(names))}"
                     )
-                row = by_label[label]
+                row = by_label[label][0]
                 points.append(
                     {"panel": panel["x"], "series": series, "x": float(x), "row": row, "diffs": [100 * d for d in row.paired_test()]}
                 )
