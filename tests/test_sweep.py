@@ -656,3 +656,19 @@ def test_gain_curve_tells_apart_the_lambdas_of_one_cell(tmp_path):
     write_study(study)
     rows = [line.split("|")[1:-1] for line in (study / "gain_curve.md").read_text().splitlines() if line.startswith("| epochs")]
     assert [(r[3].strip(), r[5].strip()) for r in rows] == [(delta([0.03, 0.03]), "0.5")]
+
+
+def test_gain_curve_panels_each_name_the_series_they_draw(tmp_path):
+    """A series drawn in the second panel only (e.g. the paper's λ on the epoch axis) is in that
+    panel's legend, not missing from the figure."""
+    from vt_drloc.report.gain_curve import plot_gain_curve
+
+    points = [
+        {"panel": "images", "series": "λ 1", "x": 100.0, "row": None, "diffs": [5.0, 4.0, 6.0]},
+        {"panel": "epochs", "series": "λ 1", "x": 30.0, "row": None, "diffs": [5.0, 4.0, 6.0]},
+        {"panel": "epochs", "series": "paper", "x": 30.0, "row": None, "diffs": [1.0, 0.5, 0.0]},
+    ]
+    spec = {"panels": [{"x": "images", "series": {}}, {"x": "epochs", "series": {}}]}
+    fig = plot_gain_curve(points, spec, "toy")
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert legends == [["λ 1"], ["λ 1", "paper"]]

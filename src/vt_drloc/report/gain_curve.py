@@ -124,7 +124,7 @@ def plot_gain_curve(points: list[dict[str, Any]], spec: dict[str, Any], title: s
             ax.set_xlim(xs_all[0] / 1.5, xs_all[-1] * 1.5)
         ax.set_xlabel(panel)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")  # per panel: a series may appear in one panel only
     axes[0].set_ylabel("Δ test top-1 vs λ = 0 (points)")
-    axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{title}\npaired gain of DRLoc over λ = 0 (dots = seeds, bars = mean ± std)", fontsize=10)
     return fig
