@@ -1,4 +1,4 @@
-"""CvT and T2T-ViT (vt_drloc.models): timm registration, sizes, and timm's model surface."""
+"""CvT, T2T-ViT and Swin-APE (vt_drloc.models): timm registration, sizes, and timm's model surface."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from vt_drloc.models import MODEL_NAMES, CvT, T2TViT
+from vt_drloc.models import MODEL_NAMES, CvT, SwinTransformerAPE, T2TViT
 from vt_drloc.models.t2t_vit import TokenPerformer
 
 C32 = [n for n in MODEL_NAMES if n.endswith("_c32")]
@@ -49,10 +49,11 @@ def test_names_registered_and_owned_by_vt_drloc():
     for name in MODEL_NAMES:
         assert timm.is_model(name), name
         fn = timm.models.model_entrypoint(name)
-        assert fn.__module__ in ("vt_drloc.models.cvt", "vt_drloc.models.t2t_vit"), (name, fn.__module__)
+        assert fn.__module__ in ("vt_drloc.models.cvt", "vt_drloc.models.t2t_vit", "vt_drloc.models.swin_ape"), (name, fn.__module__)
     # timm itself ships none of these (a clash would have rerouted the entrypoint above to timm.models.*)
     assert set(timm.list_models("cvt_*")) == {n for n in MODEL_NAMES if n.startswith("cvt_")}
     assert set(timm.list_models("t2t_*")) == {n for n in MODEL_NAMES if n.startswith("t2t_")}
+    assert set(timm.list_models("swin_ape*")) == {n for n in MODEL_NAMES if n.startswith("swin_ape")}
     assert timm.list_models(pretrained=True, filter="cvt_*") == []
 
 
@@ -323,3 +324,57 @@ def test_one_drloc_module_optimisation_step(name):
     changed = {n for n, p in module.named_parameters() if not torch.equal(before[n], p)}
     assert any(n.startswith("drloc.head") for n in changed)
     assert any(n.startswith("model.") and "head" not in n.split(".")[1] for n in changed)
+
+
+# ----------------------------------------------------------------------------- Swin with an absolute position embedding
+SWIN_SMALL = dict(num_classes=10, img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(1, 2), num_heads=(1, 2))
+
+
+def test_swin_ape_is_timms_swin_plus_one_position_embedding():
+    torch.manual_seed(0)
+    ape = timm.create_model("swin_ape_tiny_patch4_window7_224", **SWIN_SMALL).eval()
+    swin = timm.create_model("swin_tiny_patch4_window7_224", **SWIN_SMALL).eval()
+    assert isinstance(ape, SwinTransformerAPE)
+    extra = set(ape.state_dict()) - set(swin.state_dict())
+    assert extra == {"patch_embed.absolute_pos_embed"} and set(swin.state_dict()) <= set(ape.state_dict())
+    pos = ape.patch_embed.absolute_pos_embed
+    assert tuple(pos.shape) == (1, 16, 16, 16)  # one embedding per cell of the 16x16 patch grid, NHWC
+    assert _n_params(ape) - _n_params(swin) == 16 * 16 * 16
+    assert 0.018 < pos.std().item() < 0.022 and abs(pos.mean().item()) < 0.002  # timm's trunc_normal_(std=0.02)
+    assert "patch_embed.absolute_pos_embed" in ape.no_weight_decay()
+    assert swin.no_weight_decay() <= ape.no_weight_decay()
+
+    # with timm's weights and a zero embedding it is timm's Swin; the embedding is what it adds
+    ape.load_state_dict(swin.state_dict(), strict=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        pos.zero_()
+        torch.testing.assert_close(ape(x), swin(x))
+        pos.normal_(0, 0.02)
+        assert not torch.allclose(ape(x), swin(x), atol=1e-4)
+        # forward_intermediates (the DRLoc tap's route) sees the embedding too
+        final, _ = ape.forward_intermediates(x, indices=1, norm=True)
+        torch.testing.assert_close(final, ape.forward_features(x))
+
+
+def test_swin_ape_other_input_sizes_resample_the_embedding():
+    torch.manual_seed(0)
+    dynamic = timm.create_model("swin_ape_tiny_patch4_window7_224", **dict(SWIN_SMALL, strict_img_size=False)).eval()
+    with torch.no_grad():
+        assert dynamic.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 16, 16, 32)
+    model = timm.create_model("swin_ape_tiny_patch4_window7_224", **SWIN_SMALL).eval()
+    before = model.patch_embed.absolute_pos_embed.detach().clone()
+    model.set_input_size(img_size=(64, 64))
+    after = model.patch_embed.absolute_pos_embed
+    assert tuple(after.shape) == (1, 32, 32, 16) and isinstance(after, torch.nn.Parameter)
+    # bicubic upsampling by 2 keeps the embedding's scale and mean
+    assert abs(after.mean().item() - before.mean().item()) < 5e-3
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_swin_ape_refuses_another_embed_layer():
+    from timm.layers import PatchEmbed
+
+    with pytest.raises(ValueError, match="builds its own embed_layer"):
+        SwinTransformerAPE(embed_layer=PatchEmbed, **SWIN_SMALL)

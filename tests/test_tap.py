@@ -180,6 +180,7 @@ FAMILIES = [
     F("crossvit", "crossvit_tiny_240", CROSSVIT, 64, 4, 32, prefix=1, norm="norm.1:cl", post_ref=crossvit_grid),
     # hierarchical transformers
     F("swin", "swin_tiny_patch4_window7_224", SWIN, 32, 4, 32, norm="norm:cl"),
+    F("swin-ape", "swin_ape_tiny_patch4_window7_224", SWIN, 32, 4, 32, norm="norm:cl"),  # vt_drloc.models.swin_ape
     F("swinv2", "swinv2_tiny_window8_256", SWIN, 32, 4, 32, norm="norm:cl"),
     F("swinv2-cr", "swinv2_cr_tiny_224", SWIN, 32, 4, 32),
     F("pit", "pit_ti_224", dict(img_size=64, depth=(1, 1, 1)), 64, 2, 256, post_ref=pit_grid),  # norm on the class token only
@@ -204,6 +205,7 @@ FAMILIES = [
     F("tiny-vit", "tiny_vit_5m_224", dict(embed_dims=W4, depths=D4, num_heads=(1, 1, 2, 2), window_sizes=(2, 2, 2, 2)), 64, 2, 64),
     F("sequencer", "sequencer2d_s", dict(layers=D4, embed_dims=W4, hidden_sizes=(8, 16, 16, 16)), 64, 4, 64, norm="norm:cl"),
     # conv / attention hybrids
+    F("next-vit", "nextvit_small", dict(depths=(1, 1, 5, 1)), 64, 2, 1024, norm="norm:cf"),  # depths[2]: a multiple of 5
     F("maxvit", "test_maxvit", dict(img_size=64), 64, 2, 128, norm="norm:cf"),
     F("coatnet", "test_coatnet", dict(img_size=64), 64, 2, 128, norm="norm:cf"),
     # EfficientFormer's 7x7 attention bias fixes its input at 224 px

@@ -92,8 +92,8 @@ def test_every_model_and_data_config_composes_and_instantiates():
     assert taps["vit_b16"] == taps["cvt_13_drloc"] == taps["resnet50"] == ("pre", "torch")
     assert built["vit_tiny_c32"] == (8, 8)
     # the study's small models (docs/results.md): native 8x8 grids at 32 px, no pooling; generic defaults
-    assert built["vit_study"] == built["swin_study"] == built["cvt_study"] == (8, 8)
-    assert taps["vit_study"] == taps["swin_study"] == taps["cvt_study"] == ("pre", "released")
+    assert built["vit_study"] == built["swin_study"] == built["swin_ape_study"] == built["cvt_study"] == (8, 8)
+    assert taps["vit_study"] == taps["swin_study"] == taps["swin_ape_study"] == taps["cvt_study"] == ("pre", "released")
 
 
 def test_study_experiments_keep_8x8_grids_and_their_lambdas():
@@ -102,6 +102,7 @@ def test_study_experiments_keep_8x8_grids_and_their_lambdas():
     for overrides, img, lam in (
         (["experiment=study_cifar10"], 32, 1.0),
         (["experiment=study_cifar10", "model=swin_study"], 32, 0.5),
+        (["experiment=study_cifar10", "model=swin_ape_study"], 32, 0.5),
         (["experiment=study_cifar10", "model=cvt_study"], 32, 0.1),
         (["experiment=study_flowers102"], 64, 1.0),
     ):
@@ -110,6 +111,9 @@ def test_study_experiments_keep_8x8_grids_and_their_lambdas():
         assert cfg.data.img_size == img and cfg.drloc.lambda_drloc == lam and cfg.drloc.schedule == "warmup_decay"
         module = build_module(cfg, 10, float(cfg.drloc.lambda_drloc))
         assert module.grid_info.hw == (8, 8) and module.drloc.reduced_hw == (8, 8), overrides
+    ape = compose_cfg(["experiment=study_cifar10", "model=swin_ape_study"])
+    assert ape.model.name == "swin_ape_tiny_patch4_window7_224"
+    assert {k: v for k, v in ape.model.kwargs.items()} == dict(compose_cfg(["experiment=study_cifar10", "model=swin_study"]).model.kwargs)
     flowers = compose_cfg(["experiment=study_flowers102"])
     assert flowers.data.name == "flowers102" and flowers.data.val_split == "val" and flowers.model.kwargs.patch_size == 8
 

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from vt_drloc.drloc import DrLocLoss
-from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI
+from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
 from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
 from vt_drloc.optim import add_param_groups
 from vt_drloc.tap import (
@@ -55,31 +55,15 @@ from vt_drloc.tap import (
     GridCapture,
     final_norm,
     find_timm_models,
-    fixed_input_size,
     is_timm_model,
     patch_method,
     prefix_owner,
-    sample_input_shape,
+    probe_input,
 )
 
 __all__ = ["GRID_FORMATS", "HEAD_ATTR", "DrLocCallback", "DrLocCallbackBase", "find_timm_models", "is_timm_model"]
 
 HEAD_ATTR = "_drloc_loss"
-
-
-def _first_training_dataset(trainer: Any) -> Any:
-    """The training dataset the trainer will fit on, found without iterating any loader (None if unknown)."""
-    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-    loader = getattr(source, "instance", None)
-    if loader is not None and not hasattr(loader, "dataset") and hasattr(loader, "train_dataloader"):
-        loader = loader.train_dataloader()  # a datamodule or module given to fit
-    if loader is None and getattr(trainer, "datamodule", None) is not None:
-        loader = trainer.datamodule.train_dataloader()
-    if isinstance(loader, Mapping):
-        loader = next(iter(loader.values()), None)
-    elif isinstance(loader, (list, tuple)):
-        loader = loader[0] if loader else None
-    return getattr(loader, "dataset", None)
 
 
 class DrLocCallbackBase:
@@ -273,30 +257,6 @@ class DrLocCallbackBase:
             return pl_module._modules[top]
         return pl_module
 
-    def _probe_input(self, trainer: Any, pl_module: Any, runner: nn.Module, device, dtype) -> Tensor:
-        in_chans = self.in_chans or getattr(runner, "in_chans", None)
-        if self.input_size is not None:
-            size = self.input_size
-            hw = (size, size) if isinstance(size, int) else (int(size[-2]), int(size[-1]))
-        elif (hw := fixed_input_size(runner)) is not None:
-            pass
-        elif isinstance(getattr(pl_module, "example_input_array", None), Tensor):
-            return torch.zeros_like(pl_module.example_input_array[:2], device=device)
-        elif (shape := sample_input_shape(_first_training_dataset(trainer))) is not None:
-            in_chans = self.in_chans or shape[0]
-            hw = shape[1:]
-        elif is_timm_model(runner):
-            hw = tuple((getattr(runner, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-2:])
-        else:
-            raise self._error(
-                f"DrLocCallback cannot tell the input size of {type(runner).__name__}; it runs one forward of a zero "
-                "batch at setup to size the DRLoc head. Pass input_size=(H, W) (and in_chans=...), set the "
-                "module's example_input_array, or give the trainer a map-style training dataset."
-            )
-        if in_chans is None:
-            in_chans = (getattr(runner, "pretrained_cfg", None) or {}).get("input_size", (3,))[0]
-        return torch.zeros(2, int(in_chans), *hw, device=device, dtype=dtype)
-
     def _attach(self, trainer: Any, pl_module: Any) -> None:
         backbone, tap_module, backbone_name = self._resolve(trainer, pl_module)
         self._module = pl_module
@@ -314,7 +274,21 @@ class DrLocCallbackBase:
         param = next(iter(runner.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        x = self._probe_input(trainer, pl_module, runner, device, dtype)
+        x = probe_input(
+            runner,
+            input_size=self.input_size,
+            in_chans=self.in_chans,
+            example_input=getattr(pl_module, "example_input_array", None),
+            training_dataset=lambda: training_dataset(trainer),
+            device=device,
+            dtype=dtype,
+        )
+        if x is None:
+            raise self._error(
+                f"DrLocCallback cannot tell the input size of {type(runner).__name__}; it runs one forward of a zero "
+                "batch at setup to size the DRLoc head. Pass input_size=(H, W) (and in_chans=...), set the "
+                "module's example_input_array, or give the trainer a map-style training dataset."
+            )
         channels, height, width = capture.probe(runner, x, pl_module)
 
         loss = self.objective.build_loss(channels, (height, width)).to(device)
@@ -411,19 +385,12 @@ class DrLocCallbackBase:
     def state_dict(self) -> dict[str, Any]:
         if self.loss is None:
             return {}
-        state: dict[str, Any] = {"head": self.loss.state_dict()}
-        sampler = self.objective.sampler_state()
-        if sampler is not None:
-            state["sampler_state"] = sampler
-        if self.config.schedule == "adaptive":
-            state["schedule_state"] = self.objective.schedule_state()
-        return state
+        return {"head": self.loss.state_dict(), **self.objective.checkpoint_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("head") is not None:
             self.objective.load_head_state(state_dict["head"])  # now, or when setup builds the head
-        self.objective.load_sampler_state(state_dict.get("sampler_state"))
-        self.objective.load_schedule_state(state_dict.get("schedule_state"))
+        self.objective.load_checkpoint_state(state_dict)
 
 
 class DrLocCallback(DrLocCallbackBase, PYTORCH_LIGHTNING.Callback):

@@ -263,16 +263,12 @@ class DrLocModuleBase:
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
+    # the objective's keys, prefixed "drloc_", at the top level of the checkpoint (as in vt_drloc 0.1)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = self.objective.sampler_state()
-        if state is not None:
-            checkpoint["drloc_sampler_state"] = state
-        if self.drloc_config.schedule == "adaptive":
-            checkpoint["drloc_schedule_state"] = self.objective.schedule_state()
+        checkpoint.update({f"drloc_{key}": value for key, value in self.objective.checkpoint_state().items()})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.objective.load_sampler_state(checkpoint.get("drloc_sampler_state"))
-        self.objective.load_schedule_state(checkpoint.get("drloc_schedule_state"))
+        self.objective.load_checkpoint_state({key[len("drloc_") :]: value for key, value in checkpoint.items() if key.startswith("drloc_")})
 
 
 class DrLocModule(DrLocModuleBase, PYTORCH_LIGHTNING.LightningModule):

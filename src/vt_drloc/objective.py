@@ -252,6 +252,23 @@ class DrLocObjective:
         else:
             self._pending_head_state = state
 
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint must hold to resume DRLoc exactly: ``sampler_state`` (once sampling began
+        or one was loaded) and, for ``schedule="adaptive"``, ``schedule_state``."""
+        state: dict[str, Any] = {}
+        sampler = self.sampler_state()
+        if sampler is not None:
+            state["sampler_state"] = sampler
+        if self.config.schedule == "adaptive":
+            state["schedule_state"] = self.schedule_state()
+        return state
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` wrote (missing keys leave that part as it is)."""
+        self.load_sampler_state(state.get("sampler_state"))
+        self.load_schedule_state(state.get("schedule_state"))
+
     # ------------------------------------------------------------------ the step
     def step(self, grid: Tensor, module: Any, trainer: Any | None) -> tuple[Tensor, float]:
         """L_drloc of ``grid`` (B, C, H, W) and λ for this step; logs ``train/drloc`` and ``train/lambda``

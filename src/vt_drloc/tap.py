@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +58,9 @@ class GridInfo:
 
 def model_input_size(model: nn.Module) -> tuple[int, int]:
     """(H, W) the model was built for: ``patch_embed.img_size``, ``img_size``, or its pretrained cfg."""
-    for owner in (getattr(model, "patch_embed", None), model):
-        size = getattr(owner, "img_size", None)
-        if size is not None:
-            return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    size = fixed_input_size(model)
+    if size is not None:
+        return size
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
     if size is not None:
@@ -293,6 +293,43 @@ def sample_input_shape(dataset: Any) -> tuple[int, ...] | None:
         if isinstance(item, Tensor) and item.dim() == 3:
             return tuple(int(d) for d in item.shape)
     return None
+
+
+def probe_input(
+    runner: nn.Module,
+    *,
+    input_size: Sequence[int] | int | None = None,
+    in_chans: int | None = None,
+    example_input: Any = None,
+    training_dataset: Callable[[], Any] | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor | None:
+    """The zero batch (2, C, H, W) that sizes the grid of ``runner``, from the first source that knows
+    the input size: ``input_size`` (H, W) or int; the size the model is built for (``img_size``);
+    ``example_input`` (a tensor, e.g. a LightningModule's ``example_input_array``); the first sample
+    of ``training_dataset()`` (called only when needed, so nothing is loaded for nothing; no loader is
+    iterated); a timm model's pretrained cfg. None when none can tell.
+
+    Channels: ``in_chans``, else the sample's, else the model's ``in_chans``, else its cfg's, else 3.
+    """
+    given_chans, in_chans = in_chans, in_chans or getattr(runner, "in_chans", None)
+    if input_size is not None:
+        hw = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[-2]), int(input_size[-1]))
+    elif (hw := fixed_input_size(runner)) is not None:
+        pass
+    elif isinstance(example_input, Tensor):
+        return torch.zeros_like(example_input[:2], device=device)
+    elif training_dataset is not None and (shape := sample_input_shape(training_dataset())) is not None:
+        in_chans = given_chans or shape[0]
+        hw = shape[1:]
+    elif is_timm_model(runner):
+        hw = tuple((getattr(runner, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-2:])
+    else:
+        return None
+    if in_chans is None:
+        in_chans = (getattr(runner, "pretrained_cfg", None) or {}).get("input_size", (3,))[0]
+    return torch.zeros(2, int(in_chans), *hw, device=device, dtype=dtype)
 
 
 def patch_method(obj: Any, name: str, wrap: Any) -> Any:
