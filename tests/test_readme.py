@@ -48,3 +48,14 @@ def test_paper_vs_released_table_is_the_one_in_docs_fidelity():
     assert len(rows) >= 12 and rows == [line for line in glance.splitlines() if line.startswith("|")]
     for option in ("tap_norm", "head_init", "class_head", "decay_epochs", "interval", "grid_size"):
         assert f"| `{option}`" in section, option
+
+
+def test_every_test_the_docs_cite_exists():
+    """``tests/<file>.py::<name>`` in the README and docs/*.md names a test that exists."""
+    root = README.parent
+    cited = set()
+    for doc in [README, *sorted((root / "docs").glob("*.md"))]:
+        cited |= set(re.findall(r"tests/(test_\w+\.py)::(test_\w+)", doc.read_text()))
+    assert len(cited) >= 15
+    missing = [f"{f}::{t}" for f, t in sorted(cited) if not re.search(rf"^def {t}\(", (root / "tests" / f).read_text(), flags=re.M)]
+    assert not missing, missing

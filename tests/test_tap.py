@@ -27,6 +27,7 @@ from timm.models import focalnet, gcvit, metaformer, mlp_mixer, mvitv2, nest, vo
 from torch import Tensor, nn
 
 from vt_drloc import DrLocModule, GridTapError, probe_grid, tap_grid
+from vt_drloc.tap import GridCapture
 
 VIT = dict(img_size=32, patch_size=4, depth=2, embed_dim=64, num_heads=2)
 D4, W4 = (1, 1, 1, 1), (16, 32, 48, 64)  # one block per stage, small widths
@@ -303,6 +304,56 @@ def test_single_forward_gives_model_logits_and_final_grid(family):
         assert close(grids["pre"], as_grid(entering, family.side, family.prefix)), "pre != input of the final norm"
         assert close(apply_norm(norm, grids["pre"], layout), grids["post"]), "final norm(pre) != post"
         assert not close(grids["pre"], grids["post"]), "final norm acts, yet pre == post"
+
+
+# What DrLocCallback reads: hooks on the model's own forward (the input of ``model.norm``, or
+# ``forward_features``' output). For each family and tap the captured grid is the one DrLocModule
+# reads (forward_intermediates), or the callback refuses, naming tap= / DrLocModule: these families'
+# norm / forward_features is not their last stage's grid in the same order (XCiT: class-attention
+# blocks run before the norm; SAM: a conv neck; FastViT: a final conv; Hiera: mask-unit order;
+# ConvNeXt with head_norm_first: the norm sits in the head), or is no grid at all (CrossViT's two
+# branches, PiT's and CoaT-Lite's class tokens), so they must not train on a wrong grid silently.
+CAPTURE_REFUSES = {
+    ("xcit", "pre"),
+    ("sam-vit", "pre"),
+    ("crossvit", "pre"),
+    ("crossvit", "post"),
+    ("pit", "pre"),
+    ("pit", "post"),
+    ("coat-lite", "pre"),
+    ("coat-lite", "post"),
+    ("hiera", "pre"),
+    ("hiera", "post"),
+    ("fastvit", "pre"),
+    ("fastvit", "post"),
+    ("convnext-head-norm-first", "pre"),
+}
+
+
+@pytest.mark.parametrize("tap_norm", ["pre", "post"])
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.id for f in FAMILIES])
+def test_callback_capture_reads_the_modules_grid_or_refuses(family, tap_norm):
+    model = family.build()
+    norm_path = (family.norm or "").partition(":")[0]
+    if norm_path:
+        perturb(model.get_submodule(norm_path))
+    x = torch.zeros(2, 3, family.size, family.size)
+    capture = GridCapture()
+    capture.attach_backbone(model, tap_norm, family.id)
+    if (family.id, tap_norm) in CAPTURE_REFUSES:
+        with pytest.raises(GridTapError, match=r"tap='\.\.\.', or train with DrLocModule"):
+            capture.probe(model, x, model)
+            capture.check_backbone(model, x, tap_norm)
+        return
+    capture.probe(model, x, model)
+    capture.check_backbone(model, x, tap_norm)
+    xr = torch.randn(2, 3, family.size, family.size)
+    with torch.no_grad():
+        _, raw = capture.capture(model.forward_features, xr, mode="probe")
+        expected = tap_grid(model, xr, probe_grid(model, family.size, tap_norm=tap_norm))[1]
+    assert close(capture.to_grid(raw), expected), (family.id, tap_norm)
+    capture.detach()
+    assert capture.capture(model.forward_features, xr, mode="probe")[1] is None  # hooks removed
 
 
 # Families at a size where their final grid cannot serve DRLoc: refused, either tap_norm, naming the

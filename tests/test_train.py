@@ -88,7 +88,7 @@ def test_every_model_and_data_config_composes_and_instantiates():
     # pre-norm tokens except T2T-ViT; the head re-initialised with the model for Swin-T and T2T only
     assert built["vit_b16"] == (14, 14)
     assert built["swin_t"] == built["resnet50"] == built["cvt_13"] == built["cvt_13_drloc"] == built["t2t_vit_14"] == (7, 7)
-    assert taps["swin_t"] == ("pre", "released") and taps["t2t_vit_14"] == ("post", "released")
+    assert taps["swin_t"] == ("pre", "released") and taps["t2t_vit_14"] == taps["t2t_vit_14_c32"] == ("post", "released")
     assert taps["vit_b16"] == taps["cvt_13_drloc"] == taps["resnet50"] == ("pre", "torch")
     assert built["vit_tiny_c32"] == (8, 8)
     # the study's small models (docs/results.md): native 8x8 grids at 32 px, no pooling; generic defaults

@@ -53,7 +53,6 @@ from vt_drloc.optim import add_param_groups
 from vt_drloc.tap import (
     GRID_FORMATS,
     GridCapture,
-    final_norm,
     find_timm_models,
     is_timm_model,
     patch_method,
@@ -264,11 +263,8 @@ class DrLocCallbackBase:
         if tap_module is not None:
             owner = backbone if backbone is not None else prefix_owner(pl_module, self.tap)
             capture.hook_output(tap_module, f"tap {self.tap!r}", owner)
-        elif self.config.tap_norm == "pre" and (norm := final_norm(backbone)) is not None:
-            # the input of the final norm: the last stage's tokens in forward_features' own layout
-            capture.hook_norm_input(norm, f"backbone {backbone_name!r} (input of its final norm)", backbone)
         else:
-            capture.wrap_forward_features(backbone, f"backbone {backbone_name!r} (forward_features)")
+            capture.attach_backbone(backbone, self.config.tap_norm, backbone_name)
         self._undo.append(capture.detach)
         runner = self._runner(pl_module, backbone)
         param = next(iter(runner.parameters()), None)
@@ -290,6 +286,8 @@ class DrLocCallbackBase:
                 "module's example_input_array, or give the trainer a map-style training dataset."
             )
         channels, height, width = capture.probe(runner, x, pl_module)
+        if tap_module is None:
+            capture.check_backbone(backbone, x, self.config.tap_norm)
 
         loss = self.objective.build_loss(channels, (height, width)).to(device)
         self.objective.loss = loss

@@ -348,6 +348,12 @@ def patch_method(obj: Any, name: str, wrap: Any) -> Any:
     return undo
 
 
+_NAME_THE_TAP = (
+    "If this is not the last stage's grid, name the module whose output is with tap='...', or train with "
+    "DrLocModule, which reads forward_intermediates."
+)
+
+
 class GridCapture:
     """Captures the grid of a forward run by other code (the user's ``training_step``).
 
@@ -406,6 +412,15 @@ class GridCapture:
 
         self._undo.append(patch_method(backbone, "forward_features", wrap))
 
+    def attach_backbone(self, backbone: nn.Module, tap_norm: str, name: str) -> None:
+        """The route for a backbone read through ``forward_features``: the input of its final norm
+        (``tap_norm="pre"``, the last stage's tokens in forward_features' own layout), else the output."""
+        norm = final_norm(backbone) if check_tap_norm(tap_norm) == "pre" else None
+        if norm is not None:
+            self.hook_norm_input(norm, f"backbone {name!r} (input of its final norm)", backbone)
+        else:
+            self.wrap_forward_features(backbone, f"backbone {name!r} (forward_features)")
+
     def detach(self) -> None:
         while self._undo:
             self._undo.pop()()
@@ -444,7 +459,7 @@ class GridCapture:
             for module, mode in modes:
                 module.training = mode
         if raw is None:
-            raise GridTapError(f"DRLoc: a forward of {type(runner).__name__} never reached the {self.name}.")
+            raise GridTapError(f"DRLoc: a forward of {type(runner).__name__} never reached the {self.name}. {_NAME_THE_TAP}")
         if not isinstance(raw, Tensor):
             raise GridTapError(f"DRLoc: the {self.name} returned {type(raw).__name__}, not a tensor.")
         self.format = self._resolve_format(raw)
@@ -457,16 +472,47 @@ class GridCapture:
         except GridTapError as err:
             raise GridTapError(
                 f"DRLoc: the {self.name} output {tuple(raw.shape)} is not a usable grid: {err}. "
-                "Set prefix_tokens= (class / register tokens) or grid_format= to match it."
+                f"Set prefix_tokens= (class / register tokens) or grid_format= to match it. {_NAME_THE_TAP}"
             ) from err
         _, channels, height, width = grid.shape
         if min(height, width) < MIN_GRID:
             raise GridTapError(
                 f"DRLoc: the {self.name} yields a {height}x{width} grid of {channels} channels at input "
                 f"{tuple(x.shape[-2:])}; DRLoc needs at least {MIN_GRID}x{MIN_GRID}. Use a smaller patch / stride or a "
-                "larger input, or tap an earlier stage."
+                f"larger input. {_NAME_THE_TAP}"
             )
         return int(channels), int(height), int(width)
+
+    @torch.no_grad()
+    def check_backbone(self, backbone: nn.Module, x: Tensor, tap_norm: str) -> None:
+        """After :meth:`probe` on a backbone route: the grid the hooks capture must be the grid
+        :func:`probe_grid` / :func:`tap_grid` read (what ``DrLocModule`` trains on). Compared on a
+        random batch in eval mode; models without ``forward_intermediates`` are not checked. A model
+        whose ``norm`` / ``forward_features`` is not its last stage's grid (e.g. a convolutional neck
+        after it, or tokens kept in another order) raises :class:`GridTapError` naming the fix."""
+        if getattr(backbone, "forward_intermediates", None) is None:
+            return
+        modes = [(m, m.training) for m in backbone.modules()]
+        backbone.eval()
+        try:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            xr = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+            _, raw = self.capture(backbone, xr, mode="probe")
+            info = probe_grid(backbone, tuple(x.shape[-2:]), in_chans=int(x.shape[1]), tap_norm=tap_norm)
+            ref = tap_grid(backbone, xr, info)[1]
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        grid = None if raw is None else self.to_grid(raw)
+        if grid is None or grid.shape != ref.shape or not torch.allclose(grid, ref, rtol=1e-4, atol=1e-4):
+            found = "nothing" if grid is None else f"a grid of shape {tuple(grid.shape)}"
+            raise GridTapError(
+                f"DRLoc: reading the {self.name} with a hook gives {found}, but the last stage of "
+                f"{type(backbone).__name__} (forward_intermediates, tap_norm={tap_norm!r}) is a grid of shape "
+                f"{tuple(ref.shape)} with other values: its norm / forward_features is not its last stage's grid. "
+                "Name the module whose output is the grid with tap='...', or train with DrLocModule, which reads "
+                "forward_intermediates."
+            )
 
     def _resolve_format(self, raw: Tensor) -> str:
         if self.grid_format != "auto":
