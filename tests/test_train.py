@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,10 @@ def test_paper_swin_t_composes_to_the_released_run():
     assert (d.tap_norm, d.grid_size, d.head_init, d.target, d.hidden_dims, d.sample_size) == ("pre", 7, "released", "abs", "released", 64)
     assert cfg.trainer.max_epochs == 100 and (o.decay_epochs, o.warmup_prefix, o.warmup_epochs) == (300, False, 20)
     assert (o.lr, o.min_lr, o.lr_batch_scale, cfg.data.batch_size) == (5e-4, 5e-6, 512, 128)
-    module = build_module(cfg, 10, float(d.lambda_drloc))
+    module = build_module(cfg, 10, float(d.lambda_drloc), global_batch=128)
+    # the released scaling: lr and min_lr by global batch / 512, passed to the module at construction
+    assert module.hparams.lr == pytest.approx(1.25e-4) and module.hparams.min_lr == pytest.approx(1.25e-6)
+    assert build_module(cfg, 10, 0.0).hparams.lr == 5e-4  # batch unknown: as configured
     assert module.grid_info.hw == module.drloc.reduced_hw == (7, 7) and module.grid_info.tap_norm == "pre"
     assert all(torch.count_nonzero(m.bias) == 0 for m in module.drloc.head.modules() if isinstance(m, torch.nn.Linear))
     hp = module.drloc_config
@@ -249,9 +253,16 @@ def test_ddp_cpu_two_processes_write_one_results_file(tmp_path):
 
 @pytest.mark.slow
 def test_wheel_ships_its_configs(tmp_path):
-    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    wheel_dir, target, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
+    # build from a copy of what the wheel is made of: setuptools builds inside the source tree and
+    # would otherwise pick up a stale, git-ignored build/ folder (modules deleted since)
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    for part in ("src", "conf"):
+        shutil.copytree(REPO / part, source / part, ignore=skip)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, source / part)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(source)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -263,7 +274,12 @@ def test_wheel_ships_its_configs(tmp_path):
 
     import tomllib
 
-    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
+    names = zipfile.ZipFile(wheel).namelist()
+    # the modules shipped are the package's modules, no more (no leftovers of deleted ones)
+    modules = {p.relative_to(REPO / "src").as_posix() for p in (REPO / "src").rglob("*.py") if "__pycache__" not in p.parts}
+    modules |= {f"vt_drloc/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.py")}
+    assert {n for n in names if n.endswith(".py")} == modules
+    shipped = {n for n in names if n.endswith(".yaml")}
     configs = sorted((REPO / "conf").rglob("*.yaml"))
     assert {f"vt_drloc/conf/{c.relative_to(REPO / 'conf').as_posix()}" for c in configs} == shipped
     packages = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])

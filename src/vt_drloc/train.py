@@ -38,10 +38,20 @@ from vt_drloc.results import Throughput, metric, non_finite_metrics, write_resul
 log = logging.getLogger("vt_drloc.train")
 
 
-def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float) -> Any:
+def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float, global_batch: int | None = None) -> Any:
     """The LightningModule of a run: ``cfg.module`` instantiated (``DrLocModule`` unless the user points
-    ``module._target_`` at their own class) with ``num_classes`` from the data and ``lambda_drloc``."""
-    return instantiate_checked("module", cfg.module, num_classes=num_classes, lambda_drloc=lambda_drloc)
+    ``module._target_`` at their own class) with ``num_classes`` from the data and ``lambda_drloc``.
+
+    With ``optim.lr_batch_scale`` set and the ``global_batch`` known, the module's ``lr`` and
+    ``min_lr`` are scaled together by global batch / ``lr_batch_scale``, as in the released code
+    (its warm-up and floor scale too)."""
+    overrides: dict[str, Any] = {}
+    scale = cfg.optim.get("lr_batch_scale")
+    if scale and global_batch and "lr" in cfg.module:
+        overrides["lr"] = lr = cfg.optim.lr * global_batch / scale
+        if "min_lr" in cfg.module:
+            overrides["min_lr"] = min(cfg.optim.min_lr * global_batch / scale, lr)
+    return instantiate_checked("module", cfg.module, num_classes=num_classes, lambda_drloc=lambda_drloc, **overrides)
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -90,18 +100,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     drloc_callbacks = [cb for cb in callbacks if isinstance(cb, DrLocCallbackBase)]
     # With DrLocCallback the module is a plain timm classifier and the callback adds the loss.
     lambda_drloc = 0.0 if drloc_callbacks else float(cfg.drloc.lambda_drloc)
-    model = build_module(cfg, datamodule.num_classes, lambda_drloc)
-    init_report = None
-    if cfg.get("init_from"):
-        init_report = load_backbone_weights(getattr(model, "model", model), cfg.init_from, trust=bool(cfg.get("trust_checkpoint")))
-        log.info(
-            "init_from %s: %d backbone tensors loaded, %d skipped (shape: %s), %d left as initialised",
-            cfg.init_from,
-            len(init_report["loaded"]),
-            len(init_report["skipped"]),
-            ", ".join(init_report["skipped"]) or "-",
-            len(init_report["missing"]),
-        )
     throughput = Throughput()
     callbacks.append(throughput)
     # Always on (docs/reliability.md): stop at the first NaN/inf loss term; resume with the same RNG streams.
@@ -116,12 +114,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=str(output_dir),
         plugins=[AtomicCheckpointIO()],
     )  # checkpoints: temp file + os.replace, never torn
-    if cfg.optim.lr_batch_scale and "lr" in model.hparams:
-        # lr and min_lr scale together, as in the released code (its warm-up and floor scale too)
-        global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        model.hparams.lr = cfg.optim.lr * global_batch / cfg.optim.lr_batch_scale
-        if "min_lr" in model.hparams:
-            model.hparams.min_lr = min(cfg.optim.min_lr * global_batch / cfg.optim.lr_batch_scale, model.hparams.lr)
+    global_batch = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    model = build_module(cfg, datamodule.num_classes, lambda_drloc, global_batch)
+    init_report = None
+    if cfg.get("init_from"):
+        init_report = load_backbone_weights(getattr(model, "model", model), cfg.init_from, trust=bool(cfg.get("trust_checkpoint")))
+        log.info(
+            "init_from %s: %d backbone tensors loaded, %d skipped (shape: %s), %d left as initialised",
+            cfg.init_from,
+            len(init_report["loaded"]),
+            len(init_report["skipped"]),
+            ", ".join(init_report["skipped"]) or "-",
+            len(init_report["missing"]),
+        )
     # a module of the user's own class (module._target_) need not offer DrLocModule's attributes
     head_params = getattr(model, "num_head_params", 0) + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks)
     backbone_params = getattr(model, "num_backbone_params", None) or sum(p.numel() for p in model.parameters()) - head_params
