@@ -32,4 +32,5 @@ bench: install
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/overhead.py --study
 	$(BIN)/python bench/data.py
+	$(BIN)/python bench/tar_reader.py
 	$(BIN)/python bench/loop_overhead.py

@@ -32,7 +32,9 @@ def test_mlflow_logs_drloc_metrics_and_hparams_to_a_local_store(tmp_path):
 
 def wandb_records(path: Path) -> list:
     """The protobuf records of an offline W&B run file (``run-<id>.wandb``): a 7-byte ``:W&B`` header,
-    then LevelDB-log framing (32 KiB blocks; 7-byte chunk headers: crc, length, type)."""
+    then LevelDB-log framing (32 KiB blocks; 7-byte chunk headers: crc, length, type). Read by hand
+    because wandb 0.31 ships no Python reader for these files (its ``DataStore`` moved into the Go
+    core); the records themselves are parsed with wandb's own protobuf classes."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data, pos, block, chunks, out = path.read_bytes(), 7, 32768, [], []

@@ -11,27 +11,38 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from vt_drloc.files import write_atomic
 
 
 class Throughput(pl.Callback):
-    """Training images per second over the whole run, timed over training batches only (validation
-    excluded), for ``results.json``.
+    """Training images per second over the whole run, for ``results.json``: each training batch is
+    timed from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward, optimizer
+    step), so data-loader waits and validation are left out; on CUDA both ends synchronise, as
+    Lightning's ``ThroughputMonitor`` does, so queued kernels are counted.
 
-    Lightning's ``ThroughputMonitor`` logs a windowed rate to the loggers (it needs a logger and a
-    ``batch_size_fn``) and ``Timer`` times whole stages (validation inside fit included); neither
-    gives this run-level figure, so this 15-line callback stays."""
+    ``ThroughputMonitor`` itself does not give this figure: it times from the start of training
+    (data-loader waits included), needs a ``batch_size_fn``, and hands its numbers only to a logger
+    at log steps (with ``logger=False`` they go nowhere; reading them back means its private state).
+    ``Timer`` times whole stages, validation inside fit included. So this short callback stays."""
 
     def __init__(self) -> None:
         self.images = 0
         self.seconds = 0.0
         self._start = 0.0
 
+    @staticmethod
+    def _sync(trainer) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync(trainer)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync(trainer)
         self.seconds += time.perf_counter() - self._start
         self.images += int(batch[0].shape[0]) * trainer.world_size
 

@@ -4,6 +4,11 @@ An uncompressed tar archive is read in place: its member index (name, data offse
 once per process, and every process (DataLoader worker) opens its own file handle lazily and reads
 a member's bytes with ``os.pread`` at its offset, so nothing is extracted and workers never share
 a file position.
+
+Why not timm's ``ReaderImageInTar``: on the offline CIFAR-10 archive (60,000 JPEGs) this reader
+indexes it 5.6x faster (0.72 s vs 4.06 s) and reads random members' bytes 2.5x faster (198,000 vs
+78,000 per second; ``python bench/tar_reader.py``, one run, both readers side by side), and its
+``pread`` reads need no per-worker ``tarfile`` object.
 """
 
 from __future__ import annotations
