@@ -8,7 +8,8 @@ import pytest
 
 from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec
 from vt_drloc.report.study import find_cells, load_study, study_markdown
-from vt_drloc.report.sweep import load_sweep, summary_markdown
+from vt_drloc.report.sweep import load_sweep
+from vt_drloc.report.tables import summary_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "docs" / "results.md"

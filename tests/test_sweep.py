@@ -21,7 +21,9 @@ from omegaconf import OmegaConf
 from test_train import TINY as TRAIN_TINY
 
 from vt_drloc import report
-from vt_drloc.report.sweep import SUMMARY_FILES, SweepError, load_sweep, summary_markdown, write_summary
+from vt_drloc.report.summary import write_summary
+from vt_drloc.report.sweep import SUMMARY_FILES, SweepError, load_sweep
+from vt_drloc.report.tables import summary_markdown
 
 # The TINY run of tests/test_train.py (a 2-batch CIFAR-10 run from the archive), without the
 # progress bar, which only slows down a captured subprocess.
@@ -551,7 +553,8 @@ def test_head_task_fraction_is_a_column_once_runs_record_it(tmp_path):
 
 
 def test_summary_png_shows_every_job_the_seed_count_and_the_paired_difference_at_scale():
-    from vt_drloc.report.sweep import MIN_SPAN_PCT, paired_delta, plot_summary
+    from vt_drloc.report.figures import MIN_SPAN_PCT, plot_summary
+    from vt_drloc.report.stats import paired_delta
 
     cell = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_cifar10" / "spc100_vit_lam1_wd"
     sweep = load_sweep(cell)

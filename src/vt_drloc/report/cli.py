@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 from vt_drloc.report.study import copy_sweep_results, load_study, study_markdown, write_study
-from vt_drloc.report.sweep import SweepError, load_sweep, summary_markdown, write_summary
+from vt_drloc.report.summary import write_summary
+from vt_drloc.report.sweep import SweepError, load_sweep
+from vt_drloc.report.tables import summary_markdown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vt_drloc.report.sweep import SweepError, md_cell, mean_std, new_figure, task_text
+from vt_drloc.report.figures import new_figure
+from vt_drloc.report.stats import mean_std
+from vt_drloc.report.sweep import SweepError
+from vt_drloc.report.tables import md_cell, task_text
 
 GAIN_CURVE_SPEC = "gain_curve.json"
 

@@ -26,27 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from vt_drloc.files import write_atomic
+from vt_drloc.report.figures import new_figure, png_bytes
 from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec, plot_gain_curve
-from vt_drloc.report.sweep import (
-    LAMBDA_KEY,
-    TASK_KEY,
-    TASK_TITLE,
-    Setting,
-    Sweep,
-    SweepError,
-    delta_text,
-    find_job_dirs,
-    load_sweep,
-    md_cell,
-    mean_std,
-    natural_key,
-    new_figure,
-    paired_delta,
-    pct_text,
-    png_bytes,
-    records_task,
-    task_text,
-)
+from vt_drloc.report.stats import mean_std, paired_delta
+from vt_drloc.report.sweep import LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, find_job_dirs, load_sweep, natural_key
+from vt_drloc.report.tables import delta_text, md_cell, pct_text, records_task, task_text
 
 STUDY_FILES = ("study.csv", "study.md", "study.png")
 # The files of a job worth keeping beside a write-up: what ran and what it scored (no checkpoints,
@@ -284,7 +268,7 @@ def plot_study(rows: list[StudyRow], title: str):
 def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path]:
     """Write ``study.csv``, ``study.md`` and ``study.png`` (and, with ``cells_too``, each cell's summary);
     ``gain_curve.md`` / ``gain_curve.png`` too where the study dir holds a ``gain_curve.json``."""
-    from vt_drloc.report.sweep import write_summary
+    from vt_drloc.report.summary import write_summary
 
     study_dir = Path(study_dir)
     rows = load_study(study_dir)

@@ -1,0 +1,152 @@
+"""Sweep tables: ``summary.csv`` (one row per job) and ``summary.md`` (mean ± std over seeds per
+setting, and the paired change against the λ = 0 baseline of the same setting)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from vt_drloc.report.stats import paired_delta
+from vt_drloc.report.sweep import (
+    CURVE_METRIC,
+    DELTA_METRICS,
+    LAMBDA_KEY,
+    RESULT_COLUMNS,
+    SUMMARY_METRICS,
+    TASK_KEY,
+    TASK_TITLE,
+    Job,
+    Setting,
+    Sweep,
+    hashable,
+)
+
+
+def _number_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def summary_csv(sweep: Sweep) -> str:
+    """``summary.csv``: one row per job. Numbers are written exactly as in ``results.json``."""
+    result_cols = [c for c in RESULT_COLUMNS if c not in sweep.swept] + ([TASK_KEY] if records_task(sweep.jobs) else [])
+    header = ["job", "status", *sweep.swept, *result_cols, "error"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for job in sweep.jobs:
+        writer.writerow(
+            [
+                job.name,
+                job.status,
+                *(job.overrides.get(k, "") for k in sweep.swept),
+                *(_number_text(job.results.get(c)) for c in result_cols),
+                job.error.splitlines()[0][:300] if job.error else "",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def records_task(jobs: Sequence[Job]) -> bool:
+    """Whether any of ``jobs`` recorded :data:`TASK_KEY` (older runs did not)."""
+    return any(job.results.get(TASK_KEY) is not None for job in jobs)
+
+
+def task_text(setting: Setting) -> str:
+    """:data:`TASK_KEY` of a setting, mean ± std over its jobs ("–" without DRLoc or a record)."""
+    mean, std, _ = setting.stats(TASK_KEY)
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def pct_text(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def delta_text(delta: tuple[float | None, float | None, int]) -> str:
+    mean, std, n = delta
+    if mean is None:
+        return "–"
+    return f"{100 * mean:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
+
+
+def md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(sweep: Sweep) -> str:
+    """``summary.md``: mean ± std over seeds per setting and the paired change vs λ=0."""
+    settings = sweep.settings()
+    n_ok = sum(j.ok for j in sweep.jobs)
+    seeds = sorted({repr(hashable(j.seed)) for j in sweep.jobs if j.seed is not None})
+    lines = [
+        f"# Sweep `{sweep.path.name}`",
+        "",
+        f"{len(sweep.jobs)} jobs: {n_ok} ok, {len(sweep.jobs) - n_ok} failed. "
+        f"Swept: {', '.join(f'`{k}`' for k in sweep.swept) or 'nothing'}; "
+        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} per setting at most.",
+    ]
+    if sweep.fixed:
+        lines += ["", "Fixed overrides: " + " ".join(f"`{k}={v}`" for k, v in sweep.fixed.items())]
+    lines += [
+        "",
+        "Accuracies in %, mean ± std (sample std) over the seeds of each setting; failed jobs are left out.",
+    ]
+    has_delta = LAMBDA_KEY in sweep.setting_keys
+    if has_delta:
+        lines.append(
+            "Δ: change vs the λ=0 baseline of the same setting in percentage points, mean ± std of the "
+            "per-seed paired differences (DRLoc run minus baseline run of the same seed), n = seeds paired."
+        )
+    with_task = records_task(sweep.jobs)
+    if with_task:
+        lines.append(
+            f"{TASK_TITLE}: the last epoch's training DRLoc loss over the loss of a head that predicts the best "
+            "constant offset (chance_l1); near 1 = the head did not learn to localise."
+        )
+    header = [*(f"`{k}`" for k in sweep.setting_keys), "jobs ok", *(t for _, t in SUMMARY_METRICS)]
+    if has_delta:
+        header += [t for _, t in DELTA_METRICS]
+    if with_task:
+        header.append(TASK_TITLE)
+    header.append("wall s / job")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for setting in settings:
+        row = [md_cell(setting.values[k]) for k in sweep.setting_keys]
+        row.append(f"{len(setting.ok_jobs)}/{len(setting.jobs)}")
+        row += [pct_text(*setting.stats(key)[:2]) for key, _ in SUMMARY_METRICS]
+        if has_delta:
+            baseline = sweep.baseline_of(setting, settings)
+            is_base = baseline is setting
+            for key, _ in DELTA_METRICS:
+                row.append("baseline" if is_base else ("–" if baseline is None else delta_text(paired_delta(setting, baseline, key))))
+        if with_task:
+            row.append(task_text(setting))
+        wall = setting.stats("wall_time_s")[0]
+        row.append("–" if wall is None else f"{wall:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    if sweep.failed:
+        lines += ["", "## Failed jobs", "", "| job | overrides | error |", "|---|---|---|"]
+        for job in sweep.failed:
+            swept = " ".join(f"{k}={job.overrides.get(k, '')}" for k in sweep.swept)
+            error = job.error.splitlines()[0][:200] if job.error else job.status
+            lines.append(f"| {job.name} | `{md_cell(swept)}` | {md_cell(error)} |")
+    if sweep.optuna and "best_params" in sweep.optuna:
+        best = ", ".join(f"`{k}={v}`" for k, v in sweep.optuna["best_params"].items())
+        lines += ["", f"Optuna best: {best} → {sweep.optuna.get('best_value')}"]
+    lines += ["", "Figures: `summary.png` (accuracy vs " + f"`{sweep.x_key or 'job'}`), `curves.png` ({CURVE_METRIC} per epoch).", ""]
+    return "\n".join(lines)
+
+
+def settings_table(sweep: Sweep) -> str:
+    """The per-setting table of ``summary.md`` (the lines starting with ``|`` before the failed jobs)."""
+    text = summary_markdown(sweep).split("## Failed jobs")[0]
+    return "\n".join(line for line in text.splitlines() if line.startswith("|"))
