@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -13,8 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vt_drloc.drloc import CLASS_HEADS, DRLOC_MODES, HEAD_INITS, LAMBDA_INTERVALS, SCHEDULES, TARGETS
-from vt_drloc.tap import TAP_NORMS
+from vt_drloc.objective import DrLocConfig
 
 CONFIG_PACKAGE = "vt_drloc.conf"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
@@ -133,34 +133,18 @@ def check_group_choices(argv: list[str]) -> None:
 
 # ---------------------------------------------------------------------------------- checks
 def check_drloc_config(drloc: Mapping[str, Any]) -> None:
-    lam = drloc["lambda_drloc"]
-    if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+    """The ``drloc`` group, checked by the rules both faces use (building its
+    :class:`~vt_drloc.objective.DrLocConfig`), the bad key spelled as on the command line."""
+    try:
+        DrLocConfig.build(drloc)
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        # the rules name the option first ("sample_size=0 must be >= 1 ..."): spell it as on the CLI
+        message = f"drloc.{message}" if re.match(r"\w+=", message) else f"drloc config: {message}"
         raise UserError(
-            f"drloc.lambda_drloc={lam} is invalid: use a number >= 0 (0 trains the baseline without DRLoc; the paper uses 0.1-0.5)."
-        )
-    size = drloc["sample_size"]
-    if not isinstance(size, int) or size < 1:
-        raise UserError(f"drloc.sample_size={size} is invalid: use an integer >= 1 (the paper samples 64 pairs per image).")
-    choices_of = (
-        ("mode", DRLOC_MODES),
-        ("target", TARGETS),
-        ("schedule", SCHEDULES),
-        ("tap_norm", TAP_NORMS),
-        ("head_init", HEAD_INITS),
-        ("class_head", CLASS_HEADS),
-        ("interval", LAMBDA_INTERVALS),
-    )
-    for key, choices in choices_of:
-        if drloc[key] not in choices:
-            raise UserError(f"drloc.{key}={drloc[key]!r} is invalid: choose one of {', '.join(choices)}.")
-    grid = drloc["grid_size"]
-    if grid is not None and (not isinstance(grid, int) or grid < 2):
-        raise UserError(f"drloc.grid_size={grid} is invalid: use an integer >= 2 (the paper pools to 7) or null to keep the grid.")
-    head_decay = drloc.get("head_weight_decay")
-    if head_decay is not None and not (_is_number(head_decay) and head_decay >= 0):
-        raise UserError(
-            f"drloc.head_weight_decay={head_decay!r} is invalid: use a number >= 0 (0: no decay on the head) or null (the optimizer's)."
-        )
+            f"{message}. Set it as drloc.<option>=<value>; the options and their defaults are in "
+            "conf/drloc/default.yaml and docs/fidelity.md."
+        ) from None
 
 
 def _is_int(value: Any) -> bool:
@@ -188,15 +172,7 @@ def check_run_config(cfg: DictConfig) -> None:
     for key in ("test", "print_config", "trust_checkpoint"):
         if key in cfg:
             need(isinstance(cfg[key], bool), key, "use true or false")
-    drloc, optim, trainer = cfg.get("drloc"), cfg.get("optim"), cfg.get("trainer")
-    if drloc is not None:
-        need(_is_number(drloc.warmup_epochs) and drloc.warmup_epochs >= 0, "drloc.warmup_epochs", "use a number >= 0")
-        need(drloc.seed is None or (_is_int(drloc.seed) and drloc.seed >= 0), "drloc.seed", "use an integer >= 0, or null")
-        need(
-            _positive_or_null(drloc.decay_epochs),
-            "drloc.decay_epochs",
-            "use the epoch at which lambda reaches 0 (a number > 0), or null for trainer.max_epochs",
-        )
+    optim, trainer = cfg.get("optim"), cfg.get("trainer")
     for key, rule in (
         ("lr_batch_scale", "use a batch size > 0 (the paper: 512), or null to use lr as given"),
         ("decay_epochs", "use the epoch at which the cosine reaches min_lr (a number > 0), or null for trainer.max_epochs"),

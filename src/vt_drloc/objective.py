@@ -110,6 +110,10 @@ class DrLocConfig:
         resolve_hidden_dims(self.hidden_dims)
         drloc_lambda(self.lambda_drloc, 0.0, None, self.schedule, self.warmup_epochs, self.decay_epochs)
         epoch_progress(0, 0, None, self.interval)
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float)) or not self.warmup_epochs >= 0:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be a number >= 0 (the released runs: 20)")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed={self.seed!r} must be an integer >= 0, or None to derive it from the run's seed")
         if self.head_weight_decay is not None and not (math.isfinite(float(self.head_weight_decay)) and self.head_weight_decay >= 0):
             raise ValueError(f"head_weight_decay={self.head_weight_decay} must be >= 0, or None for the optimizer's weight decay")
         if not 0 < float(self.task_threshold) <= 1:
