@@ -123,6 +123,24 @@ def no_forward_module(pl):
     return NoForward()
 
 
+class CountingDataset(TensorDataset):
+    def __init__(self, *tensors):
+        super().__init__(*tensors)
+        self.reads = []
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        return super().__getitem__(index)
+
+
+class CountingLoader(DataLoader):
+    iterations = 0
+
+    def __iter__(self):
+        self.iterations += 1
+        return super().__iter__()
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_callback_sizes_a_non_timm_backbone_from_the_first_sample_without_forward(package):
     pl, ns = faces(package)
@@ -131,7 +149,12 @@ def test_callback_sizes_a_non_timm_backbone_from_the_first_sample_without_forwar
     cb = ns.DrLocCallback(lambda_drloc=1.0, tap="backbone.blocks", **FAST)
     trainer = fit(pl, module, data())  # 32 px images, stride 4 -> an 8x8 NCHW grid
     assert cb.loss is None  # not attached: the callback was not given to this trainer
-    trainer = fit(pl, no_forward_module(pl), data(), [cb])
+    g = torch.Generator().manual_seed(0)
+    dataset = CountingDataset(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))
+    loader = CountingLoader(dataset, batch_size=8)
+    trainer = fit(pl, no_forward_module(pl), loader, [cb])
+    # the size came from one indexed read of sample 0; the loader was iterated by the fit loop only
+    assert dataset.reads == [0, *range(16)] and loader.iterations == 1
     assert cb.capture.format == "NCHW" and cb.loss.head.in_dim == 16 and cb.loss.reduced_hw == (8, 8)
     assert trainer.global_step == 2 and trainer.callback_metrics["train/drloc"].item() > 0
 
