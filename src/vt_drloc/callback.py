@@ -39,7 +39,6 @@ Written once as :class:`DrLocCallbackBase` and built for each Lightning package:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,7 +51,9 @@ from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
 from vt_drloc.optim import add_param_groups
 from vt_drloc.tap import (
     GRID_FORMATS,
+    BackboneLookupError,
     GridCapture,
+    find_backbone,
     find_timm_models,
     is_timm_model,
     patch_method,
@@ -202,49 +203,18 @@ class DrLocCallbackBase:
                 "module uses the name DrLocCallback reserves for its head."
             )
 
-    def _submodule(self, root: nn.Module, path: str, arg: str) -> nn.Module:
-        names = dict(root.named_modules())
-        if path not in names:
-            close = difflib.get_close_matches(path, [n for n in names if n], n=5, cutoff=0.5)
-            hint = f" Close matches: {', '.join(close)}." if close else ""
-            raise self._error(f"DrLocCallback({arg}={path!r}): {type(root).__name__} has no submodule {path!r}.{hint}")
-        return names[path]
-
     def _resolve(self, trainer: Any, pl_module: Any) -> tuple[nn.Module | None, nn.Module | None, str]:
-        """(backbone, tap module, backbone name). Exactly one route: a backbone with ``forward_features``, or a tap."""
+        """(backbone, tap module, backbone name), found by :func:`~vt_drloc.tap.find_backbone`."""
         if self.backbone is None and self.tap is None and not find_timm_models(pl_module):
             # the backbone may be built in configure_model, which Lightning calls right after setup;
             # the hook is documented as idempotent, so building it now is allowed.
             if self.lightning.is_overridden("configure_model", pl_module, self.lightning.LightningModule):
                 with trainer.strategy.tensor_init_context():
                     pl_module.configure_model()
-        backbone = self._submodule(pl_module, self.backbone, "backbone") if self.backbone is not None else None
-        if self.tap is not None:
-            return backbone, self._submodule(pl_module, self.tap, "tap"), self.backbone or ""
-        if backbone is not None:
-            name = self.backbone
-        else:
-            found = find_timm_models(pl_module)
-            cls = type(pl_module).__name__
-            if not found:
-                raise self._error(
-                    f"DrLocCallback found no timm model among the submodules of {cls}. Name the backbone with "
-                    "backbone='model.encoder' (a module with forward_features), or, for a backbone that is not a timm "
-                    "model, name the module whose output is the token sequence with tap='model.blocks'."
-                )
-            if len(found) > 1:
-                raise self._error(
-                    f"DrLocCallback found {len(found)} timm models in {cls}: {', '.join(repr(n or '<module>') for n in found)}. "
-                    "Name the one to train with DRLoc: DrLocCallback(backbone=...)."
-                )
-            backbone = pl_module if found[0] == "" else self._submodule(pl_module, found[0], "backbone")
-            name = found[0] or cls
-        if not callable(getattr(backbone, "forward_features", None)):
-            raise self._error(
-                f"DrLocCallback(backbone={self.backbone!r}): {type(backbone).__name__} has no forward_features; name "
-                "the module whose output is the token sequence or grid with tap='...' instead."
-            )
-        return backbone, None, name
+        try:
+            return find_backbone(pl_module, self.backbone, self.tap)
+        except BackboneLookupError as err:
+            raise self._error(str(err)) from None
 
     def _runner(self, pl_module: Any, backbone: nn.Module | None) -> nn.Module:
         """What the probe runs on an image batch: the backbone, else the top-level submodule that holds the

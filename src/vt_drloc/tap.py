@@ -20,6 +20,7 @@ A model without a final norm (ResNet, the released CvT) gives the same grid eith
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import math
@@ -253,6 +254,55 @@ def find_timm_models(root: nn.Module) -> list[str]:
         if is_timm_model(module):
             found.append(name)
     return found
+
+
+class BackboneLookupError(LookupError):
+    """The backbone / tap a face was told to read (or should find) is not there; the message names the fix."""
+
+
+def get_submodule(root: nn.Module, path: str, arg: str) -> nn.Module:
+    """``root``'s submodule at the dotted ``path``; an unknown path raises :class:`BackboneLookupError`
+    with the closest names (``arg``: the argument that named it, for the message)."""
+    names = dict(root.named_modules())
+    if path not in names:
+        close = difflib.get_close_matches(path, [n for n in names if n], n=5, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise BackboneLookupError(f"DrLocCallback({arg}={path!r}): {type(root).__name__} has no submodule {path!r}.{hint}")
+    return names[path]
+
+
+def find_backbone(root: nn.Module, backbone: str | None = None, tap: str | None = None) -> tuple[nn.Module | None, nn.Module | None, str]:
+    """``(backbone, tap module, backbone name)`` inside ``root`` (a LightningModule): exactly one route,
+    a backbone with ``forward_features`` (named, or the unique timm model among the submodules), or a
+    named ``tap`` (with an optional named backbone that owns it). Raises :class:`BackboneLookupError`
+    naming the fix when there is none, or more than one candidate."""
+    named = get_submodule(root, backbone, "backbone") if backbone is not None else None
+    if tap is not None:
+        return named, get_submodule(root, tap, "tap"), backbone or ""
+    if named is not None:
+        found_backbone, name = named, backbone
+    else:
+        found = find_timm_models(root)
+        cls = type(root).__name__
+        if not found:
+            raise BackboneLookupError(
+                f"DrLocCallback found no timm model among the submodules of {cls}. Name the backbone with "
+                "backbone='model.encoder' (a module with forward_features), or, for a backbone that is not a timm "
+                "model, name the module whose output is the token sequence with tap='model.blocks'."
+            )
+        if len(found) > 1:
+            raise BackboneLookupError(
+                f"DrLocCallback found {len(found)} timm models in {cls}: {', '.join(repr(n or '<module>') for n in found)}. "
+                "Name the one to train with DRLoc: DrLocCallback(backbone=...)."
+            )
+        found_backbone = root if found[0] == "" else get_submodule(root, found[0], "backbone")
+        name = found[0] or cls
+    if not callable(getattr(found_backbone, "forward_features", None)):
+        raise BackboneLookupError(
+            f"DrLocCallback(backbone={backbone!r}): {type(found_backbone).__name__} has no forward_features; name "
+            "the module whose output is the token sequence or grid with tap='...' instead."
+        )
+    return found_backbone, None, name
 
 
 def prefix_owner(root: nn.Module, path: str) -> nn.Module | None:
