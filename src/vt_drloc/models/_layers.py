@@ -11,7 +11,7 @@ parameters without allocating memory)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +32,6 @@ __all__ = [
     "check_output_fmt",
     "conv_out_size",
     "init_weights",
-    "linear_drop_path_rates",
     "sinusoid_table",
     "tokens_to_nchw",
     "check_no_pretrained",
@@ -154,18 +153,6 @@ def init_weights(module: nn.Module) -> None:
             if m.weight is not None and not m.weight.is_meta:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-
-def linear_drop_path_rates(drop_path_rate: float, depths: Iterable[int]) -> list:
-    """Stochastic-depth rates rising linearly from 0 to ``drop_path_rate`` over all blocks, split per stage."""
-    depths = list(depths)
-    total = sum(depths)
-    rates = torch.linspace(0, drop_path_rate, total).tolist() if total else []
-    out, start = [], 0
-    for d in depths:
-        out.append(rates[start : start + d])
-        start += d
-    return out
 
 
 _SOURCE_KEYS = ("url", "file", "hf_hub_id", "state_dict")

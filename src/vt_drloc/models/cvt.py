@@ -57,6 +57,7 @@ from typing import Any
 
 import torch
 import torch.utils.checkpoint
+from timm.layers import calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
@@ -71,7 +72,6 @@ from vt_drloc.models._layers import (
     check_output_fmt,
     conv_out_size,
     init_weights,
-    linear_drop_path_rates,
     tokens_to_nchw,
 )
 
@@ -289,7 +289,7 @@ class CvT(ClassifierMixin, nn.Module):
             raise ValueError("embed_dims, depths, num_heads and the patch_* tuples must have the same length")
         dd = {"device": device, "dtype": dtype}
 
-        dpr = linear_drop_path_rates(drop_path_rate, depths)
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages: list[CvTStage] = []
         self.feature_info: list[dict[str, Any]] = []
         in_chs, reduction, hw = in_chans, 1, self.img_size

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import Mlp, to_2tuple
+from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
@@ -68,7 +68,6 @@ from vt_drloc.models._layers import (
     check_output_fmt,
     conv_out_size,
     init_weights,
-    linear_drop_path_rates,
     sinusoid_table,
     tokens_to_nchw,
 )
@@ -281,7 +280,7 @@ class T2TViT(ClassifierMixin, nn.Module):
         table = torch.empty(1, num_patches + 1, embed_dim, **dd) if is_meta else sinusoid_table(num_patches + 1, embed_dim)
         self.register_buffer("pos_embed", table.to(**dd), persistent=False)  # fixed, not learned, not saved
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        dpr = linear_drop_path_rates(drop_path_rate, [depth])[0]
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
