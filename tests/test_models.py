@@ -371,6 +371,15 @@ def test_swin_ape_other_input_sizes_resample_the_embedding():
     assert abs(after.mean().item() - before.mean().item()) < 5e-3
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    # the same size again keeps the Parameter itself (optimizers hold it) and its requires_grad
+    after.requires_grad_(False)
+    model.set_input_size(img_size=(64, 64))
+    assert model.patch_embed.absolute_pos_embed is after and not after.requires_grad
+    # timm's re-initialisation reaches the embedding too
+    with torch.no_grad():
+        after.zero_()
+    model.init_weights(needs_reset=True)
+    assert 0.015 < model.patch_embed.absolute_pos_embed.std().item() < 0.025
 
 
 def test_swin_ape_refuses_another_embed_layer():

@@ -456,3 +456,22 @@ def test_fallback_reads_the_final_norm_input_for_pre_and_its_output_for_post():
             features, grid = tap_grid(model, x, info)
             assert torch.allclose(model.forward_head(features), model.head(model.forward_features(x)[:, 0]))
             assert close(grid, expected), tap_norm
+
+
+def test_callback_capture_check_takes_half_precision_and_non_square_grids():
+    """The check compares in the model's own dtype, within its rounding, and has no squareness rule
+    of its own (DrLocLoss takes non-square grids)."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=7, **VIT).eval().to(torch.bfloat16)
+    capture = GridCapture()
+    capture.attach_backbone(vit, "pre", "vit")
+    x = torch.zeros(2, 3, 32, 32, dtype=torch.bfloat16)
+    assert capture.probe(vit, x, vit) == (64, 8, 8)
+    capture.check_backbone(vit, x, "pre")
+
+    swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=7, **dict(SWIN, img_size=(32, 64))).eval()
+    capture = GridCapture()
+    capture.attach_backbone(swin, "post", "swin")
+    x = torch.zeros(2, 3, 32, 64)
+    assert capture.probe(swin, x, swin) == (32, 4, 8)
+    capture.check_backbone(swin, x, "post")

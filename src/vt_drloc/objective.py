@@ -14,6 +14,7 @@ scripts keep working.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -43,6 +44,15 @@ LEGACY_NAMES = {
     "lambda_interval": "interval",
     "drloc_seed": "seed",
 }
+
+
+def _is_real(value: Any) -> bool:
+    """A number (numpy's included), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def plain(value: Any) -> Any:
@@ -102,17 +112,19 @@ class DrLocConfig:
     def __post_init__(self) -> None:
         hidden = plain(self.hidden_dims)
         self.hidden_dims = hidden if isinstance(hidden, str) else [int(d) for d in hidden]
+        if not (_is_real(self.lambda_drloc) and math.isfinite(self.lambda_drloc) and self.lambda_drloc >= 0):
+            raise ValueError(f"lambda_drloc={self.lambda_drloc!r} must be a number >= 0 (0 = baseline without DRLoc)")
+        if not _is_integer(self.sample_size):
+            raise ValueError(f"sample_size={self.sample_size!r} must be an integer >= 1 (the paper uses 64)")
         self.lambda_drloc = float(self.lambda_drloc)
         self.sample_size = int(self.sample_size)
-        if not (math.isfinite(self.lambda_drloc) and self.lambda_drloc >= 0):
-            raise ValueError(f"lambda_drloc={self.lambda_drloc} must be >= 0 (0 = baseline without DRLoc)")
         check_tap_norm(self.tap_norm)
         resolve_hidden_dims(self.hidden_dims)
         drloc_lambda(self.lambda_drloc, 0.0, None, self.schedule, self.warmup_epochs, self.decay_epochs)
         epoch_progress(0, 0, None, self.interval)
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, (int, float)) or not self.warmup_epochs >= 0:
+        if not (_is_real(self.warmup_epochs) and math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
             raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be a number >= 0 (the released runs: 20)")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+        if self.seed is not None and not (_is_integer(self.seed) and self.seed >= 0):
             raise ValueError(f"seed={self.seed!r} must be an integer >= 0, or None to derive it from the run's seed")
         if self.head_weight_decay is not None and not (math.isfinite(float(self.head_weight_decay)) and self.head_weight_decay >= 0):
             raise ValueError(f"head_weight_decay={self.head_weight_decay} must be >= 0, or None for the optimizer's weight decay")

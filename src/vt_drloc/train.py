@@ -51,6 +51,13 @@ def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float, global_
         overrides["lr"] = lr = cfg.optim.lr * global_batch / scale
         if "min_lr" in cfg.module:
             overrides["min_lr"] = min(cfg.optim.min_lr * global_batch / scale, lr)
+    elif scale and global_batch:
+        log.warning(
+            "optim.lr_batch_scale=%s is set, but the module config (%s) has no lr key, so no learning rate was "
+            "scaled; add `lr: ${optim.lr}` to it, or set optim.lr_batch_scale=null",
+            scale,
+            cfg.module.get("_target_"),
+        )
     return instantiate_checked("module", cfg.module, num_classes=num_classes, lambda_drloc=lambda_drloc, **overrides)
 
 

@@ -50,15 +50,22 @@ class PatchEmbedAbsPos(PatchEmbed):
             raise ValueError("PatchEmbedAbsPos needs an img_size to size its position embedding; got img_size=None")
         dim = self.proj.out_channels
         self.absolute_pos_embed = nn.Parameter(
-            torch.zeros(1, *self.grid_size, dim, device=self.proj.weight.device, dtype=self.proj.weight.dtype)
+            torch.empty(1, *self.grid_size, dim, device=self.proj.weight.device, dtype=self.proj.weight.dtype)
         )
-        trunc_normal_(self.absolute_pos_embed, std=0.02)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Truncated normal, std 0.02 (the authors' init); timm's ``init_weights(needs_reset=True)`` calls it."""
+        if not self.absolute_pos_embed.is_meta:
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
 
     def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
         super().set_input_size(img_size=img_size, patch_size=patch_size)
+        if tuple(self.absolute_pos_embed.shape[1:3]) == tuple(self.grid_size):
+            return  # same grid: keep the Parameter (optimizer references, requires_grad) as it is
         with torch.no_grad():
             resized = resample_abs_pos_embed_nhwc(self.absolute_pos_embed, list(self.grid_size))
-        self.absolute_pos_embed = nn.Parameter(resized)
+        self.absolute_pos_embed = nn.Parameter(resized, requires_grad=self.absolute_pos_embed.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
         x = super().forward(x)

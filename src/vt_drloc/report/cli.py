@@ -1,7 +1,7 @@
 """Summarise a finished (or running) sweep: ``python -m vt_drloc.report <sweep dir>``.
 
 Writes ``summary.csv``, ``summary.md``, ``summary.png`` and ``curves.png`` into the sweep dir (the
-same files the end-of-multirun callback writes; see :mod:`vt_drloc.report.sweep`) and prints the table.
+same files the end-of-multirun callback writes; see :mod:`vt_drloc.report.summary`) and prints the table.
 ``--study <study dir>`` does that for every sweep dir (cell) below the study dir and adds
 ``study.csv`` / ``study.md`` / ``study.png``, each DRLoc setting against its baseline
 (:mod:`vt_drloc.report.study`). ``--copy-to DEST`` first copies the sweep's light files (overrides,

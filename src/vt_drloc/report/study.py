@@ -13,7 +13,7 @@ A study dir holds one sweep dir per *cell* (a model Ã— data setting swept over Î
   rows' paired differences along an axis (:mod:`vt_drloc.report.gain_curve`).
 
 ``python -m vt_drloc.report --study <study dir>`` also rewrites each cell's own summary files
-(:func:`vt_drloc.report.sweep.write_summary`). Everything is computed from the jobs' ``results.json``.
+(:func:`vt_drloc.report.summary.write_summary`). Everything is computed from the jobs' ``results.json``.
 """
 
 from __future__ import annotations
