@@ -19,30 +19,27 @@ from vt_drloc.files import write_atomic
 class Throughput(pl.Callback):
     """Training images per second over the whole run, for ``results.json``: each training batch is
     timed from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, backward, optimizer
-    step), so data-loader waits and validation are left out; on CUDA both ends synchronise, as
-    Lightning's ``ThroughputMonitor`` does, so queued kernels are counted.
+    step), so data-loader waits and validation are left out. On CUDA the device is synchronised
+    once per epoch, at its last batch, not per step (a host sync in every step would stall the kernel
+    queue the run is timing): work still queued then is counted in that batch's time.
 
-    ``ThroughputMonitor`` itself does not give this figure: it times from the start of training
-    (data-loader waits included), needs a ``batch_size_fn``, and hands its numbers only to a logger
-    at log steps (with ``logger=False`` they go nowhere; reading them back means its private state).
-    ``Timer`` times whole stages, validation inside fit included. So this short callback stays."""
+    Lightning's ``ThroughputMonitor`` does not give this figure: it times from the start of training
+    (data-loader waits included), synchronises every step, needs a ``batch_size_fn``, and hands its
+    numbers only to a logger at log steps (with ``logger=False`` they go nowhere). ``Timer`` times
+    whole stages, validation inside fit included. So this short callback stays."""
 
     def __init__(self) -> None:
         self.images = 0
         self.seconds = 0.0
         self._start = 0.0
 
-    @staticmethod
-    def _sync(trainer) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize(trainer.strategy.root_device)
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._sync(trainer)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._sync(trainer)
+        device = trainer.strategy.root_device
+        if device.type == "cuda" and trainer.is_last_batch:
+            torch.cuda.synchronize(device)
         self.seconds += time.perf_counter() - self._start
         self.images += int(batch[0].shape[0]) * trainer.world_size
 
