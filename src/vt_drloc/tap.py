@@ -70,6 +70,11 @@ def model_input_size(model: nn.Module) -> tuple[int, int]:
     return 224, 224
 
 
+def model_in_chans(model: nn.Module) -> int:
+    """Input channels of ``model``: its ``in_chans``, else its pretrained cfg's, else 3."""
+    return int(getattr(model, "in_chans", None) or (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
+
+
 def _num_prefix_tokens(model: nn.Module) -> int:
     if getattr(model, "num_prefix_tokens", None) is not None:
         return int(model.num_prefix_tokens)
@@ -204,7 +209,7 @@ def probe_grid(
         input_hw = model_input_size(model)
     else:
         input_hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    in_chans = in_chans or getattr(model, "in_chans", None) or (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0]
+    in_chans = in_chans or model_in_chans(model)
     param = next(model.parameters(), None)
     floating = param is not None and param.is_floating_point()
     x = torch.zeros(2, in_chans, *input_hw, device=param.device if param is not None else None, dtype=param.dtype if floating else None)
@@ -367,7 +372,6 @@ def probe_input(
 
     Channels: ``in_chans``, else the sample's, else the model's ``in_chans``, else its cfg's, else 3.
     """
-    given_chans, in_chans = in_chans, in_chans or getattr(runner, "in_chans", None)
     if input_size is not None:
         hw = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[-2]), int(input_size[-1]))
     elif (hw := fixed_input_size(runner)) is not None:
@@ -375,15 +379,13 @@ def probe_input(
     elif isinstance(example_input, Tensor):
         return torch.zeros_like(example_input[:2], device=device)
     elif training_dataset is not None and (shape := sample_input_shape(training_dataset())) is not None:
-        in_chans = given_chans or shape[0]
+        in_chans = in_chans or shape[0]
         hw = shape[1:]
     elif is_timm_model(runner):
-        hw = tuple((getattr(runner, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-2:])
+        hw = model_input_size(runner)  # its pretrained cfg's size (no img_size, checked above)
     else:
         return None
-    if in_chans is None:
-        in_chans = (getattr(runner, "pretrained_cfg", None) or {}).get("input_size", (3,))[0]
-    return torch.zeros(2, int(in_chans), *hw, device=device, dtype=dtype)
+    return torch.zeros(2, int(in_chans or model_in_chans(runner)), *hw, device=device, dtype=dtype)
 
 
 def patch_method(obj: Any, name: str, wrap: Any) -> Any:
