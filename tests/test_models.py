@@ -102,6 +102,23 @@ def test_param_counts(name, expected):
     assert abs(n - expected) / expected < 0.01, f"{name}: {n:,} parameters, expected ~{expected:,.0f}"
 
 
+@pytest.mark.parametrize(
+    "name, exact",
+    [
+        ("cvt_13", 19_997_480),
+        ("cvt_21", 31_622_696),
+        ("cvt_13_drloc", 19_936_296),
+        ("t2t_vit_14", 21_465_806),
+        ("t2t_vit_t_14", 21_465_422),
+        ("swin_ape_tiny_patch4_window7_224", 28_589_410),
+    ],
+)
+def test_param_counts_are_pinned_exactly(name, exact):
+    # pinned to the parameter, so a change of the layers these models are built from (timm.layers)
+    # that adds, drops or reshapes a weight is caught, not only a change of 1 %
+    assert _n_params(timm.create_model(name, device="meta")) == exact
+
+
 def test_param_count_cpu_build_matches_meta(models_224):
     assert _n_params(models_224["cvt_13"]) == _n_params(timm.create_model("cvt_13", device="meta"))
     assert _n_params(models_224["t2t_vit_14"]) == _n_params(timm.create_model("t2t_vit_14", device="meta"))

@@ -320,6 +320,38 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
     assert all(torch.equal(v, by_old.state_dict()[k]) for k, v in restored.state_dict().items())
 
 
+def test_checkpoint_older_than_tap_norm_and_class_head_warns_or_refuses_naming_the_fix(tmp_path):
+    import warnings
+
+    def save(module, drop):
+        hparams = dict(module.hparams)
+        hparams["drloc"] = {k: v for k, v in hparams["drloc"].items() if k not in drop}
+        path = tmp_path / f"{module.drloc_config.mode}.ckpt"
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__}, path)
+        return path
+
+    # an L1 run from before tap_norm read its grid after the final norm: loading it under today's
+    # default says so and how to keep it; asked for, it loads without a word
+    path = save(tiny_module(tap_norm="post", head_init="torch"), drop={"tap_norm", "head_init", "class_head"})
+    with pytest.warns(UserWarning, match=r"predates the option tap_norm.*load_from_checkpoint\(path, tap_norm='post'\)"):
+        assert DrLocModule.load_from_checkpoint(path).drloc_config.tap_norm == "pre"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DrLocModule.load_from_checkpoint(path, tap_norm="post").drloc_config.tap_norm == "post"
+    # a 'ce' run from before class_head holds the fused head: refused before any key mismatch, with the fix
+    fused = tiny_module(mode="ce", class_head="fused", tap_norm="post")
+    path = save(fused, drop={"tap_norm", "class_head"})
+    with pytest.raises(ValueError, match=r"predates the option class_head.*class_head='fused'"):
+        DrLocModule.load_from_checkpoint(path)
+    restored = DrLocModule.load_from_checkpoint(path, class_head="fused", tap_norm="post")
+    assert all(torch.equal(v, fused.state_dict()[k]) for k, v in restored.state_dict().items())
+    # today's checkpoints record every option: nothing to say
+    path = save(tiny_module(), drop=set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DrLocModule.load_from_checkpoint(path)
+
+
 def test_optimizer_is_named_by_class_mapping_or_partial_and_checked_at_construction(tmp_path):
     import functools
 

@@ -579,6 +579,9 @@ def test_summary_png_shows_every_job_the_seed_count_and_the_paired_difference_at
     assert len(markers) == 1 and abs(markers[0].get_ydata()[0] - 100 * mean) < 1e-9 and n == 3
     assert any(list(line.get_ydata()) == [0.0, 0.0] for line in delta.get_lines())  # the zero line
     assert "paired by seed" in delta.get_title()
+    # the copied-in baselines did not set drloc.schedule: the legend says so instead of "drloc.schedule="
+    legend = sorted(t.get_text() for t in fig.legends[0].get_texts())
+    assert legend == ["drloc.schedule=(not set)", "drloc.schedule=warmup_decay"]
 
 
 def test_study_options_name_head_widths_and_a_non_default_pair_count(tmp_path):

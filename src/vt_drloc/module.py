@@ -7,6 +7,7 @@ Written once as :class:`DrLocModuleBase` and built for each Lightning package:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vt_drloc.drloc import DrLocLoss
 from vt_drloc.lightning_api import PYTORCH_LIGHTNING
-from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
+from vt_drloc.objective import EARLIER_DEFAULTS, DrLocConfig, DrLocObjective, plain
 from vt_drloc.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
 from vt_drloc.tap import GridInfo, probe_grid, tap_grid
 
@@ -268,7 +269,39 @@ class DrLocModuleBase:
         checkpoint.update({f"drloc_{key}": value for key, value in self.objective.checkpoint_state().items()})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_options_the_checkpoint_predates(checkpoint.get("hyper_parameters"))
         self.objective.load_checkpoint_state({key[len("drloc_") :]: value for key, value in checkpoint.items() if key.startswith("drloc_")})
+
+    def _check_options_the_checkpoint_predates(self, hparams: Mapping[str, Any] | None) -> None:
+        """A checkpoint whose hyper-parameters lack an option of :data:`EARLIER_DEFAULTS` was trained
+        with that option's earlier behaviour. Loading it under today's default would resume on
+        another grid (``tap_norm``) or fail on head keys (``class_head``), so say which and how to
+        keep the earlier behaviour; ``head_init`` is moot once weights are loaded."""
+        if hparams is None or self.drloc is None:
+            return
+        recorded = {**dict(hparams), **dict(hparams.get("drloc") or {})}
+        config = self.drloc_config
+        matters = {"tap_norm"} | ({"class_head"} if config.mode in ("ce", "cbr") else set())
+        differ = {
+            key: EARLIER_DEFAULTS[key]
+            for key in sorted(matters, reverse=True)
+            if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]
+        }
+        fix = ", ".join(f"{key}={earlier!r}" for key, earlier in differ.items())
+        how = f"DrLocModule.load_from_checkpoint(path, {fix}) (or DrLocModule(..., {fix}) before Trainer.fit(ckpt_path=...))"
+        if "class_head" in differ:
+            raise ValueError(
+                f"this checkpoint predates the option class_head and holds the earlier fused '{config.mode}' head, "
+                f"which class_head={config.class_head!r} cannot load; load it with {how}"
+            )
+        if "tap_norm" in differ:
+            warnings.warn(
+                f"this checkpoint predates the option tap_norm: its run read the grid after the backbone's final "
+                f"norm (tap_norm='post'); DRLoc training from it now reads it with tap_norm={config.tap_norm!r}. "
+                f"To continue as it was trained, load it with {how}",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 class DrLocModule(DrLocModuleBase, PYTORCH_LIGHTNING.LightningModule):

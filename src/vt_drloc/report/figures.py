@@ -22,7 +22,8 @@ def new_figure(width: float, height: float):
 
 
 def _group_label(sweep: Sweep, setting: Setting) -> str:
-    return ", ".join(f"{k}={setting.values[k]}" for k in sweep.group_keys) or "all"
+    # a job that did not override a swept key ran the config's value (e.g. baselines copied into a cell)
+    return ", ".join(f"{k}={setting.values[k] or '(not set)'}" for k in sweep.group_keys) or "all"
 
 
 def _grouped(sweep: Sweep) -> list[tuple[str, list[Setting]]]:
@@ -110,8 +111,10 @@ def plot_summary(sweep: Sweep):
         if not numeric:
             ax.set_xticks(list(positions.values()), list(positions.keys()), rotation=30 if len(positions) > 4 else 0)
         ax.grid(alpha=0.3)
-        if len(groups) > 1 and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, title=", ".join(sweep.group_keys), title_fontsize=7)
+    if len(groups) > 1 and axes[0].get_legend_handles_labels()[0]:
+        # one legend for all panels, below them, so it hides no point
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", fontsize=7, title=", ".join(sweep.group_keys), title_fontsize=7)
     failed = len(sweep.failed)
     fig.suptitle(
         f"Sweep {sweep.path.name}" + (f" ({failed} failed job{'s' if failed != 1 else ''} left out)" if failed else ""), fontsize=11
