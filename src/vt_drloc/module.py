@@ -281,12 +281,10 @@ class DrLocModuleBase:
             return
         recorded = {**dict(hparams), **dict(hparams.get("drloc") or {})}
         config = self.drloc_config
-        matters = {"tap_norm"} | ({"class_head"} if config.mode in ("ce", "cbr") else set())
-        differ = {
-            key: EARLIER_DEFAULTS[key]
-            for key in sorted(matters, reverse=True)
-            if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]
-        }
+        keys = ("tap_norm", "class_head") if config.mode in ("ce", "cbr") else ("tap_norm",)  # only ce/cbr have a class head
+        differ = {key: EARLIER_DEFAULTS[key] for key in keys if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]}
+        if not differ:
+            return
         fix = ", ".join(f"{key}={earlier!r}" for key, earlier in differ.items())
         how = f"DrLocModule.load_from_checkpoint(path, {fix}) (or DrLocModule(..., {fix}) before Trainer.fit(ckpt_path=...))"
         if "class_head" in differ:
