@@ -77,7 +77,7 @@ def test_wandb_logs_offline_under_the_run_folder(tmp_path, monkeypatch):
     train(cfg)
     # W&B's service writes the run file in its own process; teardown waits for that process to exit,
     # so the file is closed before it is read. (One CI run found no train/drloc_epoch row without it,
-    # which 16 runs here, alone or under load, did not reproduce; if it recurs, the message below
+    # which 31 runs here, alone or under load, did not reproduce; if it recurs, the message below
     # lists every record the file held.)
     wandb.teardown()
     (run_file,) = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
