@@ -173,3 +173,14 @@ def test_paper_model_configs_match_the_released_models():
     assert (vit.proj_drop_rate, vit.drop_path_rate, vit.qkv_bias) == (0.1, 0.0, False)
     assert model_cfg("t2t_vit_14").kwargs.drop_path_rate == 0.0 and model_cfg("swin_t").kwargs.drop_path_rate == 0.2
     assert model_cfg("resnet50").kwargs.zero_init_last is False and "drop_path_rate" not in model_cfg("resnet50").kwargs
+
+
+def test_lambda_past_the_horizon_is_clamped_at_zero_where_the_released_formula_goes_negative():
+    def released(epoch: float) -> float:  # the released linear fall, with no clamp
+        return 0.5 * (300 - epoch) / (300 - 20)
+
+    assert round(released(310), 4) == -0.0179
+    for epoch in (300, 300.5, 310, 1000):
+        assert drloc_lambda(0.5, epoch, 320, "warmup_decay", 20, decay_epochs=300) == 0.0
+    # up to the horizon both agree
+    assert drloc_lambda(0.5, 299, 320, "warmup_decay", 20, decay_epochs=300) == pytest.approx(released(299))
