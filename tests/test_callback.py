@@ -25,11 +25,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from vt_drloc import DrLocModule
 from vt_drloc.callback import HEAD_ATTR, DrLocCallback
-from vt_drloc.tap import GridTapError
+from vt_drloc.errors import DrLocConfigError
+from vt_drloc.tap import BackboneLookupError, GridTapError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -324,7 +324,7 @@ def test_tap_on_a_spatial_grid(tmp_path, layout):
     module.net = ConvNet()
     cb = callback("hand", tap="net.stage")
     trainer(tmp_path, [cb], max_steps=1).fit(module, random_loader(n=8))
-    assert cb.capture.format == layout and cb.loss.head.in_dim == 16
+    assert cb.grid_source.layout == layout and cb.loss.head.in_dim == 16
 
 
 # ---------------------------------------------------------------------------------------- refusals
@@ -334,7 +334,7 @@ def fake_trainer(strategy=None):
 
 @pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])
 def test_sharded_strategies_are_refused(strategy):
-    with pytest.raises(MisconfigurationException, match=f"sharded strategy {strategy.__name__}"):
+    with pytest.raises(DrLocConfigError, match=f"sharded strategy {strategy.__name__}"):
         DrLocCallback().setup(fake_trainer(object.__new__(strategy)), Classifier("timm"), "fit")
 
 
@@ -351,7 +351,7 @@ def test_manual_optimisation_is_refused(tmp_path):
             self.manual_backward(loss)
             optimizer.step()
 
-    with pytest.raises(MisconfigurationException, match="manual optimisation"):
+    with pytest.raises(DrLocConfigError, match="manual optimisation"):
         trainer(tmp_path, [callback()], max_steps=1).fit(Manual(), random_loader(n=8))
 
 
@@ -364,21 +364,22 @@ class TwoTimm(Classifier):
 @pytest.mark.parametrize(
     "make, kwargs, error, message",
     [
-        (lambda: Classifier("hand"), {}, MisconfigurationException, "found no timm model.*tap="),
-        (TwoTimm, {}, MisconfigurationException, "found 2 timm models in TwoTimm: 'net', 'teacher'"),
-        (lambda: Classifier("timm"), dict(backbone="net.blokcs"), MisconfigurationException, "no submodule 'net.blokcs'.*net.blocks"),
-        (lambda: Classifier("hand"), dict(backbone="net"), MisconfigurationException, "no forward_features.*tap="),
-        (lambda: Classifier("hand"), dict(tap="net.blocks"), MisconfigurationException, "input_size=\\(H, W\\)"),
+        (lambda: Classifier("hand"), {}, DrLocConfigError, "input_size=\\(H, W\\)"),
+        (TwoTimm, {}, BackboneLookupError, "found 2 timm models in TwoTimm: 'net', 'teacher'"),
+        (lambda: Classifier("timm"), dict(backbone="net.blokcs"), BackboneLookupError, "no submodule 'net.blokcs'.*net.blocks"),
+        (lambda: Classifier("hand"), dict(tap="net.patch", input_size=32), GridTapError, "refuses tap='net.patch'.*before any transformer block"),
+        (lambda: Classifier("hand"), dict(tap="net.blocks"), DrLocConfigError, "input_size=\\(H, W\\)"),
         (lambda: Classifier("hand"), dict(tap="net.blocks", input_size=32, prefix_tokens=0), GridTapError, "prefix_tokens="),
-        (lambda: DrLocModule("vit_tiny_patch16_224", 10, model_kwargs=VIT), {}, MisconfigurationException, "already trains DRLoc"),
+        (lambda: DrLocModule("vit_tiny_patch16_224", 10, model_kwargs=VIT), {}, DrLocConfigError, "already trains DRLoc"),
     ],
-    ids=["no-timm", "two-timm", "typo", "no-forward-features", "no-input-size", "prefix", "drloc-module"],
+    ids=["no-input-size-discovery", "two-timm", "typo", "patch-embedding", "no-input-size", "prefix", "drloc-module"],
 )
 def test_setup_errors_name_the_fix(make, kwargs, error, message):
     module = make()
     cb = DrLocCallback(**kwargs)
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as err:
         cb.setup(fake_trainer(), module, "fit")
+    assert isinstance(err.value, DrLocConfigError) and isinstance(err.value, ValueError)  # one error family
     assert not hasattr(module, HEAD_ATTR) and "training_step" not in module.__dict__  # nothing left behind
 
 

@@ -45,14 +45,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vt_drloc.discover import (
+    FORMAT_LAYOUTS,
+    PROBE_BATCH,
+    ForwardRecord,
+    GridReading,
+    GridSource,
+    find_final_grid,
+    grid_readings,
+    named_prefix_tokens,
+)
 from vt_drloc.drloc import DrLocLoss
+from vt_drloc.errors import DrLocConfigError
 from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
 from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
 from vt_drloc.optim import add_param_groups
 from vt_drloc.tap import (
     GRID_FORMATS,
-    BackboneLookupError,
+    MIN_GRID,
     GridCapture,
+    GridTapError,
+    final_norm,
     find_backbone,
     find_timm_models,
     is_timm_model,
@@ -124,6 +137,7 @@ class DrLocCallbackBase:
         self._module: Any = None
         self._undo: list[Callable[[], None]] = []
         self._warned: set[str] = set()
+        self.grid_source: GridSource | None = None
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -155,7 +169,7 @@ class DrLocCallbackBase:
         return self.objective.current_lambda(trainer)
 
     def _error(self, message: str) -> Exception:
-        return self.lightning.MisconfigurationException(message)
+        return DrLocConfigError(message)
 
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -211,43 +225,31 @@ class DrLocCallbackBase:
             if self.lightning.is_overridden("configure_model", pl_module, self.lightning.LightningModule):
                 with trainer.strategy.tensor_init_context():
                     pl_module.configure_model()
-        try:
-            return find_backbone(pl_module, self.backbone, self.tap)
-        except BackboneLookupError as err:
-            raise self._error(str(err)) from None
+        return find_backbone(pl_module, self.backbone, self.tap)
 
-    def _runner(self, pl_module: Any, backbone: nn.Module | None) -> nn.Module:
-        """What the probe runs on an image batch: the backbone, else the top-level submodule that holds the
-        tap (so a module that defines only ``training_step`` needs no ``forward``), else the module."""
+    def _runners(self, pl_module: Any, backbone: nn.Module | None) -> list[nn.Module]:
+        """What the probe may run on an image batch, in order: the backbone; else the top-level submodule that
+        holds the tap; else the module itself (when it defines ``forward``) and its top-level submodules,
+        largest first (so a module that defines only ``training_step`` needs no ``forward``)."""
         if backbone is not None:
-            return backbone
-        top = self.tap.split(".")[0]
-        if "." in self.tap and top in pl_module._modules:
-            return pl_module._modules[top]
-        return pl_module
+            return [backbone]
+        children = dict(pl_module.named_children())
+        if self.tap is not None and "." in self.tap and self.tap.split(".")[0] in children:
+            return [children[self.tap.split(".")[0]]]
+        own = [pl_module] if self.lightning.is_overridden("forward", pl_module, self.lightning.LightningModule) else []
+        ranked = sorted(children.values(), key=lambda m: -sum(p.numel() for p in m.parameters()))
+        return own + [m for m in ranked if any(True for _ in m.parameters())]
 
-    def _attach(self, trainer: Any, pl_module: Any) -> None:
-        backbone, tap_module, backbone_name = self._resolve(trainer, pl_module)
-        self._module = pl_module
-        capture = self.capture
-        if tap_module is not None:
-            owner = backbone if backbone is not None else prefix_owner(pl_module, self.tap)
-            capture.hook_output(tap_module, f"tap {self.tap!r}", owner)
-        else:
-            capture.attach_backbone(backbone, self.config.tap_norm, backbone_name)
-        self._undo.append(capture.detach)
-        runner = self._runner(pl_module, backbone)
+    def _probe_batch(self, trainer: Any, pl_module: Any, runner: nn.Module) -> Tensor:
         param = next(iter(runner.parameters()), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         x = probe_input(
             runner,
             input_size=self.input_size,
             in_chans=self.in_chans,
             example_input=getattr(pl_module, "example_input_array", None),
             training_dataset=lambda: training_dataset(trainer),
-            device=device,
-            dtype=dtype,
+            device=param.device if param is not None else torch.device("cpu"),
+            dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32,
         )
         if x is None:
             raise self._error(
@@ -255,11 +257,135 @@ class DrLocCallbackBase:
                 "batch at setup to size the DRLoc head. Pass input_size=(H, W) (and in_chans=...), set the "
                 "module's example_input_array, or give the trainer a map-style training dataset."
             )
-        channels, height, width = capture.probe(runner, x, pl_module)
-        if tap_module is None:
-            capture.check_backbone(backbone, x, self.config.tap_norm)
+        return x
 
-        loss = self.objective.build_loss(channels, (height, width)).to(device)
+    def _record_forward(self, trainer: Any, pl_module: Any, runners: list[nn.Module]) -> tuple[ForwardRecord, Tensor]:
+        """One recorded no-grad forward of a zero batch in eval mode (modes restored) through the first runner
+        that accepts an image batch."""
+        errors = []
+        modes = [(m, m.training) for m in pl_module.modules()]
+        pl_module.eval()
+        try:
+            for runner in runners:
+                x = self._probe_batch(trainer, pl_module, runner)
+                try:
+                    return ForwardRecord(pl_module, runner, x, skip=(HEAD_ATTR,)), x
+                except Exception as err:
+                    errors.append(f"{type(runner).__name__}: {type(err).__name__}: {err}")
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        raise GridTapError(
+            f"DRLoc could not run {type(pl_module).__name__} on a zero image batch to find its final grid "
+            f"({'; '.join(errors) or 'no submodule with parameters'}). Name the backbone with backbone='...' (a "
+            "submodule that takes an image batch) and, if needed, input_size=(H, W) / in_chans=..."
+        )
+
+    def _prefix_for(self, pl_module: Any, path: str) -> int | None:
+        """Prefix tokens: the user's, else those named by the nearest ancestor of ``path`` that names any."""
+        if self.capture.prefix_tokens is not None:
+            return self.capture.prefix_tokens
+        parts = path.split(".") if path else []
+        modules = dict(pl_module.named_modules())
+        for depth in range(len(parts), -1, -1):
+            count = named_prefix_tokens(modules.get(".".join(parts[:depth])))
+            if count is not None:
+                return count
+        return None
+
+    def _tapped_grid(self, pl_module: Any, record: ForwardRecord, x: Tensor) -> tuple[nn.Module, GridReading]:
+        """The named tap's module and the reading of its output; refuses a tap before the transformer blocks."""
+        model = type(pl_module).__name__
+        outputs = [out for out in record.outputs if out.name == self.tap]
+        if not outputs:
+            raise GridTapError(f"DRLoc: a forward of {model} never reached tap={self.tap!r}. The candidates:\n{record.candidates()}")
+        out = outputs[0]
+        if out.tensor is None:
+            raise GridTapError(
+                f"DRLoc: tap={self.tap!r} returns {out.kind}, which holds no tensor DRLoc reads (a tensor, or a "
+                f"ModelOutput / dict / dataclass with last_hidden_state; unnamed tuple elements are never read). Name "
+                f"a module that returns the grid; the candidates:\n{record.candidates()}"
+            )
+        if not record.after_blocks(out):
+            raise GridTapError(
+                f"DRLoc refuses tap={self.tap!r}: its output {tuple(out.tensor.shape)} is computed before any "
+                "transformer block of the model (a patch embedding or input layer), so DRLoc would train the patch "
+                "embeddings, not the final grid the paper's loss reads. Name a module after the last block; the "
+                f"candidates:\n{record.candidates()}"
+            )
+        layouts = FORMAT_LAYOUTS[self.capture.grid_format]
+        readings = grid_readings(out.tensor, PROBE_BATCH, tuple(x.shape[-2:]), self._prefix_for(pl_module, self.tap), layouts)
+        if not readings:
+            raise GridTapError(
+                f"DRLoc: the output of tap={self.tap!r} {tuple(out.tensor.shape)} is not a usable grid at input "
+                f"{tuple(x.shape[-2:])}: it is neither tokens (B, N, C) / (N, B, C) with N = k*k + prefix tokens, nor "
+                "NCHW / NHWC. Set prefix_tokens= (class / register tokens) or grid_format= to match it, or name "
+                f"another module; the candidates:\n{record.candidates()}"
+            )
+        if len(readings) > 1:
+            owner = prefix_owner(pl_module, self.tap)
+            if owner is not None and getattr(owner, "num_features", None) is not None:
+                readings = [r for r in readings if r.channels == owner.num_features] or readings
+            if len(readings) > 1:
+                raise GridTapError(
+                    f"DRLoc cannot tell the layout of tap={self.tap!r}'s output {tuple(out.tensor.shape)}: it reads as "
+                    f"{'; or '.join(r.describe() for r in readings)}. Pass grid_format= to choose."
+                )
+        return out.module, readings[0]
+
+    def _attach(self, trainer: Any, pl_module: Any) -> None:
+        backbone, tap_module, backbone_name = self._resolve(trainer, pl_module)
+        self._module = pl_module
+        capture = self.capture
+        timm_route = tap_module is None and backbone is not None and callable(getattr(backbone, "forward_features", None))
+        if timm_route:
+            capture.attach_backbone(backbone, self.config.tap_norm, backbone_name)
+            self._undo.append(capture.detach)
+            x = self._probe_batch(trainer, pl_module, backbone)
+            channels, height, width = capture.probe(backbone, x, pl_module)
+            capture.check_backbone(backbone, x, self.config.tap_norm)
+            layout = {"tokens": "BNC"}.get(capture.format, capture.format)
+            norm = final_norm(backbone) if "final norm" in capture.name else None
+            names = {id(m): n for n, m in backbone.named_modules()}
+            path = _join(backbone_name, names[id(norm)]) if norm is not None else backbone_name
+            point = "input" if norm is not None else "output"
+            self.grid_source = GridSource(path, point, layout, capture.prefix, (height, width), channels, "backbone")
+        else:
+            root_name = backbone_name if backbone is not None and tap_module is None else ""
+            runners = self._runners(pl_module, backbone)
+            record, x = self._record_forward(trainer, pl_module, runners)
+            if tap_module is not None:
+                module, reading = self._tapped_grid(pl_module, record, x)
+                path, point, found = self.tap, "output", "tap"
+            else:
+                chosen, reading, point = find_final_grid(
+                    record,
+                    tuple(x.shape[-2:]),
+                    prefix_for=lambda name: self._prefix_for(pl_module, name),
+                    layouts=FORMAT_LAYOUTS[capture.grid_format],
+                    tap_norm=self.config.tap_norm,
+                    model_name=type(pl_module).__name__,
+                    within=root_name,
+                )
+                module, path, found = chosen.module, chosen.name, "discovered"
+            height, width, channels = reading.height, reading.width, reading.channels
+            if min(height, width) < MIN_GRID:
+                raise GridTapError(
+                    f"DRLoc: {path!r} yields a {height}x{width} grid of {channels} channels at input "
+                    f"{tuple(x.shape[-2:])}; DRLoc needs at least {MIN_GRID}x{MIN_GRID}. Use a smaller patch / stride or a "
+                    "larger input, or name an earlier stage with tap=..."
+                )
+            capture.reading = reading
+            if point == "input":
+                capture.hook_norm_input(module, f"input of {path!r}", None)
+            else:
+                capture.hook_output(module, f"output of {path!r}", None)
+            self._undo.append(capture.detach)
+            self.grid_source = GridSource(path, point, reading.layout, reading.prefix_tokens, (height, width), channels, found)
+        self.lightning.rank_zero_info(f"DrLocCallback reads the DRLoc grid from the {self.grid_source}")
+
+        param = next(iter(pl_module.parameters()), None)
+        loss = self.objective.build_loss(channels, (height, width)).to(param.device if param is not None else "cpu")
         self.objective.loss = loss
         pl_module.add_module(HEAD_ATTR, loss)
         self._undo.append(lambda: pl_module._modules.pop(HEAD_ATTR, None))
@@ -359,6 +485,10 @@ class DrLocCallbackBase:
         if state_dict.get("head") is not None:
             self.objective.load_head_state(state_dict["head"])  # now, or when setup builds the head
         self.objective.load_checkpoint_state(state_dict)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 class DrLocCallback(DrLocCallbackBase, PYTORCH_LIGHTNING.Callback):

@@ -32,12 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vt_drloc.discover import PROBE_BATCH, GridReading, to_grid, unwrap_output
+from vt_drloc.errors import DrLocConfigError
+
 STRATEGIES = ("intermediates", "features")
 TAP_NORMS = ("pre", "post")
 MIN_GRID = 2
 
 
-class GridTapError(ValueError):
+class GridTapError(DrLocConfigError):
     """The model's final grid cannot serve DRLoc (too small, not square, or not reachable)."""
 
 
@@ -78,7 +81,7 @@ def model_in_chans(model: nn.Module) -> int:
 def _num_prefix_tokens(model: nn.Module) -> int:
     if getattr(model, "num_prefix_tokens", None) is not None:
         return int(model.num_prefix_tokens)
-    count = sum(getattr(model, name, None) is not None for name in ("cls_token", "dist_token"))
+    count = sum(getattr(model, name, None) is not None for name in ("cls_token", "class_token", "dist_token"))
     reg = getattr(model, "reg_token", None)
     return count + (reg.shape[1] if isinstance(reg, Tensor) and reg.dim() == 3 else 0)
 
@@ -244,7 +247,7 @@ def probe_grid(
 # a named module, the input of a final norm, or forward_features' output.
 
 GRID_FORMATS = ("auto", "tokens", "NCHW", "NHWC")
-_PREFIX_ATTRS = ("num_prefix_tokens", "cls_token", "dist_token", "reg_token")
+_PREFIX_ATTRS = ("num_prefix_tokens", "cls_token", "class_token", "dist_token", "distillation_token", "reg_token", "register_tokens")
 
 
 def is_timm_model(module: nn.Module) -> bool:
@@ -265,7 +268,7 @@ def find_timm_models(root: nn.Module) -> list[str]:
     return found
 
 
-class BackboneLookupError(LookupError):
+class BackboneLookupError(DrLocConfigError, LookupError):
     """The backbone / tap a face was told to read (or should find) is not there; the message names the fix."""
 
 
@@ -283,8 +286,10 @@ def get_submodule(root: nn.Module, path: str, arg: str) -> nn.Module:
 def find_backbone(root: nn.Module, backbone: str | None = None, tap: str | None = None) -> tuple[nn.Module | None, nn.Module | None, str]:
     """``(backbone, tap module, backbone name)`` inside ``root`` (a LightningModule): exactly one route,
     a backbone with ``forward_features`` (named, or the unique timm model among the submodules), or a
-    named ``tap`` (with an optional named backbone that owns it). Raises :class:`BackboneLookupError`
-    naming the fix when there is none, or more than one candidate."""
+    named ``tap`` (with an optional named backbone that owns it); a named backbone without
+    ``forward_features`` is returned as it is (its grid is discovered); ``(None, None, "")`` when neither is
+    named and no timm model is there (the grid is then discovered by what runs). Raises
+    :class:`BackboneLookupError` naming the fix for an unknown name or more than one timm model."""
     named = get_submodule(root, backbone, "backbone") if backbone is not None else None
     if tap is not None:
         return named, get_submodule(root, tap, "tap"), backbone or ""
@@ -294,11 +299,7 @@ def find_backbone(root: nn.Module, backbone: str | None = None, tap: str | None 
         found = find_timm_models(root)
         cls = type(root).__name__
         if not found:
-            raise BackboneLookupError(
-                f"DrLocCallback found no timm model among the submodules of {cls}. Name the backbone with "
-                "backbone='model.encoder' (a module with forward_features), or, for a backbone that is not a timm "
-                "model, name the module whose output is the token sequence with tap='model.blocks'."
-            )
+            return None, None, ""  # no timm model: the caller finds the grid by what runs (vt_drloc.discover)
         if len(found) > 1:
             raise BackboneLookupError(
                 f"DrLocCallback found {len(found)} timm models in {cls}: {', '.join(repr(n or '<module>') for n in found)}. "
@@ -306,11 +307,6 @@ def find_backbone(root: nn.Module, backbone: str | None = None, tap: str | None 
             )
         found_backbone = root if found[0] == "" else get_submodule(root, found[0], "backbone")
         name = found[0] or cls
-    if not callable(getattr(found_backbone, "forward_features", None)):
-        raise BackboneLookupError(
-            f"DrLocCallback(backbone={backbone!r}): {type(found_backbone).__name__} has no forward_features; name "
-            "the module whose output is the token sequence or grid with tap='...' instead."
-        )
     return found_backbone, None, name
 
 
@@ -326,13 +322,16 @@ def prefix_owner(root: nn.Module, path: str) -> nn.Module | None:
 
 
 def fixed_input_size(model: nn.Module | None) -> tuple[int, int] | None:
-    """(H, W) a model is built for when it says so (``patch_embed.img_size`` / ``img_size``), else None."""
+    """(H, W) a model is built for when it says so, else None: timm's ``img_size`` (on the model or its
+    ``patch_embed``), torchvision's ``image_size``, or a Hugging Face config's ``image_size``."""
     if model is None:
         return None
-    for owner in (getattr(model, "patch_embed", None), model):
-        size = getattr(owner, "img_size", None)
-        if size is not None:
-            return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    for owner in (model, getattr(model, "patch_embed", None), *model.modules()):
+        for size in (getattr(owner, "img_size", None), getattr(owner, "image_size", None), getattr(getattr(owner, "config", None), "image_size", None)):
+            if isinstance(size, int) and not isinstance(size, bool):
+                return (size, size)
+            if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+                return (int(size[0]), int(size[1]))
     return None
 
 
@@ -364,7 +363,7 @@ def probe_input(
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor | None:
-    """The zero batch (2, C, H, W) that sizes the grid of ``runner``, from the first source that knows
+    """The zero batch (PROBE_BATCH, C, H, W) that sizes the grid of ``runner``, from the first source that knows
     the input size: ``input_size`` (H, W) or int; the size the model is built for (``img_size``);
     ``example_input`` (a tensor, e.g. a LightningModule's ``example_input_array``); the first sample
     of ``training_dataset()`` (called only when needed, so nothing is loaded for nothing; no loader is
@@ -377,7 +376,7 @@ def probe_input(
     elif (hw := fixed_input_size(runner)) is not None:
         pass
     elif isinstance(example_input, Tensor):
-        return torch.zeros_like(example_input[:2], device=device)
+        return torch.zeros((PROBE_BATCH, *example_input.shape[1:]), dtype=example_input.dtype, device=device)
     elif training_dataset is not None and (shape := sample_input_shape(training_dataset())) is not None:
         in_chans = in_chans or shape[0]
         hw = shape[1:]
@@ -385,7 +384,7 @@ def probe_input(
         hw = model_input_size(runner)  # its pretrained cfg's size (no img_size, checked above)
     else:
         return None
-    return torch.zeros(2, int(in_chans or model_in_chans(runner)), *hw, device=device, dtype=dtype)
+    return torch.zeros(PROBE_BATCH, int(in_chans or model_in_chans(runner)), *hw, device=device, dtype=dtype)
 
 
 def patch_method(obj: Any, name: str, wrap: Any) -> Any:
@@ -429,6 +428,7 @@ class GridCapture:
         self.owner: nn.Module | None = None
         self.format = "tokens"
         self.prefix = 0
+        self.reading: GridReading | None = None  # set by the callback for a tapped / discovered grid
         self.calls = 0
         self._mode: str | None = None
         self._captured: Any = None
@@ -439,8 +439,7 @@ class GridCapture:
         if self._mode is None:
             return
         self.calls += 1
-        if isinstance(output, (tuple, list)) and output:
-            output = output[0]
+        output = unwrap_output(output)
         if self._captured is None and (self._mode == "probe" or getattr(output, "requires_grad", False)):
             self._captured = output
 
@@ -480,7 +479,7 @@ class GridCapture:
     def detach(self) -> None:
         while self._undo:
             self._undo.pop()()
-        self._mode, self._captured = None, None
+        self._mode, self._captured, self.reading = None, None, None
 
     # -- capture
     @property
@@ -603,6 +602,8 @@ class GridCapture:
 
     def to_grid(self, raw: Tensor) -> Tensor:
         """The (B, C, H, W) grid of a captured output, in the layout :meth:`probe` found."""
+        if self.reading is not None:
+            return to_grid(raw, self.reading)
         if self.format == "tokens":
             return tokens_to_grid(raw, self.owner or nn.Module(), self.prefix)
         return raw.permute(0, 3, 1, 2) if self.format == "NHWC" else raw
