@@ -9,6 +9,7 @@ Liu et al., "Efficient Training of Visual Transformers with Small Datasets", Neu
 
 from vt_drloc import models  # noqa: F401 (importing registers cvt_13, cvt_21, t2t_vit_14, ... with timm)
 from vt_drloc.callback import DrLocCallback
+from vt_drloc.discover import GridSource
 from vt_drloc.drloc import (
     DRLOC_MODES,
     HEAD_PRESETS,
@@ -21,6 +22,7 @@ from vt_drloc.drloc import (
     reduce_grid,
     sample_cell_pairs,
 )
+from vt_drloc.errors import DrLocConfigError
 from vt_drloc.module import DrLocModule
 from vt_drloc.paths import DATA_ENV_VAR, default_data_root
 from vt_drloc.tap import GridInfo, GridTapError, probe_grid, tap_grid
@@ -34,10 +36,12 @@ __all__ = [
     "SCHEDULES",
     "TARGETS",
     "DrLocCallback",
+    "DrLocConfigError",
     "DrLocHead",
     "DrLocLoss",
     "DrLocModule",
     "GridInfo",
+    "GridSource",
     "GridTapError",
     "default_data_root",
     "drloc_lambda",

@@ -219,6 +219,8 @@ class ForwardRecord:
     def __init__(self, root: nn.Module, runner: nn.Module, x: Tensor, skip: Sequence[str] = ()):
         self.outputs: list[_Output] = []
         blocks = {id(m) for m in root.modules() if any(is_attention(s) for s in m.modules())}
+        # modules inside a transformer block (a post-norm block's own norm is not the model's final norm)
+        self.block_names = [n for n, m in root.named_modules() if id(m) in blocks and any(is_attention(s) for s in m.children()) or isinstance(m, nn.MultiheadAttention)]
         self.first_block: int | None = None
         handles = []
         norm_inputs: dict[int, Tensor] = {}
@@ -251,6 +253,10 @@ class ForwardRecord:
             self.outputs.append(_Output(order, name, module, tensor, type(output).__name__, norm_inputs.pop(id(module), None)))
 
         return hook
+
+    def in_block(self, name: str) -> bool:
+        """Whether the module ``name`` sits inside a transformer block (a module whose child is attention)."""
+        return any(name.startswith(b + ".") for b in self.block_names if b)
 
     def after_blocks(self, out: _Output) -> bool:
         """Whether ``out`` finished after the first transformer block (always, for a model without one)."""
@@ -313,8 +319,10 @@ def find_final_grid(
     while index > 0 and _parameter_free(found[index][0].module) and found[index - 1][0].tensor.numel() == found[index][0].tensor.numel():
         index -= 1
     last, readings = found[index]
-    # the innermost module that produced the same tensor (a final norm rather than the encoder around it)
-    chosen = next(out for out, _ in found if out.tensor is last.tensor)
+    # the innermost module that produced the same tensor (a final norm rather than the encoder around it);
+    # inside a block (a post-norm layer's own norm), the outermost: the block or the encoder that returns it
+    same = [out for out, _ in found if out.tensor is last.tensor]
+    chosen = same[0] if not record.in_block(same[0].name) else same[-1]
     if len(readings) > 1:
         listed = "; ".join(f"grid_format={_FORMAT_OF[r.layout]!r}: {r.describe()}" for r in readings)
         raise GridDiscoveryError(
@@ -322,7 +330,7 @@ def find_final_grid(
             f"it reads equally as {listed}. Pass grid_format= to choose."
         )
     point = "output"
-    if tap_norm == "pre" and is_norm(chosen.module) and chosen.norm_input is not None:
+    if tap_norm == "pre" and is_norm(chosen.module) and chosen.norm_input is not None and not record.in_block(chosen.name):
         if chosen.norm_input.shape == last.tensor.shape:
             point = "input"
     return chosen, readings[0], point
