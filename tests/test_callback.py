@@ -251,9 +251,12 @@ def test_checkpoints_resume_the_head_and_load_into_the_users_class(tmp_path):
     loaded = torch.load(last, weights_only=True)
     assert all(HEAD_ATTR not in k for k in loaded["state_dict"])
     stored = loaded["callbacks"]["DrLocCallback"]
-    assert set(stored) == {"head", "sampler_state"}
+    assert set(stored) == {"head", "sampler_state", "head_optimizer"}
     assert all(torch.equal(stored["head"][k], v) for k, v in saved.items())
-    assert len(loaded["optimizer_states"][0]["param_groups"]) == 3
+    # the trainer's optimizer state holds the user's group only; the head's two groups sit in the callback's state
+    assert len(loaded["optimizer_states"][0]["param_groups"]) == 1
+    assert len(stored["head_optimizer"]["param_groups"]) == 2
+    assert len(loaded["lr_schedulers"][0]["base_lrs"]) == 1 and len(stored["head_optimizer"]["lr_schedulers"][0]["base_lrs"]) == 2
 
     # the user's class loads it strictly, without the callback; so does a weights-only checkpoint
     restored = Classifier.load_from_checkpoint(last, strict=True)
@@ -274,15 +277,44 @@ def test_checkpoints_resume_the_head_and_load_into_the_users_class(tmp_path):
     torch.manual_seed(123)  # a different fresh head, overwritten by the checkpoint
     trainer(tmp_path, [cb2, rec, OptState()], max_steps=3).fit(Classifier("timm"), random_loader(), ckpt_path=last)
     assert all(torch.equal(rec.head_at_start[k], v) for k, v in saved.items())
-    head_groups = loaded["optimizer_states"][0]["param_groups"][1:]
+    head_groups = stored["head_optimizer"]["param_groups"]
     head_ids = [i for g in head_groups for i in g["params"]]
-    state = loaded["optimizer_states"][0]["state"]
+    state = stored["head_optimizer"]["state"]
     order = {id(p): i for i, p in enumerate(cb2.loss.parameters())}
     # parameters of the head groups in checkpoint order == the callback's decay / no-decay split
     assert len(head_ids) == len(order) and all(state[i]["exp_avg"].abs().sum() > 0 for i in head_ids)
     assert sum(v.abs().sum() for v in opt_state.values()) == pytest.approx(
         sum(state[i]["exp_avg"].abs().sum().item() for i in head_ids), rel=1e-5
     )
+
+
+def test_a_drloc_checkpoint_resumes_in_a_trainer_without_the_callback(tmp_path):
+    torch.manual_seed(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, [callback(), ckpt], enable_checkpointing=True).fit(Classifier("timm"), random_loader())
+    last = tmp_path / "ckpt" / "last.ckpt"
+    loaded = torch.load(last, weights_only=True)
+    user_state = loaded["optimizer_states"][0]["state"]
+
+    seen = {}
+
+    class Check(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            optimizer = trainer.optimizers[0]
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            seen["exp_avg"] = [optimizer.state[p]["exp_avg"].clone() for p in params]
+            seen["step"] = trainer.global_step
+            seen["head"] = hasattr(pl_module, HEAD_ATTR)
+
+    # no DrLocCallback: the user's optimizer and scheduler states load as they are, training goes on
+    module = Classifier("timm")
+    t = trainer(tmp_path, [Check()], max_steps=3, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning notes that the checkpoint was written with other callbacks
+        t.fit(module, random_loader(), ckpt_path=last)
+    assert seen["step"] == 2 and t.global_step == 3 and not seen["head"]
+    assert len(seen["exp_avg"]) == len(user_state)
+    assert all(torch.equal(a, user_state[i]["exp_avg"]) for i, a in enumerate(seen["exp_avg"]))
 
 
 # ---------------------------------------------------------------------------------------- finding the grid

@@ -138,6 +138,7 @@ class DrLocCallbackBase:
         self._undo: list[Callable[[], None]] = []
         self._warned: set[str] = set()
         self.grid_source: GridSource | None = None
+        self._head_groups = 0  # parameter groups on_fit_start appended to the user's optimizer
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -464,6 +465,7 @@ class DrLocCallbackBase:
         optimizer = trainer.optimizers[0]
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         added = add_param_groups(optimizer, self.loss, schedulers, weight_decay=self.config.head_weight_decay)
+        self._head_groups = added
         if added and schedulers and "scheduler" not in self._warned:
             self._warned.add("scheduler")
             self.lightning.rank_zero_warn(
@@ -480,6 +482,41 @@ class DrLocCallbackBase:
         if self.loss is None:
             return {}
         return {"head": self.loss.state_dict(), **self.objective.checkpoint_state()}
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Moves the head's optimizer groups (and their entries in the LR schedulers' per-group lists) out of
+        the checkpoint's optimizer / scheduler states into this callback's state: the trainer's states then
+        hold exactly the user's groups, so a Trainer without DrLocCallback resumes the checkpoint."""
+        added, states = self._head_groups, checkpoint.get("optimizer_states")
+        if not added or not states or self.state_key not in checkpoint.get("callbacks", {}):
+            return
+        groups, param_state = states[0]["param_groups"], states[0]["state"]
+        head_groups = groups[-added:]
+        del groups[-added:]
+        ids = {i for group in head_groups for i in group["params"]}
+        head_state = {i: param_state.pop(i) for i in list(param_state) if i in ids}
+        schedulers = []
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            tails = {k: v[len(groups) :] for k, v in scheduler.items() if isinstance(v, list) and len(v) == len(groups) + added}
+            scheduler.update({k: v[: len(groups)] for k, v in scheduler.items() if k in tails})
+            schedulers.append(tails)
+        checkpoint["callbacks"][self.state_key]["head_optimizer"] = {
+            "param_groups": head_groups,
+            "state": head_state,
+            "lr_schedulers": schedulers,
+        }
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Puts the head's optimizer groups back (see :meth:`on_save_checkpoint`) before Lightning restores
+        the optimizer, which by then holds the head's groups again (added in ``on_fit_start``)."""
+        stash = checkpoint.get("callbacks", {}).get(self.state_key, {}).get("head_optimizer")
+        if not stash or not checkpoint.get("optimizer_states"):
+            return
+        checkpoint["optimizer_states"][0]["param_groups"].extend(stash["param_groups"])
+        checkpoint["optimizer_states"][0]["state"].update(stash["state"])
+        for scheduler, tails in zip(checkpoint.get("lr_schedulers", []), stash["lr_schedulers"]):
+            for key, tail in tails.items():
+                scheduler[key] = list(scheduler[key]) + list(tail)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("head") is not None:
