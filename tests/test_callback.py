@@ -399,7 +399,12 @@ class TwoTimm(Classifier):
         (lambda: Classifier("hand"), {}, DrLocConfigError, "input_size=\\(H, W\\)"),
         (TwoTimm, {}, BackboneLookupError, "found 2 timm models in TwoTimm: 'net', 'teacher'"),
         (lambda: Classifier("timm"), dict(backbone="net.blokcs"), BackboneLookupError, "no submodule 'net.blokcs'.*net.blocks"),
-        (lambda: Classifier("hand"), dict(tap="net.patch", input_size=32), GridTapError, "refuses tap='net.patch'.*before any transformer block"),
+        (
+            lambda: Classifier("hand"),
+            dict(tap="net.patch", input_size=32),
+            GridTapError,
+            "refuses tap='net.patch'.*before any transformer block",
+        ),
         (lambda: Classifier("hand"), dict(tap="net.blocks"), DrLocConfigError, "input_size=\\(H, W\\)"),
         (lambda: Classifier("hand"), dict(tap="net.blocks", input_size=32, prefix_tokens=0), GridTapError, "prefix_tokens="),
         (lambda: DrLocModule("vit_tiny_patch16_224", 10, model_kwargs=VIT), {}, DrLocConfigError, "already trains DRLoc"),

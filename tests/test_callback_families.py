@@ -65,7 +65,12 @@ def test_the_grid_found_without_arguments_is_the_experts_tap(family):
     torch.testing.assert_close(grid, reference, rtol=0, atol=0)  # the same tensor, value for value
     source = found.grid_source
     assert isinstance(source, GridSource) and source.found == "discovered"
-    assert (source.layout, source.prefix_tokens, source.grid, source.channels) == (spec.layout, spec.prefix_tokens, spec.grid, spec.channels)
+    assert (source.layout, source.prefix_tokens, source.grid, source.channels) == (
+        spec.layout,
+        spec.prefix_tokens,
+        spec.grid,
+        spec.channels,
+    )
     assert dict(module.named_modules()).get(source.module) is not None  # a path the user can pass as tap=
     found.teardown(None, module, "fit")
     assert not hasattr(module, "_drloc_loss") and "training_step" not in module.__dict__

@@ -220,7 +220,11 @@ class ForwardRecord:
         self.outputs: list[_Output] = []
         blocks = {id(m) for m in root.modules() if any(is_attention(s) for s in m.modules())}
         # modules inside a transformer block (a post-norm block's own norm is not the model's final norm)
-        self.block_names = [n for n, m in root.named_modules() if id(m) in blocks and any(is_attention(s) for s in m.children()) or isinstance(m, nn.MultiheadAttention)]
+        self.block_names = [
+            n
+            for n, m in root.named_modules()
+            if id(m) in blocks and any(is_attention(s) for s in m.children()) or isinstance(m, nn.MultiheadAttention)
+        ]
         self.first_block: int | None = None
         handles = []
         norm_inputs: dict[int, Tensor] = {}

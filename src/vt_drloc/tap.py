@@ -327,7 +327,11 @@ def fixed_input_size(model: nn.Module | None) -> tuple[int, int] | None:
     if model is None:
         return None
     for owner in (model, getattr(model, "patch_embed", None), *model.modules()):
-        for size in (getattr(owner, "img_size", None), getattr(owner, "image_size", None), getattr(getattr(owner, "config", None), "image_size", None)):
+        for size in (
+            getattr(owner, "img_size", None),
+            getattr(owner, "image_size", None),
+            getattr(getattr(owner, "config", None), "image_size", None),
+        ):
             if isinstance(size, int) and not isinstance(size, bool):
                 return (size, size)
             if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):

@@ -131,12 +131,16 @@ def build(family: str) -> nn.Module:
     if family == "hf_vit":
         from transformers import ViTConfig, ViTForImageClassification
 
-        cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=10)
+        cfg = ViTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=10
+        )
         return ViTForImageClassification(cfg)
     if family == "hf_deit":
         from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
-        cfg = DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=10)
+        cfg = DeiTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=10
+        )
         return DeiTForImageClassificationWithTeacher(cfg)
     if family == "hf_swin":
         from transformers import SwinConfig, SwinForImageClassification
