@@ -1,7 +1,7 @@
 """Study tables: several sweeps side by side, each DRLoc setting against its own baseline.
 
 A study dir holds one sweep dir per *cell* (a model × data setting swept over λ and seeds), e.g.
-``docs/results/study_cifar10/{spc100_vit,spc100_swin,...}/<job>/results.json``.
+``studies/study_cifar10/{spc100_vit,spc100_swin,...}/<job>/results.json``.
 :func:`write_study` writes into the study dir
 
 * ``study.csv`` / ``study.md``: one row per DRLoc setting (λ > 0) of every cell, beside the λ=0
