@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -318,11 +318,13 @@ def find_final_grid(
             f"prefix tokens, NCHW or NHWC) at input {input_hw[0]}x{input_hw[1]}. Name the module whose output is "
             f"the final grid with tap=... (and prefix_tokens= if needed); the candidates:\n{record.candidates()}"
         )
+    sizes = [cast(Tensor, out.tensor).numel() for out, _ in found]
     index = len(found) - 1
     # a parameter-free layout step at the end (a Permute, Flatten, Dropout) is not the grid's source
-    while index > 0 and _parameter_free(found[index][0].module) and found[index - 1][0].tensor.numel() == found[index][0].tensor.numel():
+    while index > 0 and _parameter_free(found[index][0].module) and sizes[index - 1] == sizes[index]:
         index -= 1
     last, readings = found[index]
+    shape = tuple(cast(Tensor, last.tensor).shape)
     # the innermost module that produced the same tensor (a final norm rather than the encoder around it);
     # inside a block (a post-norm layer's own norm), the outermost: the block or the encoder that returns it
     same = [out for out, _ in found if out.tensor is last.tensor]
@@ -330,12 +332,12 @@ def find_final_grid(
     if len(readings) > 1:
         listed = "; ".join(f"grid_format={_FORMAT_OF[r.layout]!r}: {r.describe()}" for r in readings)
         raise GridDiscoveryError(
-            f"DRLoc cannot tell the layout of {chosen.name!r}'s output {tuple(last.tensor.shape)} in {model_name}: "
+            f"DRLoc cannot tell the layout of {chosen.name!r}'s output {shape} in {model_name}: "
             f"it reads equally as {listed}. Pass grid_format= to choose."
         )
     point = "output"
     if tap_norm == "pre" and is_norm(chosen.module) and chosen.norm_input is not None and not record.in_block(chosen.name):
-        if chosen.norm_input.shape == last.tensor.shape:
+        if tuple(chosen.norm_input.shape) == shape:
             point = "input"
     return chosen, readings[0], point
 

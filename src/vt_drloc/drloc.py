@@ -172,7 +172,7 @@ def task_record(loss: DrLocLoss | None, final_loss: float | None) -> dict[str, o
     and without DRLoc. A fraction near 1 means the head predicted no better than a constant.
     """
     hw = None if loss is None else loss.reduced_hw
-    chance = chance_l1(*hw, loss.target) if hw is not None and loss.mode == "l1" else None
+    chance = chance_l1(*hw, loss.target) if loss is not None and hw is not None and loss.mode == "l1" else None
     ratio = final_loss / chance if chance and final_loss is not None else None
     return {
         "drloc_grid": None if hw is None else list(hw),
@@ -272,7 +272,7 @@ class DrLocHead(nn.Module):
             # one linear layer for both axes (regression: the two offsets; "fused": both classifiers)
             layers.append(nn.Linear(width, 2 * (num_classes or 1)))
         self.mlp = nn.Sequential(*layers)
-        self.axis_heads = nn.ModuleList(nn.Linear(width, num_classes) for _ in range(2)) if per_axis else None
+        self.axis_heads = nn.ModuleList(nn.Linear(width, num_classes) for _ in range(2)) if num_classes is not None and per_axis else None
         if init == "released":
             for module in self.modules():
                 if isinstance(module, nn.Linear):
@@ -353,7 +353,7 @@ class DrLocLoss(nn.Module):
         self.reduced_hw: tuple[int, int] | None = None
         num_classes = None
         if grid_hw is not None:
-            self.reduced_hw = reduced_grid_hw(tuple(grid_hw), self.grid_size)
+            self.reduced_hw = reduced_grid_hw((int(grid_hw[0]), int(grid_hw[1])), self.grid_size)
             if min(self.reduced_hw) < 2:
                 raise ValueError(f"grid_hw={tuple(grid_hw)} leaves no offsets to predict; DRLoc needs a grid of at least 2x2")
         if mode != "l1":
@@ -380,7 +380,7 @@ class DrLocLoss(nn.Module):
         pairs = torch.cat([gather_cells(grid, cells_a), gather_cells(grid, cells_b)], dim=-1)
         if not torch.is_autocast_enabled(pairs.device.type):
             # a half / double grid outside autocast meets the head in the head's own dtype
-            pairs = pairs.to(self.head.mlp[0].weight.dtype)
+            pairs = pairs.to(next(self.head.parameters()).dtype)
         pred = self.head(pairs)
         return self.loss_from_prediction(pred, cells_a, cells_b, height, width)
 

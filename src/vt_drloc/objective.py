@@ -212,7 +212,7 @@ class DrLocObjective:
         a resumed head), and a head state loaded before the loss existed is applied now."""
         loss = self.loss
         if loss is None or loss.head.in_dim != channels or loss.reduced_hw != reduced_grid_hw(grid_hw, self.config.grid_size):
-            loss = DrLocLoss(int(channels), **self.config.loss_kwargs(), grid_hw=tuple(grid_hw))
+            loss = DrLocLoss(int(channels), **self.config.loss_kwargs(), grid_hw=(int(grid_hw[0]), int(grid_hw[1])))
         if self._pending_head_state is not None:
             loss.load_state_dict(self._pending_head_state)
             self._pending_head_state = None
@@ -229,6 +229,7 @@ class DrLocObjective:
     def observe(self, drloc: float, epoch: float) -> None:
         """``schedule="adaptive"``: track the head's L1 / chance and start annealing once it is below
         ``task_threshold`` (after the warm-up)."""
+        assert self.loss is not None and self.loss.reduced_hw is not None, "observe() runs after build_loss()"
         ratio = drloc / chance_l1(*self.loss.reduced_hw, self.config.target)
         self.task_ratio = ratio if self.task_ratio is None else 0.9 * self.task_ratio + 0.1 * ratio
         if self.anneal_from is None and epoch >= self.config.warmup_epochs and self.task_ratio < self.config.task_threshold:

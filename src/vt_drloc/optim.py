@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.optim import param_groups_weight_decay
@@ -109,7 +109,8 @@ def weight_decay_groups(modules: Sequence[nn.Module], weight_decay: float) -> li
     decay: list[Tensor] = []
     no_decay: list[Tensor] = []
     for module in modules:
-        skip = module.no_weight_decay() if hasattr(module, "no_weight_decay") else set()
+        no_weight_decay = getattr(module, "no_weight_decay", None)
+        skip = no_weight_decay() if callable(no_weight_decay) else set()
         for group in param_groups_weight_decay(module, weight_decay, no_weight_decay_list=skip):
             (decay if group["weight_decay"] > 0 else no_decay).extend(group["params"])
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -150,7 +151,7 @@ def add_param_groups(optimizer: Any, module: nn.Module, schedulers: Sequence[Any
     old_groups = len(optimizer.param_groups)
     added = 0
     for group in groups:
-        params = [p for p in group["params"] if id(p) in missing]
+        params = [p for p in cast(list, group["params"]) if id(p) in missing]
         if params:
             optimizer.add_param_group({**template, **group, "params": params})
             added += 1

@@ -78,7 +78,7 @@ def model_in_chans(model: nn.Module) -> int:
     return int(getattr(model, "in_chans", None) or (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
 
 
-def _num_prefix_tokens(model: nn.Module) -> int:
+def _num_prefix_tokens(model: Any) -> int:  # the timm surface is duck-typed
     if getattr(model, "num_prefix_tokens", None) is not None:
         return int(model.num_prefix_tokens)
     count = sum(getattr(model, name, None) is not None for name in ("cls_token", "class_token", "dist_token"))
@@ -113,7 +113,7 @@ def _intermediates_kwargs(model: nn.Module, tap_norm: str) -> dict[str, Any] | N
     return kwargs
 
 
-def _last_intermediate(model: nn.Module, x: Tensor, kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+def _last_intermediate(model: Any, x: Tensor, kwargs: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
     """The last grid of ``forward_intermediates(x, **kwargs)`` and the kwargs that gave it. A model
     without a final norm that refuses ``norm=True`` (Hiera asserts ``not norm``) is asked again with
     ``norm=False``: with no final norm to apply, its post-norm grid is the un-normed one."""
@@ -126,7 +126,7 @@ def _last_intermediate(model: nn.Module, x: Tensor, kwargs: dict[str, Any]) -> t
     return model.forward_intermediates(x, **kwargs)[1][-1], kwargs
 
 
-def _features_and_tokens(model: nn.Module, x: Tensor, tap_norm: str) -> tuple[Any, Any]:
+def _features_and_tokens(model: Any, x: Tensor, tap_norm: str) -> tuple[Any, Any]:
     """``forward_features(x)`` and the tensor the grid is read from: that output ("post") or the
     input of the final norm ("pre", captured by a forward pre-hook during the same forward)."""
     norm = final_norm(model) if tap_norm == "pre" else None
@@ -162,7 +162,7 @@ def tokens_to_grid(features: Tensor, model: nn.Module, prefix_tokens: int | None
     raise GridTapError(f"forward_features returned shape {tuple(features.shape)}, which holds no spatial grid")
 
 
-def tap_grid(model: nn.Module, x: Tensor, info: GridInfo) -> tuple[Any, Tensor]:
+def tap_grid(model: Any, x: Tensor, info: GridInfo) -> tuple[Any, Tensor]:
     """``(features, grid)``: pass ``features`` to ``model.forward_head``; ``grid`` is (B, C, H, W)."""
     if info.strategy == "intermediates":
         features, intermediates = model.forward_intermediates(x, **dict(info.intermediates_kwargs))
@@ -211,11 +211,17 @@ def probe_grid(
     if input_size is None:
         input_hw = model_input_size(model)
     else:
-        input_hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        input_hw = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[-2]), int(input_size[-1]))
     in_chans = in_chans or model_in_chans(model)
     param = next(model.parameters(), None)
     floating = param is not None and param.is_floating_point()
-    x = torch.zeros(2, in_chans, *input_hw, device=param.device if param is not None else None, dtype=param.dtype if floating else None)
+    x = torch.zeros(
+        2,
+        in_chans,
+        *input_hw,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None and floating else None,
+    )
     was_training = model.training
     model.eval()
     try:
@@ -294,7 +300,7 @@ def find_backbone(root: nn.Module, backbone: str | None = None, tap: str | None 
     if tap is not None:
         return named, get_submodule(root, tap, "tap"), backbone or ""
     if named is not None:
-        found_backbone, name = named, backbone
+        found_backbone, name = named, str(backbone)
     else:
         found = find_timm_models(root)
         cls = type(root).__name__
@@ -375,10 +381,11 @@ def probe_input(
 
     Channels: ``in_chans``, else the sample's, else the model's ``in_chans``, else its cfg's, else 3.
     """
+    hw: tuple[int, ...] | None = None
     if input_size is not None:
         hw = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[-2]), int(input_size[-1]))
-    elif (hw := fixed_input_size(runner)) is not None:
-        pass
+    elif (fixed := fixed_input_size(runner)) is not None:
+        hw = fixed
     elif isinstance(example_input, Tensor):
         return torch.zeros((PROBE_BATCH, *example_input.shape[1:]), dtype=example_input.dtype, device=device)
     elif training_dataset is not None and (shape := sample_input_shape(training_dataset())) is not None:
