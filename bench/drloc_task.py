@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from vt_drloc.drloc import chance_l1
+from vt_drloc.core import chance_l1
 from vt_drloc.report import load_study, read_curve
 
 LOSS_COLUMN = "train/drloc_epoch"

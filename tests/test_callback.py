@@ -28,8 +28,8 @@ from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from vt_drloc import DrLocModule
 from vt_drloc.callback import HEAD_ATTR, DrLocCallback
-from vt_drloc.errors import DrLocConfigError
-from vt_drloc.tap import BackboneLookupError, GridTapError
+from vt_drloc.core.errors import DrLocConfigError
+from vt_drloc.core.tap import BackboneLookupError, GridTapError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -135,7 +135,7 @@ def test_loss_includes_drloc_head_trains_and_module_is_restored(tmp_path, kind):
 def test_tap_norm_reads_the_backbone_grid_before_or_after_its_final_norm(tmp_path, monkeypatch, tap_norm):
     """The grid the DRLoc loss receives in the first step is the timm model's last-stage tokens before
     (the released Swin-T / ViT) or after (T2T-ViT) its final LayerNorm; the two differ."""
-    from vt_drloc.drloc import DrLocLoss
+    from vt_drloc.core import DrLocLoss
 
     torch.manual_seed(0)
     module = Classifier("timm")
@@ -539,7 +539,7 @@ def test_notebook_is_the_documented_example_and_runs(tmp_path, monkeypatch):
 
 
 def test_pair_generator_resumes_rank0_exactly_and_gives_other_ranks_their_own_stream():
-    from vt_drloc.drloc import pair_generator
+    from vt_drloc.core import pair_generator
 
     g = pair_generator("cpu", seed=7)
     state = g.get_state()

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vt_drloc.discover import GridSource
+from vt_drloc.core.discover import GridSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 from vit_families import FAMILIES, ConvAttention, hf_attention_tap, loader, make_module  # noqa: E402

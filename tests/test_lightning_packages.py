@@ -1,6 +1,6 @@
 """Both Lightning packages: ``pytorch_lightning`` (``vt_drloc.*``) and ``lightning.pytorch``
 (``vt_drloc.lightning.*``) train DrLocModule and DrLocCallback, and raise one exception type
-(``vt_drloc.errors.DrLocConfigError``) under both."""
+(``vt_drloc.core.errors.DrLocConfigError``) under both."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from test_readme import section_code
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from vt_drloc.errors import DrLocConfigError
+from vt_drloc.core.errors import DrLocConfigError
 
 PACKAGES = ["pytorch_lightning", "lightning.pytorch"]
 TINY_VIT = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)  # 4x4 grid

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vt_drloc.config import UserError, group_options
-from vt_drloc.drloc import drloc_lambda, epoch_progress
+from vt_drloc.core import drloc_lambda, epoch_progress
 from vt_drloc.module import DrLocModule
 from vt_drloc.train import build_module, train
 

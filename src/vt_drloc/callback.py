@@ -11,14 +11,14 @@ Written once as :class:`DrLocCallbackBase` and built for each Lightning package:
 ``vt_drloc.DrLocCallback`` (``pytorch_lightning``) and ``vt_drloc.lightning.DrLocCallback``
 (``lightning.pytorch``). The loss, λ, pair sampler and logging are the shared
 :class:`~vt_drloc.objective.DrLocObjective`; finding and reading the grid is
-:class:`~vt_drloc.tap.GridCapture`.
+:class:`~vt_drloc.core.tap.GridCapture`.
 
 * ``setup("fit")``: finds the backbone (the unique timm model among the module's submodules, or
   ``backbone="model.encoder"``; for a non-timm backbone, ``tap="model.blocks"`` names the module
   whose output is the token sequence / grid), sizes the grid with one no-grad forward of a zero
   batch in eval mode (through the backbone, or the submodule that holds the tap: the module's own
   ``forward`` is never needed; input size from ``input_size=``, the model, ``example_input_array``
-  or the first training sample), and attaches a :class:`~vt_drloc.drloc.DrLocLoss` (which owns the head) to
+  or the first training sample), and attaches a :class:`~vt_drloc.core.DrLocLoss` (which owns the head) to
   the module as the submodule ``_drloc_loss``. Being a submodule, the head is moved to the device,
   cast by the precision plugin and wrapped by DDP together with the module. The module's
   ``training_step`` is wrapped (an instance attribute) so that the loss it returns becomes
@@ -45,7 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vt_drloc.discover import (
+from vt_drloc.core import DrLocLoss
+from vt_drloc.core.discover import (
     FORMAT_LAYOUTS,
     PROBE_BATCH,
     ForwardRecord,
@@ -55,12 +56,8 @@ from vt_drloc.discover import (
     grid_readings,
     named_prefix_tokens,
 )
-from vt_drloc.drloc import DrLocLoss
-from vt_drloc.errors import DrLocConfigError
-from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
-from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
-from vt_drloc.optim import add_param_groups
-from vt_drloc.tap import (
+from vt_drloc.core.errors import DrLocConfigError
+from vt_drloc.core.tap import (
     GRID_FORMATS,
     MIN_GRID,
     GridCapture,
@@ -73,6 +70,9 @@ from vt_drloc.tap import (
     prefix_owner,
     probe_input,
 )
+from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
+from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
+from vt_drloc.optim import add_param_groups
 
 __all__ = ["GRID_FORMATS", "HEAD_ATTR", "DrLocCallback", "DrLocCallbackBase", "find_timm_models", "is_timm_model"]
 
@@ -198,13 +198,13 @@ class DrLocCallbackBase:
                 f"DrLocCallback does not support the sharded strategy {type(trainer.strategy).__name__}: it attaches the "
                 "DRLoc head to the module at setup and adds the head's parameters to the optimizer afterwards, which "
                 "FSDP / DeepSpeed / ModelParallel cannot take once they have sharded the parameters. Use "
-                "strategy='ddp' (or a single device), or build vt_drloc.drloc.DrLocLoss into your module yourself."
+                "strategy='ddp' (or a single device), or build vt_drloc.core.DrLocLoss into your module yourself."
             )
         if not pl_module.automatic_optimization:
             raise self._error(
                 f"DrLocCallback cannot be used with manual optimisation ({cls}.automatic_optimization is False): it "
                 "adds λ·L_drloc to the loss that training_step returns, and Lightning back-propagates that loss only "
-                "under automatic optimisation. With manual optimisation, add vt_drloc.drloc.DrLocLoss to your module "
+                "under automatic optimisation. With manual optimisation, add vt_drloc.core.DrLocLoss to your module "
                 "and include λ·drloc(grid) in the loss you pass to manual_backward."
             )
         if isinstance(getattr(pl_module, "drloc", None), DrLocLoss):
@@ -219,7 +219,7 @@ class DrLocCallbackBase:
             )
 
     def _resolve(self, trainer: Any, pl_module: Any) -> tuple[nn.Module | None, nn.Module | None, str]:
-        """(backbone, tap module, backbone name), found by :func:`~vt_drloc.tap.find_backbone`."""
+        """(backbone, tap module, backbone name), found by :func:`~vt_drloc.core.tap.find_backbone`."""
         if self.backbone is None and self.tap is None and not find_timm_models(pl_module):
             # the backbone may be built in configure_model, which Lightning calls right after setup;
             # the hook is documented as idempotent, so building it now is allowed.

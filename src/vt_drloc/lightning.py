@@ -15,8 +15,8 @@ They share every line of logic with the ``pytorch_lightning`` classes (see
 from __future__ import annotations
 
 from vt_drloc.callback import DrLocCallbackBase
+from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.data.datamodule import ImageDataModuleBase
-from vt_drloc.errors import DrLocConfigError
 from vt_drloc.lightning_api import LightningAPI
 from vt_drloc.module import DrLocModuleBase
 

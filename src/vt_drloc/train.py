@@ -31,7 +31,7 @@ from vt_drloc.config import (
     print_config_tree,
     run_cli,
 )
-from vt_drloc.drloc import task_record
+from vt_drloc.core import task_record
 from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumeRngState
 from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
 

@@ -35,7 +35,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from vt_drloc.errors import DrLocConfigError
+from vt_drloc.core.errors import DrLocConfigError
 
 __all__ = [
     "LAYOUTS",

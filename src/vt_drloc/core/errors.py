@@ -8,8 +8,16 @@ It is a ``ValueError``: a wrong value was passed, and code that caught ``ValueEr
 
 from __future__ import annotations
 
-__all__ = ["DrLocConfigError"]
+from collections.abc import Sequence
+
+__all__ = ["DrLocConfigError", "check_choice"]
 
 
 class DrLocConfigError(ValueError):
     """A DRLoc option, backbone or tap that cannot work; the message names the value and the fix."""
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """Raise :class:`DrLocConfigError` naming ``value`` and the valid ``choices`` unless it is one of them."""
+    if value not in choices:
+        raise DrLocConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
