@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -56,10 +57,12 @@ def _is_integer(value: Any) -> bool:
 
 
 def plain(value: Any) -> Any:
-    """An OmegaConf container as plain Python (dicts / lists); anything else unchanged."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    """An OmegaConf container as plain Python (dicts / lists); anything else unchanged. Without
+    OmegaConf imported nothing can be one, so the faces work where it is not installed."""
+    omegaconf = sys.modules.get("omegaconf")
+    if omegaconf is None or not isinstance(value, (omegaconf.DictConfig, omegaconf.ListConfig)):
+        return value
+    return omegaconf.OmegaConf.to_container(value, resolve=True)
 
 
 #: Options added after the first vt_drloc checkpoints were written, with the behaviour those runs had

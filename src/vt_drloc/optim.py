@@ -4,6 +4,7 @@ the warm-up + cosine LR factor."""
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -71,11 +72,10 @@ def build_optimizer(spec: Mapping[str, Any], params: Any, lr: float, weight_deca
 
 def _optimizer_class(target: Any) -> type:
     if isinstance(target, str):
-        from hydra.utils import get_class
-
-        try:
-            target = get_class(target)
-        except Exception as err:  # Hydra wraps the import error: say what was asked for
+        module_name, _, class_name = target.rpartition(".")
+        try:  # a dotted path, as Hydra's _target_ (resolved here so the faces need no Hydra)
+            target = getattr(importlib.import_module(module_name), class_name)
+        except Exception as err:
             raise ValueError(f"optimizer _target_={target!r} cannot be imported ({err}); e.g. torch.optim.AdamW, torch.optim.SGD") from None
     if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
         raise ValueError(f"optimizer _target_={target!r} is not a torch.optim.Optimizer class; e.g. torch.optim.AdamW, torch.optim.SGD")
