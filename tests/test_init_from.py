@@ -67,7 +67,7 @@ def test_unusable_files_are_refused_with_the_fix(tmp_path):
         load_backbone_weights(module().model, other)
     junk = tmp_path / "junk.pth"
     junk.write_text("not torch")
-    with pytest.raises(UserError, match="cannot be read as weights"):
+    with pytest.raises(UserError, match="cannot be read: it is truncated or not a weight file"):
         load_backbone_weights(module().model, junk)
 
 

@@ -340,6 +340,9 @@ def test_wheel_ships_its_configs(tmp_path):
         (["drloc.mode=l2"], "drloc.mode='l2'"),
         (["model.kwargs.patch_size=32"], "1x1 grid"),
         (["test_ckpt=middle"], "test_ckpt='middle'"),
+        (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is invalid: use an integer >= 1"),
+        (["data.samples_per_class=100000"], r"data.samples_per_class=100000 is larger than .* Use samples_per_class <= \d+"),
+        (["data=folder"], "data.folder_name must be set with data=...: the name of your data set's folder"),
     ],
 )
 def test_bad_config_values_fail_before_training(tmp_path, overrides, message):
@@ -354,8 +357,17 @@ def test_bad_checkpoints_are_refused(tmp_path):
         train(compose_cfg(TINY + [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path / "r1"))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a vt_drloc checkpoint"):
+    with pytest.raises(UserError, match="cannot be read: it is truncated or not a checkpoint.*trust_checkpoint would not help"):
         train(compose_cfg(TINY + [f"ckpt_path={junk}"], tmp_path / "r2"))
+    # a real checkpoint cut short (a copy interrupted, a full disk): never the advice to trust it
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {"model_name": "x"}}, whole)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for key in ("ckpt_path", "init_from"):
+        with pytest.raises(UserError, match=f"{key}=.*cannot be read: it is truncated.*trust_checkpoint would not help") as err:
+            train(compose_cfg(TINY + [f"{key}={cut}"], tmp_path / f"r_{key}"))
+        assert "pass trust_checkpoint=true" not in str(err.value)
     other = tmp_path / "other.ckpt"
     module = DrLocModule("resnet18", num_classes=10, lambda_drloc=0.0)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, other)

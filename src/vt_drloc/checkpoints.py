@@ -13,6 +13,19 @@ import torch
 from vt_drloc.config import UserError
 
 
+def load_error(err: BaseException) -> str:
+    """``err`` in one short line, for a message."""
+    text = str(err)
+    detail = next((line for line in text.splitlines() if "Unsupported global" in line), text.splitlines()[0] if text else "")
+    return f"{type(err).__name__}: {detail[:200]}" if detail else type(err).__name__
+
+
+def needs_unpickling(err: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused a readable file because it holds objects other
+    than tensors and plain types (trusting it would load it), as opposed to a truncated / corrupt file."""
+    return "Unsupported global" in str(err)
+
+
 def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any]:
     """Read a Lightning checkpoint written by vt_drloc, with ``weights_only=True``.
 
@@ -27,7 +40,12 @@ def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a torch file, or needs arbitrary unpickling
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
+        reason = load_error(err)
+        if not needs_unpickling(err):
+            raise UserError(
+                f"ckpt_path={str(path)!r} cannot be read: it is truncated or not a checkpoint ({reason}); trust_checkpoint "
+                "would not help. Pass an intact .ckpt (e.g. <run dir>/checkpoints/last.ckpt, or the best one beside it)."
+            ) from None
         if not trust:
             raise UserError(
                 f"ckpt_path={str(path)!r} is not a vt_drloc checkpoint that can be loaded safely ({reason}). Loading it would "
@@ -133,9 +151,13 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     try:
         data = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as err:
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
-        hint = "" if trust else " If the file needs full unpickling and you trust its origin, pass trust_checkpoint=true."
-        raise UserError(f"init_from={str(path)!r} cannot be read as weights ({reason}).{hint}") from None
+        if not needs_unpickling(err):
+            raise UserError(
+                f"init_from={str(path)!r} cannot be read: it is truncated or not a weight file ({load_error(err)}); "
+                "trust_checkpoint would not help. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run."
+            ) from None
+        hint = "" if trust else " The file needs full unpickling: pass trust_checkpoint=true only if you trust its origin."
+        raise UserError(f"init_from={str(path)!r} cannot be read as weights ({load_error(err)}).{hint}") from None
     for key in _STATE_KEYS:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]

@@ -63,6 +63,8 @@ def exit_on_user_error(task):
 
 # The data modules speak Python (root=..., download=True); the app's user types Hydra overrides.
 _CLI_SPELLING = (
+    ("samples_per_class=", "data.samples_per_class="),
+    ("train_fraction", "data.train_fraction"),
     ("pass root=", "pass data.root="),
     (" root=<", " data.root=<"),
     ("download=True", "data.download=true"),
@@ -80,7 +82,7 @@ def prepare_data_checked(datamodule: Any, stage: str) -> None:
     try:
         datamodule.prepare_data()
         datamodule.setup(stage)
-    except (DatasetNotFoundError, DatasetLayoutError) as err:
+    except (DatasetNotFoundError, DatasetLayoutError, ValueError) as err:  # ValueError: e.g. samples_per_class too large
         lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
         # one paragraph: items end in ";", the last item before a heading ("How to get it:") in "."
         ends = [";" if i + 1 < len(lines) and not lines[i + 1].endswith(":") else "." for i in range(len(lines))]
@@ -193,9 +195,10 @@ def check_run_config(cfg: DictConfig) -> None:
     if trainer is not None:
         epochs = trainer.get("max_epochs")
         need(
-            epochs is None or (_is_int(epochs) and (epochs >= 1 or epochs == -1)),
+            epochs is None or (_is_int(epochs) and epochs >= 1),
             "trainer.max_epochs",
-            "use an integer >= 1 (-1: no limit); 0 would train nothing",
+            "use an integer >= 1: the learning rate's cosine and λ's schedule end at the run's last epoch, so a run "
+            "without a limit (-1) has no schedule, and 0 would train nothing",
         )
         clip = trainer.get("gradient_clip_val")
         need(clip is None or (_is_number(clip) and clip >= 0), "trainer.gradient_clip_val", "use a number >= 0, or null for no clipping")
@@ -222,6 +225,13 @@ def check_run_config(cfg: DictConfig) -> None:
         raise UserError("; ".join(problems) + ".")
 
 
+# What a mandatory (???) key of a config group means, for the error that names it.
+MISSING_HINTS = {
+    "data.folder_name": "the name of your data set's folder (or .tar) under data.root, laid out as "
+    "<name>/<split>/<class>/<image>, with a train split and val and/or test",
+}
+
+
 def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that reports a rejected value of ``group`` as a :class:`UserError`
     (the constructor's own message, without Hydra's wrapping and traceback)."""
@@ -229,8 +239,16 @@ def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
     from hydra.utils import instantiate
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         return instantiate(node, **kwargs)
+    except MissingMandatoryValue as err:  # a key the group leaves as ??? for the user to set
+        key = getattr(err, "full_key", None) or "?"
+        raise UserError(
+            f"{key} must be set with {group}=...: {MISSING_HINTS.get(str(key), 'give it on the command line')} "
+            f"(e.g. {key}=<value>)."
+        ) from None
     except InstantiationException as err:
         cause = err.__cause__
         if isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException)):
