@@ -238,7 +238,6 @@ def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning_fabric.utilities.exceptions import MisconfigurationException
-
     from omegaconf.errors import MissingMandatoryValue
 
     try:
@@ -246,8 +245,7 @@ def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
     except MissingMandatoryValue as err:  # a key the group leaves as ??? for the user to set
         key = getattr(err, "full_key", None) or "?"
         raise UserError(
-            f"{key} must be set with {group}=...: {MISSING_HINTS.get(str(key), 'give it on the command line')} "
-            f"(e.g. {key}=<value>)."
+            f"{key} must be set with {group}=...: {MISSING_HINTS.get(str(key), 'give it on the command line')} (e.g. {key}=<value>)."
         ) from None
     except InstantiationException as err:
         cause = err.__cause__
