@@ -5,7 +5,7 @@ timm's own resampling helpers (``init_from`` of a 32 px run into a 64 px fine-tu
   are) or ``(1, H, W, C)`` (Swin's ``absolute_pos_embed``): :func:`timm.layers.resample_abs_pos_embed`
   / :func:`timm.layers.resample_abs_pos_embed_nhwc`, bicubic on the token grid;
 * Swin's ``relative_position_bias_table`` when the window size differs:
-  :func:`timm.layers.resample_relative_position_bias_table`.
+  :func:`timm.layers.resize_rel_pos_bias_table`.
 
 Other tensors whose shape differs are left alone (the caller skips them).
 """
@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 
 import torch
-from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc, resample_relative_position_bias_table
+from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc, resize_rel_pos_bias_table
 
 log = logging.getLogger("vt_drloc.init_from")
 
@@ -55,7 +55,7 @@ def _resample(backbone: torch.nn.Module, key: str, value: torch.Tensor, target: 
         window = getattr(owner, "window_size", None)
         if window is not None:
             window = [window, window] if isinstance(window, int) else list(window)
-            return resample_relative_position_bias_table(value, new_window_size=window, new_bias_shape=list(target.shape))
+            return resize_rel_pos_bias_table(value, new_window_size=window, new_bias_shape=list(target.shape))
     return None
 
 
