@@ -60,3 +60,17 @@ def timm_pretrained_cfg(info: Mapping[str, Any]) -> dict[str, Any]:
         "crop_mode": "center",
         "num_classes": len(info["class_names"]),
     }
+
+
+def predict_transform_of(info: Mapping[str, Any]):
+    """:func:`eval_transform_of` for images of any size: at a small native size the run's eval
+    transform does not resize (its images are all 32 px); new images are resized (shorter side) and
+    centre-cropped to it first, which leaves an image already of that size unchanged."""
+    size = int(info["img_size"])
+    transform = eval_transform_of(info)
+    if small_native(size, info.get("native_size")) and info.get("crop_pct") is None:
+        from torchvision import transforms as T
+
+        resize = T.Resize(size, interpolation=T.InterpolationMode(info.get("interpolation") or "bicubic"))
+        return T.Compose([resize, T.CenterCrop(size), *transform.transforms])
+    return transform
