@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -153,3 +155,36 @@ def test_predict_cli_writes_the_csv_and_refuses_bad_input(run_dir, images, tmp_p
     with pytest.raises(UserError, match="ckpt_path=.* does not exist"):
         predict(tmp_path / "missing.ckpt", folder)
     assert out.read_bytes() == written
+
+
+def _section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_readme_use_the_model_commands_run(run_dir, images, tmp_path):
+    folder, _ = images
+    section = _section("Use the model")
+    placeholder = "outputs/train/runs/2026-01-01_12-00-00"
+
+    def fill(code: str) -> str:
+        return code.replace(placeholder, str(run_dir)).replace("my_images/", f"{folder}/")
+
+    (shell,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    assert "python -m vt_drloc.export" in shell and "python -m vt_drloc.predict" in shell
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", PYTHONWARNINGS="ignore")
+    done = subprocess.run(["bash", "-ec", fill(shell)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run_dir / "export" / "model.safetensors").is_file()
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert len(rows) == 6 and rows[0]["class_1"] in CIFAR10 and "prob_3" in rows[0]
+
+    namespace: dict = {}
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(fill("\n".join(blocks)), "README.md", "exec"), namespace)
+    assert namespace["labels"] == CIFAR10 and namespace["rows"][0]["class_1"] in CIFAR10
+    image = __import__("PIL.Image").Image.open(folder / "batch" / "x" / "000.jpg").convert("RGB")
+    assert tuple(namespace["transform"](image).shape) == (3, 32, 32)
+    with torch.no_grad():
+        assert namespace["model"](namespace["transform"](image)[None]).shape == (1, 10)
