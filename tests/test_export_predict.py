@@ -188,3 +188,25 @@ def test_the_readme_use_the_model_commands_run(run_dir, images, tmp_path):
     assert tuple(namespace["transform"](image).shape) == (3, 32, 32)
     with torch.no_grad():
         assert namespace["model"](namespace["transform"](image)[None]).shape == (1, 10)
+
+
+def test_eval_prints_one_named_table_per_split(run_dir, tmp_path, capsys):
+    from vt_drloc.eval import evaluate
+
+    overrides = [
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "data=cifar10",
+        "data.num_workers=0",
+        "data.batch_size=64",
+        "print_config=false",
+    ]
+    overrides += ["data.samples_per_class=4", "+trainer.limit_test_batches=2"]
+    results = evaluate(compose_cfg(overrides, tmp_path / "eval", config_name="eval"))
+    out = capsys.readouterr().out
+    assert "val split of cifar10" in out and "test split of cifar10" in out
+    val_table, test_table = (
+        out[out.index("val split of cifar10") : out.index("test split of cifar10")],
+        out[out.index("test split of cifar10") :],
+    )
+    assert "val/acc1" in val_table and "test/acc1" not in val_table and "test/acc1" in test_table
+    assert f"{results['val_acc1']:.4f}" in val_table and f"{results['test_acc1']:.4f}" in test_table
