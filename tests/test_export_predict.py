@@ -210,3 +210,20 @@ def test_eval_prints_one_named_table_per_split(run_dir, tmp_path, capsys):
     )
     assert "val/acc1" in val_table and "test/acc1" not in val_table and "test/acc1" in test_table
     assert f"{results['val_acc1']:.4f}" in val_table and f"{results['test_acc1']:.4f}" in test_table
+
+
+def test_vt_drlocs_own_cvt_exports_and_loads_in_timm_after_import(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    kwargs = dict(img_size=32, embed_dims=[16, 32, 64], depths=[1, 1, 1], num_heads=[1, 1, 2])
+    module = DrLocModule("cvt_13_c32", num_classes=3, lambda_drloc=0.1, model_kwargs=kwargs, hidden_dims=[16], sample_size=8)
+    info = dict(dataset="folder", class_names=["a", "b", "c"], img_size=32, mean=[0.5] * 3, std=[0.25] * 3)
+    path = tmp_path / "cvt.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "data_info": info}, path)
+    out = export_checkpoint(path, tmp_path / "cvt")
+    loaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # vt_drloc is imported: cvt_13_c32 is registered
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), module.model.eval()(x))
+    assert loaded.pretrained_cfg["label_names"] == ["a", "b", "c"]
