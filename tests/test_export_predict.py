@@ -112,6 +112,14 @@ def test_export_refuses_a_checkpoint_without_backbone_weights(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_refuses_a_checkpoint_that_predates_data_info(run_dir, images, tmp_path):
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    del checkpoint["data_info"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match="predates vt_drloc's data_info .* preprocessing is unknown"):
+        predict(tmp_path / "old.ckpt", images[0])
+
+
 def test_predict_on_a_folder_and_a_tar_names_the_classes(run_dir, images, tmp_path):
     folder, tar = images
     from_folder = predict(run_dir, folder, top_k=3, progress=False)
