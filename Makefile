@@ -18,10 +18,12 @@ install: $(BIN)/python
 test: install lint
 	$(BIN)/python -m pytest -q tests
 
-# ruff (configured in pyproject.toml): lint, then check the formatting; `ruff format` fixes the latter.
+# ruff (configured in pyproject.toml): lint, then check the formatting (`ruff format` fixes it); mypy on the
+# pure-PyTorch modules ([tool.mypy] files). .pre-commit-config.yaml runs the same checks before each commit.
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 # The README's main job: the quickstart for lambda = 0 and the default lambda, as one Hydra multirun;
 # the sweep summary at the end prints both test accuracies.

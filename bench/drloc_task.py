@@ -8,7 +8,7 @@ localisation task was not learned, so DRLoc can only have acted as noise. It als
 head learned: per seed, the first epoch (1-based) whose loss fell below half of chance ("–": never).
 Prints a markdown table and writes bench/results/drloc_task.json.
 
-    python bench/drloc_task.py docs/results/study_cifar10 docs/results/study_flowers102 --grid 8
+    python bench/drloc_task.py studies/study_cifar10 studies/study_flowers102 --grid 8
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from vt_drloc.drloc import chance_l1
+from vt_drloc.core import chance_l1
 from vt_drloc.report import load_study, read_curve
 
 LOSS_COLUMN = "train/drloc_epoch"

@@ -13,22 +13,28 @@ import pytorch_lightning as pl
 
 
 class KillAt(pl.Callback):
-    """SIGKILL this process (no cleanup, no finally blocks, like a pre-empted job).
+    """Send ``sig`` to this process: SIGKILL (default: no cleanup, no finally blocks, like a pre-empted
+    job), or SIGTERM / SIGINT (a scheduler's stop, Ctrl-C), which the run handles.
 
     ``epoch=E``: at the start of training epoch E, i.e. right after epoch E-1 and its checkpoint.
+    ``after_epoch=E``: at the end of training epoch E.
     ``step=S``: at the start of the batch that would make optimizer step S+1 (global_step == S).
     """
 
-    def __init__(self, epoch: int | None = None, step: int | None = None):
-        self.epoch, self.step = epoch, step
+    def __init__(self, epoch: int | None = None, step: int | None = None, after_epoch: int | None = None, sig: str = "SIGKILL"):
+        self.epoch, self.step, self.after_epoch, self.sig = epoch, step, after_epoch, getattr(signal, sig)
 
     def on_train_epoch_start(self, trainer, pl_module):
         if self.epoch is not None and trainer.current_epoch == self.epoch:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.sig)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.after_epoch is not None and trainer.current_epoch == self.after_epoch:
+            os.kill(os.getpid(), self.sig)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.step is not None and trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.sig)
 
 
 class RaiseOnRank(pl.Callback):

@@ -25,11 +25,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from vt_drloc import DrLocModule
 from vt_drloc.callback import HEAD_ATTR, DrLocCallback
-from vt_drloc.tap import GridTapError
+from vt_drloc.core.errors import DrLocConfigError
+from vt_drloc.core.tap import BackboneLookupError, GridTapError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -135,7 +135,7 @@ def test_loss_includes_drloc_head_trains_and_module_is_restored(tmp_path, kind):
 def test_tap_norm_reads_the_backbone_grid_before_or_after_its_final_norm(tmp_path, monkeypatch, tap_norm):
     """The grid the DRLoc loss receives in the first step is the timm model's last-stage tokens before
     (the released Swin-T / ViT) or after (T2T-ViT) its final LayerNorm; the two differ."""
-    from vt_drloc.drloc import DrLocLoss
+    from vt_drloc.core import DrLocLoss
 
     torch.manual_seed(0)
     module = Classifier("timm")
@@ -251,9 +251,12 @@ def test_checkpoints_resume_the_head_and_load_into_the_users_class(tmp_path):
     loaded = torch.load(last, weights_only=True)
     assert all(HEAD_ATTR not in k for k in loaded["state_dict"])
     stored = loaded["callbacks"]["DrLocCallback"]
-    assert set(stored) == {"head", "sampler_state"}
+    assert set(stored) == {"head", "sampler_state", "head_optimizer"}
     assert all(torch.equal(stored["head"][k], v) for k, v in saved.items())
-    assert len(loaded["optimizer_states"][0]["param_groups"]) == 3
+    # the trainer's optimizer state holds the user's group only; the head's two groups sit in the callback's state
+    assert len(loaded["optimizer_states"][0]["param_groups"]) == 1
+    assert len(stored["head_optimizer"]["param_groups"]) == 2
+    assert len(loaded["lr_schedulers"][0]["base_lrs"]) == 1 and len(stored["head_optimizer"]["lr_schedulers"][0]["base_lrs"]) == 2
 
     # the user's class loads it strictly, without the callback; so does a weights-only checkpoint
     restored = Classifier.load_from_checkpoint(last, strict=True)
@@ -274,15 +277,44 @@ def test_checkpoints_resume_the_head_and_load_into_the_users_class(tmp_path):
     torch.manual_seed(123)  # a different fresh head, overwritten by the checkpoint
     trainer(tmp_path, [cb2, rec, OptState()], max_steps=3).fit(Classifier("timm"), random_loader(), ckpt_path=last)
     assert all(torch.equal(rec.head_at_start[k], v) for k, v in saved.items())
-    head_groups = loaded["optimizer_states"][0]["param_groups"][1:]
+    head_groups = stored["head_optimizer"]["param_groups"]
     head_ids = [i for g in head_groups for i in g["params"]]
-    state = loaded["optimizer_states"][0]["state"]
+    state = stored["head_optimizer"]["state"]
     order = {id(p): i for i, p in enumerate(cb2.loss.parameters())}
     # parameters of the head groups in checkpoint order == the callback's decay / no-decay split
     assert len(head_ids) == len(order) and all(state[i]["exp_avg"].abs().sum() > 0 for i in head_ids)
     assert sum(v.abs().sum() for v in opt_state.values()) == pytest.approx(
         sum(state[i]["exp_avg"].abs().sum().item() for i in head_ids), rel=1e-5
     )
+
+
+def test_a_drloc_checkpoint_resumes_in_a_trainer_without_the_callback(tmp_path):
+    torch.manual_seed(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, [callback(), ckpt], enable_checkpointing=True).fit(Classifier("timm"), random_loader())
+    last = tmp_path / "ckpt" / "last.ckpt"
+    loaded = torch.load(last, weights_only=True)
+    user_state = loaded["optimizer_states"][0]["state"]
+
+    seen = {}
+
+    class Check(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            optimizer = trainer.optimizers[0]
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            seen["exp_avg"] = [optimizer.state[p]["exp_avg"].clone() for p in params]
+            seen["step"] = trainer.global_step
+            seen["head"] = hasattr(pl_module, HEAD_ATTR)
+
+    # no DrLocCallback: the user's optimizer and scheduler states load as they are, training goes on
+    module = Classifier("timm")
+    t = trainer(tmp_path, [Check()], max_steps=3, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning notes that the checkpoint was written with other callbacks
+        t.fit(module, random_loader(), ckpt_path=last)
+    assert seen["step"] == 2 and t.global_step == 3 and not seen["head"]
+    assert len(seen["exp_avg"]) == len(user_state)
+    assert all(torch.equal(a, user_state[i]["exp_avg"]) for i, a in enumerate(seen["exp_avg"]))
 
 
 # ---------------------------------------------------------------------------------------- finding the grid
@@ -324,7 +356,7 @@ def test_tap_on_a_spatial_grid(tmp_path, layout):
     module.net = ConvNet()
     cb = callback("hand", tap="net.stage")
     trainer(tmp_path, [cb], max_steps=1).fit(module, random_loader(n=8))
-    assert cb.capture.format == layout and cb.loss.head.in_dim == 16
+    assert cb.grid_source.layout == layout and cb.loss.head.in_dim == 16
 
 
 # ---------------------------------------------------------------------------------------- refusals
@@ -334,7 +366,7 @@ def fake_trainer(strategy=None):
 
 @pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy])
 def test_sharded_strategies_are_refused(strategy):
-    with pytest.raises(MisconfigurationException, match=f"sharded strategy {strategy.__name__}"):
+    with pytest.raises(DrLocConfigError, match=f"sharded strategy {strategy.__name__}"):
         DrLocCallback().setup(fake_trainer(object.__new__(strategy)), Classifier("timm"), "fit")
 
 
@@ -351,7 +383,7 @@ def test_manual_optimisation_is_refused(tmp_path):
             self.manual_backward(loss)
             optimizer.step()
 
-    with pytest.raises(MisconfigurationException, match="manual optimisation"):
+    with pytest.raises(DrLocConfigError, match="manual optimisation"):
         trainer(tmp_path, [callback()], max_steps=1).fit(Manual(), random_loader(n=8))
 
 
@@ -364,21 +396,27 @@ class TwoTimm(Classifier):
 @pytest.mark.parametrize(
     "make, kwargs, error, message",
     [
-        (lambda: Classifier("hand"), {}, MisconfigurationException, "found no timm model.*tap="),
-        (TwoTimm, {}, MisconfigurationException, "found 2 timm models in TwoTimm: 'net', 'teacher'"),
-        (lambda: Classifier("timm"), dict(backbone="net.blokcs"), MisconfigurationException, "no submodule 'net.blokcs'.*net.blocks"),
-        (lambda: Classifier("hand"), dict(backbone="net"), MisconfigurationException, "no forward_features.*tap="),
-        (lambda: Classifier("hand"), dict(tap="net.blocks"), MisconfigurationException, "input_size=\\(H, W\\)"),
+        (lambda: Classifier("hand"), {}, DrLocConfigError, "input_size=\\(H, W\\)"),
+        (TwoTimm, {}, BackboneLookupError, "found 2 timm models in TwoTimm: 'net', 'teacher'"),
+        (lambda: Classifier("timm"), dict(backbone="net.blokcs"), BackboneLookupError, "no submodule 'net.blokcs'.*net.blocks"),
+        (
+            lambda: Classifier("hand"),
+            dict(tap="net.patch", input_size=32),
+            GridTapError,
+            "refuses tap='net.patch'.*before any transformer block",
+        ),
+        (lambda: Classifier("hand"), dict(tap="net.blocks"), DrLocConfigError, "input_size=\\(H, W\\)"),
         (lambda: Classifier("hand"), dict(tap="net.blocks", input_size=32, prefix_tokens=0), GridTapError, "prefix_tokens="),
-        (lambda: DrLocModule("vit_tiny_patch16_224", 10, model_kwargs=VIT), {}, MisconfigurationException, "already trains DRLoc"),
+        (lambda: DrLocModule("vit_tiny_patch16_224", 10, model_kwargs=VIT), {}, DrLocConfigError, "already trains DRLoc"),
     ],
-    ids=["no-timm", "two-timm", "typo", "no-forward-features", "no-input-size", "prefix", "drloc-module"],
+    ids=["no-input-size-discovery", "two-timm", "typo", "patch-embedding", "no-input-size", "prefix", "drloc-module"],
 )
 def test_setup_errors_name_the_fix(make, kwargs, error, message):
     module = make()
     cb = DrLocCallback(**kwargs)
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as err:
         cb.setup(fake_trainer(), module, "fit")
+    assert isinstance(err.value, DrLocConfigError) and isinstance(err.value, ValueError)  # one error family
     assert not hasattr(module, HEAD_ATTR) and "training_step" not in module.__dict__  # nothing left behind
 
 
@@ -501,7 +539,7 @@ def test_notebook_is_the_documented_example_and_runs(tmp_path, monkeypatch):
 
 
 def test_pair_generator_resumes_rank0_exactly_and_gives_other_ranks_their_own_stream():
-    from vt_drloc.drloc import pair_generator
+    from vt_drloc.core import pair_generator
 
     g = pair_generator("cpu", seed=7)
     state = g.get_state()

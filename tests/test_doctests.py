@@ -9,11 +9,22 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "name", ["vt_drloc", "vt_drloc.drloc", "vt_drloc.module", "vt_drloc.tap", "vt_drloc.pos_embed", "vt_drloc.checkpoints"]
+    "name",
+    [
+        "vt_drloc",
+        "vt_drloc.core.loss",
+        "vt_drloc.core.head",
+        "vt_drloc.core.sampling",
+        "vt_drloc.core.schedule",
+        "vt_drloc.module",
+        "vt_drloc.core.tap",
+        "vt_drloc.pos_embed",
+        "vt_drloc.checkpoints",
+    ],
 )
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
-    if name != "vt_drloc.tap":
+    if name != "vt_drloc.core.tap":
         assert result.attempted > 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vt_drloc.drloc import (
+from vt_drloc.core import (
     DrLocHead,
     DrLocLoss,
     chance_l1,
@@ -231,7 +231,7 @@ def test_chance_l1_is_the_loss_of_the_best_constant_prediction():
 
 
 def test_task_record_names_the_grid_its_chance_and_the_fraction():
-    from vt_drloc.drloc import task_record
+    from vt_drloc.core import task_record
 
     # 14x14 pooled to 7x7. Per axis |d| = 0..6 with counts 7, 12, 10, 8, 6, 4, 2 (of 49); median 2;
     # E|d - 2| = (7*2 + 12*1 + 0 + 8*1 + 6*2 + 4*3 + 2*4) / 49 = 66/49

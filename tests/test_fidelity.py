@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from vt_drloc.drloc import DrLocHead, DrLocLoss, drloc_lambda, epoch_progress, reduce_grid
+from vt_drloc.core import DrLocHead, DrLocLoss, drloc_lambda, epoch_progress, reduce_grid
 from vt_drloc.module import warmup_cosine_factor
 
 

@@ -1,5 +1,6 @@
 """Both Lightning packages: ``pytorch_lightning`` (``vt_drloc.*``) and ``lightning.pytorch``
-(``vt_drloc.lightning.*``) train DrLocModule and DrLocCallback, with their own exception types."""
+(``vt_drloc.lightning.*``) train DrLocModule and DrLocCallback, and raise one exception type
+(``vt_drloc.core.errors.DrLocConfigError``) under both."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 from test_readme import section_code
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from vt_drloc.core.errors import DrLocConfigError
 
 PACKAGES = ["pytorch_lightning", "lightning.pytorch"]
 TINY_VIT = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)  # 4x4 grid
@@ -87,8 +90,7 @@ def test_callback_errors_are_the_packages_own(package):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    exceptions = importlib.import_module(f"{package}.utilities.exceptions")
-    with pytest.raises(exceptions.MisconfigurationException, match="manual optimisation"):
+    with pytest.raises(DrLocConfigError, match="manual optimisation"):  # the same type under both packages
         fit(pl, Manual(), data(), [ns.DrLocCallback(lambda_drloc=0.1, **FAST)])
 
 
@@ -155,7 +157,7 @@ def test_callback_sizes_a_non_timm_backbone_from_the_first_sample_without_forwar
     trainer = fit(pl, no_forward_module(pl), loader, [cb])
     # the size came from one indexed read of sample 0; the loader was iterated by the fit loop only
     assert dataset.reads == [0, *range(16)] and loader.iterations == 1
-    assert cb.capture.format == "NCHW" and cb.loss.head.in_dim == 16 and cb.loss.reduced_hw == (8, 8)
+    assert cb.grid_source.layout == "NCHW" and cb.loss.head.in_dim == 16 and cb.loss.reduced_hw == (8, 8)
     assert trainer.global_step == 2 and trainer.callback_metrics["train/drloc"].item() > 0
 
 
@@ -167,8 +169,6 @@ class Stream(IterableDataset):
 
 def test_callback_without_any_size_source_names_the_fix():
     pl, ns = faces("pytorch_lightning")
-    from pytorch_lightning.utilities.exceptions import MisconfigurationException
-
     cb = ns.DrLocCallback(lambda_drloc=1.0, tap="backbone.blocks", **FAST)
-    with pytest.raises(MisconfigurationException, match=r"input_size=\(H, W\)"):
+    with pytest.raises(DrLocConfigError, match=r"input_size=\(H, W\)"):
         fit(pl, no_forward_module(pl), DataLoader(Stream(), batch_size=8), [cb])  # an iterable: no sample to read

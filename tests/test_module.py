@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vt_drloc import DrLocModule
-from vt_drloc.drloc import DrLocLoss
+from vt_drloc.core import DrLocLoss
 from vt_drloc.module import classification_loss, warmup_cosine_factor
 
 VIT = dict(img_size=32, patch_size=4, depth=2, embed_dim=64, num_heads=2)

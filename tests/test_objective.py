@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vt_drloc import DrLocModule
-from vt_drloc.drloc import chance_l1, drloc_lambda
+from vt_drloc.core import chance_l1, drloc_lambda
 from vt_drloc.objective import DrLocConfig, DrLocObjective
 
 

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of the DRLoc core: vt_drloc.drloc (issue 9, item 6).
+"""Property-based tests (hypothesis) of the DRLoc core: vt_drloc.core (issue 9, item 6).
 
 Grids of 1..16 cells per side, square and not, batches of 0..3, sample sizes 0..40, float16 /
 bfloat16 / float64 grids, NaN and inf values. Small example counts: the suite runs on 2 shared cores.
@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vt_drloc.drloc import (
+from vt_drloc.core import (
     TARGETS,
     DrLocLoss,
     offset_targets,

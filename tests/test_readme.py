@@ -61,19 +61,10 @@ def test_every_test_the_docs_cite_exists():
     assert not missing, missing
 
 
-def test_code_organisation_sections_name_every_module():
-    """README's and docs/callback.md's "How the code is organised" name every module of src/vt_drloc."""
-    root = README.parent
-    package = root / "src" / "vt_drloc"
-    modules = sorted(
-        p.relative_to(package).as_posix()
-        for p in package.rglob("*.py")
-        if "__pycache__" not in p.parts and not (p.name in ("__init__.py", "__main__.py") and p.parent != package)
-    )
-    assert {"tap.py", "objective.py", "report/stats.py", "models/swin_ape.py"} <= set(modules)
-    for doc, heading in ((README, "## How the code is organised"), (root / "docs" / "callback.md", "### How the code is organised")):
-        text = doc.read_text()
-        section = text[text.index(heading) :]
-        section = section[: section.find("\n#", len(heading)) if "\n#" in section[len(heading) :] else len(section)]
-        missing = [m for m in modules if f"`{m}`" not in section]
-        assert not missing, (doc.name, missing)
+def test_code_organisation_section_is_short():
+    """README's "How the code is organised" shows the rooms in at most 15 lines (the map itself is
+    checked against the code by tests/test_architecture.py)."""
+    text = README.read_text()
+    section = text[text.index("## How the code is organised") :]
+    section = section[: section.index("\n## ", 5)]
+    assert len(section.strip().splitlines()) <= 15

@@ -196,6 +196,36 @@ def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path
 
 
 @pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_marks_results_and_resumes_to_the_uninterrupted_weights(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    kill = ["+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.after_epoch=1", "+callbacks.kill.sig=SIGTERM"]
+    stopped = cli_faults("vt_drloc.train", [*THREE_EPOCHS, *kill, f"hydra.run.dir={out}"], tmp_path)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]  # 128 + SIGTERM, never 0
+    assert "SIGTERM stopped training" in stopped.stderr and f"ckpt_path=last hydra.run.dir={out}" in stopped.stderr
+    marked = read_results(out)
+    assert marked["status"] == "interrupted" and marked["signal"] == "SIGTERM" and marked["global_step"] == 4
+    assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 4
+    resumed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, "ckpt_path=last", f"hydra.run.dir={out}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = read_results(uninterrupted), read_results(out)
+    assert b["status"] == "ok" and b["global_step"] == a["global_step"] == 6 and stable(a) == stable(b)
+    assert same_weights(uninterrupted / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt") == []
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    kill = ["+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.step=3", "+callbacks.kill.sig=SIGINT"]
+    stopped = cli_faults("vt_drloc.train", [*THREE_EPOCHS, *kill, f"hydra.run.dir={out}"], tmp_path)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "SIGINT stopped training" in stopped.stderr and read_results(out)["status"] == "interrupted"
+    assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 3
+    resumed = cli_faults("vt_drloc.train", [*THREE_EPOCHS, "ckpt_path=last", f"hydra.run.dir={out}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_results(out)["status"] == "ok" and read_results(out)["global_step"] == 6
+
+
+@pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_from_step_checkpoint(tmp_path, uninterrupted):
     """every_n_train_steps=1: killed before step 4 (mid epoch 1), the run resumes from step 3 and ends
     with the same optimizer steps and epochs; see docs/reliability.md for what is not guaranteed."""

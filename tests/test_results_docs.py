@@ -13,7 +13,7 @@ from vt_drloc.report.tables import summary_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "docs" / "results.md"
-STUDIES = sorted(p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir()) if (ROOT / "docs" / "results").is_dir() else []
+STUDIES = sorted(p for p in (ROOT / "studies").iterdir() if p.is_dir() and p.name.startswith("study_"))
 
 
 def table_lines(markdown: str) -> list[str]:
@@ -101,7 +101,7 @@ def test_results_md_quotes_the_drloc_task_table():
     assert rows and all(r["seeds"] >= 3 and 0 < r["last_over_chance"] < 1.1 for r in rows)
 
 
-PROBES = ROOT / "docs" / "probes"
+PROBES = ROOT / "studies" / "probes"
 
 
 @pytest.mark.parametrize("cell", sorted(PROBES.glob("*/*/summary.md")) if PROBES.is_dir() else [], ids=lambda p: p.parent.name)

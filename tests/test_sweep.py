@@ -556,7 +556,7 @@ def test_summary_png_shows_every_job_the_seed_count_and_the_paired_difference_at
     from vt_drloc.report.figures import MIN_SPAN_PCT, plot_summary
     from vt_drloc.report.stats import paired_delta
 
-    cell = Path(__file__).resolve().parents[1] / "docs" / "results" / "study_cifar10" / "spc100_vit_lam1_wd"
+    cell = Path(__file__).resolve().parents[1] / "studies" / "study_cifar10" / "spc100_vit_lam1_wd"
     sweep = load_sweep(cell)
     fig = plot_summary(sweep)
     val, test, delta = fig.axes

@@ -27,7 +27,7 @@ from timm.models import focalnet, gcvit, metaformer, mlp_mixer, mvitv2, nest, vo
 from torch import Tensor, nn
 
 from vt_drloc import DrLocModule, GridTapError, probe_grid, tap_grid
-from vt_drloc.tap import GridCapture
+from vt_drloc.core.tap import GridCapture
 
 VIT = dict(img_size=32, patch_size=4, depth=2, embed_dim=64, num_heads=2)
 D4, W4 = (1, 1, 1, 1), (16, 32, 48, 64)  # one block per stage, small widths

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vt_drloc.config import UserError, group_options
-from vt_drloc.drloc import drloc_lambda, epoch_progress
+from vt_drloc.core import drloc_lambda, epoch_progress
 from vt_drloc.module import DrLocModule
 from vt_drloc.train import build_module, train
 
@@ -201,6 +201,18 @@ def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
     assert written["drloc_final_over_chance"] == pytest.approx(drloc_epoch[-1] / 1.5625)
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "csv").glob("metrics.csv")) and list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("epochs, every", [(3, 5), (3, 2)])
+def test_last_checkpoint_holds_the_final_weights_whatever_the_validation_cadence(tmp_path, epochs, every):
+    """last.ckpt at every epoch end: validating every 5 epochs, a 3-epoch run used to end with no checkpoint,
+    and every 2, its final epoch unsaved."""
+    overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "trainer.check_val_every_n_epoch"))]
+    cfg = compose_cfg([*overrides, f"trainer.max_epochs={epochs}", f"trainer.check_val_every_n_epoch={every}"], tmp_path / "run")
+    train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == epochs - 1 and ckpt["global_step"] == 2 * epochs  # the last epoch, after its last step
+    assert read_results(tmp_path / "run")["global_step"] == ckpt["global_step"]
 
 
 @pytest.mark.slow

@@ -8,8 +8,7 @@ Liu et al., "Efficient Training of Visual Transformers with Small Datasets", Neu
 """
 
 from vt_drloc import models  # noqa: F401 (importing registers cvt_13, cvt_21, t2t_vit_14, ... with timm)
-from vt_drloc.callback import DrLocCallback
-from vt_drloc.drloc import (
+from vt_drloc.core import (
     DRLOC_MODES,
     HEAD_PRESETS,
     SCHEDULES,
@@ -21,9 +20,25 @@ from vt_drloc.drloc import (
     reduce_grid,
     sample_cell_pairs,
 )
-from vt_drloc.module import DrLocModule
+from vt_drloc.core.discover import GridSource
+from vt_drloc.core.errors import DrLocConfigError
+from vt_drloc.core.tap import GridInfo, GridTapError, probe_grid, tap_grid
 from vt_drloc.paths import DATA_ENV_VAR, default_data_root
-from vt_drloc.tap import GridInfo, GridTapError, probe_grid, tap_grid
+
+# The Lightning faces are imported on first use (PEP 562), so `import vt_drloc.core` (and anything else
+# that needs no Lightning, such as `import vt_drloc` to register the models with timm) loads no Lightning.
+_FACES = {"DrLocCallback": "vt_drloc.callback", "DrLocModule": "vt_drloc.module"}
+
+
+def __getattr__(name: str):
+    if name in _FACES:
+        import importlib
+
+        value = getattr(importlib.import_module(_FACES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vt_drloc' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -34,10 +49,12 @@ __all__ = [
     "SCHEDULES",
     "TARGETS",
     "DrLocCallback",
+    "DrLocConfigError",
     "DrLocHead",
     "DrLocLoss",
     "DrLocModule",
     "GridInfo",
+    "GridSource",
     "GridTapError",
     "default_data_root",
     "drloc_lambda",
@@ -48,3 +65,7 @@ __all__ = [
     "tap_grid",
     "__version__",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -11,14 +11,14 @@ Written once as :class:`DrLocCallbackBase` and built for each Lightning package:
 ``vt_drloc.DrLocCallback`` (``pytorch_lightning``) and ``vt_drloc.lightning.DrLocCallback``
 (``lightning.pytorch``). The loss, λ, pair sampler and logging are the shared
 :class:`~vt_drloc.objective.DrLocObjective`; finding and reading the grid is
-:class:`~vt_drloc.tap.GridCapture`.
+:class:`~vt_drloc.core.tap.GridCapture`.
 
 * ``setup("fit")``: finds the backbone (the unique timm model among the module's submodules, or
   ``backbone="model.encoder"``; for a non-timm backbone, ``tap="model.blocks"`` names the module
   whose output is the token sequence / grid), sizes the grid with one no-grad forward of a zero
   batch in eval mode (through the backbone, or the submodule that holds the tap: the module's own
   ``forward`` is never needed; input size from ``input_size=``, the model, ``example_input_array``
-  or the first training sample), and attaches a :class:`~vt_drloc.drloc.DrLocLoss` (which owns the head) to
+  or the first training sample), and attaches a :class:`~vt_drloc.core.DrLocLoss` (which owns the head) to
   the module as the submodule ``_drloc_loss``. Being a submodule, the head is moved to the device,
   cast by the precision plugin and wrapped by DDP together with the module. The module's
   ``training_step`` is wrapped (an instance attribute) so that the loss it returns becomes
@@ -45,14 +45,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vt_drloc.drloc import DrLocLoss
-from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
-from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
-from vt_drloc.optim import add_param_groups
-from vt_drloc.tap import (
+from vt_drloc.core import DrLocLoss
+from vt_drloc.core.discover import (
+    FORMAT_LAYOUTS,
+    PROBE_BATCH,
+    ForwardRecord,
+    GridReading,
+    GridSource,
+    find_final_grid,
+    grid_readings,
+    named_prefix_tokens,
+)
+from vt_drloc.core.errors import DrLocConfigError
+from vt_drloc.core.tap import (
     GRID_FORMATS,
-    BackboneLookupError,
+    MIN_GRID,
     GridCapture,
+    GridTapError,
+    final_norm,
     find_backbone,
     find_timm_models,
     is_timm_model,
@@ -60,6 +70,9 @@ from vt_drloc.tap import (
     prefix_owner,
     probe_input,
 )
+from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
+from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
+from vt_drloc.optim import add_param_groups
 
 __all__ = ["GRID_FORMATS", "HEAD_ATTR", "DrLocCallback", "DrLocCallbackBase", "find_timm_models", "is_timm_model"]
 
@@ -124,6 +137,8 @@ class DrLocCallbackBase:
         self._module: Any = None
         self._undo: list[Callable[[], None]] = []
         self._warned: set[str] = set()
+        self.grid_source: GridSource | None = None
+        self._head_groups = 0  # parameter groups on_fit_start appended to the user's optimizer
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -155,7 +170,7 @@ class DrLocCallbackBase:
         return self.objective.current_lambda(trainer)
 
     def _error(self, message: str) -> Exception:
-        return self.lightning.MisconfigurationException(message)
+        return DrLocConfigError(message)
 
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -183,13 +198,13 @@ class DrLocCallbackBase:
                 f"DrLocCallback does not support the sharded strategy {type(trainer.strategy).__name__}: it attaches the "
                 "DRLoc head to the module at setup and adds the head's parameters to the optimizer afterwards, which "
                 "FSDP / DeepSpeed / ModelParallel cannot take once they have sharded the parameters. Use "
-                "strategy='ddp' (or a single device), or build vt_drloc.drloc.DrLocLoss into your module yourself."
+                "strategy='ddp' (or a single device), or build vt_drloc.core.DrLocLoss into your module yourself."
             )
         if not pl_module.automatic_optimization:
             raise self._error(
                 f"DrLocCallback cannot be used with manual optimisation ({cls}.automatic_optimization is False): it "
                 "adds λ·L_drloc to the loss that training_step returns, and Lightning back-propagates that loss only "
-                "under automatic optimisation. With manual optimisation, add vt_drloc.drloc.DrLocLoss to your module "
+                "under automatic optimisation. With manual optimisation, add vt_drloc.core.DrLocLoss to your module "
                 "and include λ·drloc(grid) in the loss you pass to manual_backward."
             )
         if isinstance(getattr(pl_module, "drloc", None), DrLocLoss):
@@ -204,50 +219,38 @@ class DrLocCallbackBase:
             )
 
     def _resolve(self, trainer: Any, pl_module: Any) -> tuple[nn.Module | None, nn.Module | None, str]:
-        """(backbone, tap module, backbone name), found by :func:`~vt_drloc.tap.find_backbone`."""
+        """(backbone, tap module, backbone name), found by :func:`~vt_drloc.core.tap.find_backbone`."""
         if self.backbone is None and self.tap is None and not find_timm_models(pl_module):
             # the backbone may be built in configure_model, which Lightning calls right after setup;
             # the hook is documented as idempotent, so building it now is allowed.
             if self.lightning.is_overridden("configure_model", pl_module, self.lightning.LightningModule):
                 with trainer.strategy.tensor_init_context():
                     pl_module.configure_model()
-        try:
-            return find_backbone(pl_module, self.backbone, self.tap)
-        except BackboneLookupError as err:
-            raise self._error(str(err)) from None
+        return find_backbone(pl_module, self.backbone, self.tap)
 
-    def _runner(self, pl_module: Any, backbone: nn.Module | None) -> nn.Module:
-        """What the probe runs on an image batch: the backbone, else the top-level submodule that holds the
-        tap (so a module that defines only ``training_step`` needs no ``forward``), else the module."""
+    def _runners(self, pl_module: Any, backbone: nn.Module | None) -> list[nn.Module]:
+        """What the probe may run on an image batch, in order: the backbone; else the top-level submodule that
+        holds the tap; else the module itself (when it defines ``forward``) and its top-level submodules,
+        largest first (so a module that defines only ``training_step`` needs no ``forward``)."""
         if backbone is not None:
-            return backbone
-        top = self.tap.split(".")[0]
-        if "." in self.tap and top in pl_module._modules:
-            return pl_module._modules[top]
-        return pl_module
+            return [backbone]
+        children = dict(pl_module.named_children())
+        if self.tap is not None and "." in self.tap and self.tap.split(".")[0] in children:
+            return [children[self.tap.split(".")[0]]]
+        own = [pl_module] if self.lightning.is_overridden("forward", pl_module, self.lightning.LightningModule) else []
+        ranked = sorted(children.values(), key=lambda m: -sum(p.numel() for p in m.parameters()))
+        return own + [m for m in ranked if any(True for _ in m.parameters())]
 
-    def _attach(self, trainer: Any, pl_module: Any) -> None:
-        backbone, tap_module, backbone_name = self._resolve(trainer, pl_module)
-        self._module = pl_module
-        capture = self.capture
-        if tap_module is not None:
-            owner = backbone if backbone is not None else prefix_owner(pl_module, self.tap)
-            capture.hook_output(tap_module, f"tap {self.tap!r}", owner)
-        else:
-            capture.attach_backbone(backbone, self.config.tap_norm, backbone_name)
-        self._undo.append(capture.detach)
-        runner = self._runner(pl_module, backbone)
+    def _probe_batch(self, trainer: Any, pl_module: Any, runner: nn.Module) -> Tensor:
         param = next(iter(runner.parameters()), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         x = probe_input(
             runner,
             input_size=self.input_size,
             in_chans=self.in_chans,
             example_input=getattr(pl_module, "example_input_array", None),
             training_dataset=lambda: training_dataset(trainer),
-            device=device,
-            dtype=dtype,
+            device=param.device if param is not None else torch.device("cpu"),
+            dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32,
         )
         if x is None:
             raise self._error(
@@ -255,11 +258,135 @@ class DrLocCallbackBase:
                 "batch at setup to size the DRLoc head. Pass input_size=(H, W) (and in_chans=...), set the "
                 "module's example_input_array, or give the trainer a map-style training dataset."
             )
-        channels, height, width = capture.probe(runner, x, pl_module)
-        if tap_module is None:
-            capture.check_backbone(backbone, x, self.config.tap_norm)
+        return x
 
-        loss = self.objective.build_loss(channels, (height, width)).to(device)
+    def _record_forward(self, trainer: Any, pl_module: Any, runners: list[nn.Module]) -> tuple[ForwardRecord, Tensor]:
+        """One recorded no-grad forward of a zero batch in eval mode (modes restored) through the first runner
+        that accepts an image batch."""
+        errors = []
+        modes = [(m, m.training) for m in pl_module.modules()]
+        pl_module.eval()
+        try:
+            for runner in runners:
+                x = self._probe_batch(trainer, pl_module, runner)
+                try:
+                    return ForwardRecord(pl_module, runner, x, skip=(HEAD_ATTR,)), x
+                except Exception as err:
+                    errors.append(f"{type(runner).__name__}: {type(err).__name__}: {err}")
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        raise GridTapError(
+            f"DRLoc could not run {type(pl_module).__name__} on a zero image batch to find its final grid "
+            f"({'; '.join(errors) or 'no submodule with parameters'}). Name the backbone with backbone='...' (a "
+            "submodule that takes an image batch) and, if needed, input_size=(H, W) / in_chans=..."
+        )
+
+    def _prefix_for(self, pl_module: Any, path: str) -> int | None:
+        """Prefix tokens: the user's, else those named by the nearest ancestor of ``path`` that names any."""
+        if self.capture.prefix_tokens is not None:
+            return self.capture.prefix_tokens
+        parts = path.split(".") if path else []
+        modules = dict(pl_module.named_modules())
+        for depth in range(len(parts), -1, -1):
+            count = named_prefix_tokens(modules.get(".".join(parts[:depth])))
+            if count is not None:
+                return count
+        return None
+
+    def _tapped_grid(self, pl_module: Any, record: ForwardRecord, x: Tensor) -> tuple[nn.Module, GridReading]:
+        """The named tap's module and the reading of its output; refuses a tap before the transformer blocks."""
+        model = type(pl_module).__name__
+        outputs = [out for out in record.outputs if out.name == self.tap]
+        if not outputs:
+            raise GridTapError(f"DRLoc: a forward of {model} never reached tap={self.tap!r}. The candidates:\n{record.candidates()}")
+        out = outputs[0]
+        if out.tensor is None:
+            raise GridTapError(
+                f"DRLoc: tap={self.tap!r} returns {out.kind}, which holds no tensor DRLoc reads (a tensor, or a "
+                f"ModelOutput / dict / dataclass with last_hidden_state; unnamed tuple elements are never read). Name "
+                f"a module that returns the grid; the candidates:\n{record.candidates()}"
+            )
+        if not record.after_blocks(out):
+            raise GridTapError(
+                f"DRLoc refuses tap={self.tap!r}: its output {tuple(out.tensor.shape)} is computed before any "
+                "transformer block of the model (a patch embedding or input layer), so DRLoc would train the patch "
+                "embeddings, not the final grid the paper's loss reads. Name a module after the last block; the "
+                f"candidates:\n{record.candidates()}"
+            )
+        layouts = FORMAT_LAYOUTS[self.capture.grid_format]
+        readings = grid_readings(out.tensor, PROBE_BATCH, tuple(x.shape[-2:]), self._prefix_for(pl_module, self.tap), layouts)
+        if not readings:
+            raise GridTapError(
+                f"DRLoc: the output of tap={self.tap!r} {tuple(out.tensor.shape)} is not a usable grid at input "
+                f"{tuple(x.shape[-2:])}: it is neither tokens (B, N, C) / (N, B, C) with N = k*k + prefix tokens, nor "
+                "NCHW / NHWC. Set prefix_tokens= (class / register tokens) or grid_format= to match it, or name "
+                f"another module; the candidates:\n{record.candidates()}"
+            )
+        if len(readings) > 1:
+            owner = prefix_owner(pl_module, self.tap)
+            if owner is not None and getattr(owner, "num_features", None) is not None:
+                readings = [r for r in readings if r.channels == owner.num_features] or readings
+            if len(readings) > 1:
+                raise GridTapError(
+                    f"DRLoc cannot tell the layout of tap={self.tap!r}'s output {tuple(out.tensor.shape)}: it reads as "
+                    f"{'; or '.join(r.describe() for r in readings)}. Pass grid_format= to choose."
+                )
+        return out.module, readings[0]
+
+    def _attach(self, trainer: Any, pl_module: Any) -> None:
+        backbone, tap_module, backbone_name = self._resolve(trainer, pl_module)
+        self._module = pl_module
+        capture = self.capture
+        timm_route = tap_module is None and backbone is not None and callable(getattr(backbone, "forward_features", None))
+        if timm_route:
+            capture.attach_backbone(backbone, self.config.tap_norm, backbone_name)
+            self._undo.append(capture.detach)
+            x = self._probe_batch(trainer, pl_module, backbone)
+            channels, height, width = capture.probe(backbone, x, pl_module)
+            capture.check_backbone(backbone, x, self.config.tap_norm)
+            layout = {"tokens": "BNC"}.get(capture.format, capture.format)
+            norm = final_norm(backbone) if "final norm" in capture.name else None
+            names = {id(m): n for n, m in backbone.named_modules()}
+            path = _join(backbone_name, names[id(norm)]) if norm is not None else backbone_name
+            point = "input" if norm is not None else "output"
+            self.grid_source = GridSource(path, point, layout, capture.prefix, (height, width), channels, "backbone")
+        else:
+            root_name = backbone_name if backbone is not None and tap_module is None else ""
+            runners = self._runners(pl_module, backbone)
+            record, x = self._record_forward(trainer, pl_module, runners)
+            if tap_module is not None:
+                module, reading = self._tapped_grid(pl_module, record, x)
+                path, point, found = self.tap, "output", "tap"
+            else:
+                chosen, reading, point = find_final_grid(
+                    record,
+                    tuple(x.shape[-2:]),
+                    prefix_for=lambda name: self._prefix_for(pl_module, name),
+                    layouts=FORMAT_LAYOUTS[capture.grid_format],
+                    tap_norm=self.config.tap_norm,
+                    model_name=type(pl_module).__name__,
+                    within=root_name,
+                )
+                module, path, found = chosen.module, chosen.name, "discovered"
+            height, width, channels = reading.height, reading.width, reading.channels
+            if min(height, width) < MIN_GRID:
+                raise GridTapError(
+                    f"DRLoc: {path!r} yields a {height}x{width} grid of {channels} channels at input "
+                    f"{tuple(x.shape[-2:])}; DRLoc needs at least {MIN_GRID}x{MIN_GRID}. Use a smaller patch / stride or a "
+                    "larger input, or name an earlier stage with tap=..."
+                )
+            capture.reading = reading
+            if point == "input":
+                capture.hook_norm_input(module, f"input of {path!r}", None)
+            else:
+                capture.hook_output(module, f"output of {path!r}", None)
+            self._undo.append(capture.detach)
+            self.grid_source = GridSource(path, point, reading.layout, reading.prefix_tokens, (height, width), channels, found)
+        self.lightning.rank_zero_info(f"DrLocCallback reads the DRLoc grid from the {self.grid_source}")
+
+        param = next(iter(pl_module.parameters()), None)
+        loss = self.objective.build_loss(channels, (height, width)).to(param.device if param is not None else "cpu")
         self.objective.loss = loss
         pl_module.add_module(HEAD_ATTR, loss)
         self._undo.append(lambda: pl_module._modules.pop(HEAD_ATTR, None))
@@ -338,6 +465,7 @@ class DrLocCallbackBase:
         optimizer = trainer.optimizers[0]
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         added = add_param_groups(optimizer, self.loss, schedulers, weight_decay=self.config.head_weight_decay)
+        self._head_groups = added
         if added and schedulers and "scheduler" not in self._warned:
             self._warned.add("scheduler")
             self.lightning.rank_zero_warn(
@@ -355,10 +483,49 @@ class DrLocCallbackBase:
             return {}
         return {"head": self.loss.state_dict(), **self.objective.checkpoint_state()}
 
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Moves the head's optimizer groups (and their entries in the LR schedulers' per-group lists) out of
+        the checkpoint's optimizer / scheduler states into this callback's state: the trainer's states then
+        hold exactly the user's groups, so a Trainer without DrLocCallback resumes the checkpoint."""
+        added, states = self._head_groups, checkpoint.get("optimizer_states")
+        if not added or not states or self.state_key not in checkpoint.get("callbacks", {}):
+            return
+        groups, param_state = states[0]["param_groups"], states[0]["state"]
+        head_groups = groups[-added:]
+        del groups[-added:]
+        ids = {i for group in head_groups for i in group["params"]}
+        head_state = {i: param_state.pop(i) for i in list(param_state) if i in ids}
+        schedulers = []
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            tails = {k: v[len(groups) :] for k, v in scheduler.items() if isinstance(v, list) and len(v) == len(groups) + added}
+            scheduler.update({k: v[: len(groups)] for k, v in scheduler.items() if k in tails})
+            schedulers.append(tails)
+        checkpoint["callbacks"][self.state_key]["head_optimizer"] = {
+            "param_groups": head_groups,
+            "state": head_state,
+            "lr_schedulers": schedulers,
+        }
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Puts the head's optimizer groups back (see :meth:`on_save_checkpoint`) before Lightning restores
+        the optimizer, which by then holds the head's groups again (added in ``on_fit_start``)."""
+        stash = checkpoint.get("callbacks", {}).get(self.state_key, {}).get("head_optimizer")
+        if not stash or not checkpoint.get("optimizer_states"):
+            return
+        checkpoint["optimizer_states"][0]["param_groups"].extend(stash["param_groups"])
+        checkpoint["optimizer_states"][0]["state"].update(stash["state"])
+        for scheduler, tails in zip(checkpoint.get("lr_schedulers", []), stash["lr_schedulers"]):
+            for key, tail in tails.items():
+                scheduler[key] = list(scheduler[key]) + list(tail)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("head") is not None:
             self.objective.load_head_state(state_dict["head"])  # now, or when setup builds the head
         self.objective.load_checkpoint_state(state_dict)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 class DrLocCallback(DrLocCallbackBase, PYTORCH_LIGHTNING.Callback):

@@ -3,6 +3,7 @@ overwrite a finished run, and initialising a backbone from a checkpoint file (``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,23 @@ def _inside(path: str | Path, folder: Path) -> bool:
         return False
 
 
+def finished(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds a finished run: a ``results.json`` not marked ``interrupted``."""
+    path = output_dir / "results.json"
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") != "interrupted"
+    except (OSError, ValueError):
+        return True  # unreadable: treat as finished, never overwrite it
+
+
 def check_output_dir(output_dir: Path, resume_from: str | Path | None = None) -> None:
     """Refuse a folder that already holds a run, and one we cannot write to.
 
-    An unfinished run (no ``results.json``) may be continued in place when ``resume_from`` is one
-    of its own checkpoints (``ckpt_path=last``)."""
-    in_place = resume_from is not None and _inside(resume_from, output_dir) and not (output_dir / "results.json").exists()
+    An unfinished run (no ``results.json``, or one marked ``interrupted``) may be continued in place
+    when ``resume_from`` is one of its own checkpoints (``ckpt_path=last``)."""
+    in_place = resume_from is not None and _inside(resume_from, output_dir) and not finished(output_dir)
     if not in_place and ((output_dir / "results.json").exists() or any((output_dir / "checkpoints").glob("*.ckpt"))):
         raise UserError(
             f"output dir {str(output_dir)!r} already holds a run (results.json or checkpoints); nothing was overwritten. "

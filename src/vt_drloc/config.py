@@ -32,6 +32,15 @@ class RunStopped(Exception):
     exit_code = 3
 
 
+class RunInterrupted(RunStopped):
+    """SIGINT / SIGTERM stopped training; a resumable checkpoint was saved. Exit code 128 + the signal's
+    number (130 for SIGINT, 143 for SIGTERM), as a shell reports a process the signal ended."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.exit_code = 130 if signal_name == "SIGINT" else 143
+
+
 def exit_on_user_error(task):
     """Wrap a Hydra task so a :class:`UserError` prints one paragraph and exits with code 2, and a
     :class:`RunStopped` (a run that had to stop, e.g. a non-finite loss) with code 3.

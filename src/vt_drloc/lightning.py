@@ -15,13 +15,14 @@ They share every line of logic with the ``pytorch_lightning`` classes (see
 from __future__ import annotations
 
 from vt_drloc.callback import DrLocCallbackBase
+from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.data.datamodule import ImageDataModuleBase
 from vt_drloc.lightning_api import LightningAPI
 from vt_drloc.module import DrLocModuleBase
 
 LIGHTNING = LightningAPI.of("lightning.pytorch")
 
-__all__ = ["LIGHTNING", "DrLocCallback", "DrLocModule", "ImageDataModule"]
+__all__ = ["LIGHTNING", "DrLocCallback", "DrLocConfigError", "DrLocModule", "ImageDataModule"]
 
 
 class DrLocModule(DrLocModuleBase, LIGHTNING.LightningModule):

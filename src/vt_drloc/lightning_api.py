@@ -31,6 +31,7 @@ class LightningAPI:
     MisconfigurationException: type
     sharded_strategies: tuple[type, ...]
     rank_zero_warn: Any
+    rank_zero_info: Any
     is_overridden: Any
 
     @classmethod
@@ -55,6 +56,7 @@ class LightningAPI:
                 if hasattr(strategies, name)
             ),
             rank_zero_warn=utilities.rank_zero_warn,
+            rank_zero_info=utilities.rank_zero_info,
             is_overridden=model_helpers.is_overridden,
         )
 

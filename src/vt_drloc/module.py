@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from vt_drloc.core import DrLocLoss
+from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid
 from vt_drloc.data_info import data_info_of
-from vt_drloc.drloc import DrLocLoss
 from vt_drloc.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.objective import EARLIER_DEFAULTS, DrLocConfig, DrLocObjective, plain
 from vt_drloc.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
-from vt_drloc.tap import GridInfo, probe_grid, tap_grid
 
 __all__ = ["DrLocModule", "DrLocModuleBase", "classification_loss", "warmup_cosine_factor", "weight_decay_groups"]
 
@@ -40,7 +40,7 @@ class DrLocModuleBase:
     The backbone is ``timm.create_model(model_name, num_classes=num_classes, **model_kwargs)``;
     the name and kwargs (not the module) are saved as hyper-parameters, so
     ``DrLocModule.load_from_checkpoint(path)`` rebuilds it. The final token grid is read by
-    :func:`vt_drloc.tap.tap_grid` from the same forward pass that yields the logits.
+    :func:`vt_drloc.core.tap.tap_grid` from the same forward pass that yields the logits.
 
     Args:
         model_name: any timm model whose last stage is a spatial grid (ViT, DeiT, Swin, CvT, ...).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vt_drloc.drloc import (
+from vt_drloc.core import (
     DrLocLoss,
     chance_l1,
     drloc_lambda,
@@ -31,7 +32,7 @@ from vt_drloc.drloc import (
     reduced_grid_hw,
     resolve_hidden_dims,
 )
-from vt_drloc.tap import check_tap_norm
+from vt_drloc.core.tap import check_tap_norm
 
 # vt_drloc 0.1 keyword -> DrLocConfig field
 LEGACY_NAMES = {
@@ -56,10 +57,12 @@ def _is_integer(value: Any) -> bool:
 
 
 def plain(value: Any) -> Any:
-    """An OmegaConf container as plain Python (dicts / lists); anything else unchanged."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    """An OmegaConf container as plain Python (dicts / lists); anything else unchanged. Without
+    OmegaConf imported nothing can be one, so the faces work where it is not installed."""
+    omegaconf = sys.modules.get("omegaconf")
+    if omegaconf is None or not isinstance(value, (omegaconf.DictConfig, omegaconf.ListConfig)):
+        return value
+    return omegaconf.OmegaConf.to_container(value, resolve=True)
 
 
 #: Options added after the first vt_drloc checkpoints were written, with the behaviour those runs had
@@ -75,16 +78,16 @@ class DrLocConfig:
         lambda_drloc: λ, the weight of the DRLoc loss (paper: 0.5 Swin-T, 0.1 CvT-13 / T2T-ViT-14;
             ``0`` = no DRLoc).
         mode, sample_size, target, hidden_dims, head_init, class_head, grid_size: the loss and its
-            head, see :class:`vt_drloc.drloc.DrLocLoss`.
+            head, see :class:`vt_drloc.core.DrLocLoss`.
         tap_norm: ``"pre"`` / ``"post"``: read the grid before / after the backbone's final norm
-            (:mod:`vt_drloc.tap`).
-        schedule, warmup_epochs, decay_epochs: λ over training, see :func:`vt_drloc.drloc.drloc_lambda`
+            (:mod:`vt_drloc.core.tap`).
+        schedule, warmup_epochs, decay_epochs: λ over training, see :func:`vt_drloc.core.drloc_lambda`
             (``decay_epochs=None``: λ reaches 0 at ``max_epochs``).
         task_threshold: ``schedule="adaptive"`` only: λ is held at its peak until the head's
             training L1 (a running mean over ~10 steps) falls below this fraction of chance
-            (:func:`vt_drloc.drloc.chance_l1`), then falls linearly to 0 at the horizon.
+            (:func:`vt_drloc.core.chance_l1`), then falls linearly to 0 at the horizon.
         interval: ``"step"`` (λ at the fractional epoch of every step) or ``"epoch"`` (held per
-            epoch, as the released loop), see :func:`vt_drloc.drloc.epoch_progress`.
+            epoch, as the released loop), see :func:`vt_drloc.core.epoch_progress`.
         seed: pair-sampler seed (``None``: derived from the run's seed), plus the rank.
         head_weight_decay: weight decay of the head's weights (its biases never decay); ``None``:
             the optimizer's, as the released code (one AdamW over backbone and head).
@@ -143,7 +146,7 @@ class DrLocConfig:
             DrLocLoss(1, **self.loss_kwargs(), grid_hw=(2, 2))
 
     def loss_kwargs(self) -> dict[str, Any]:
-        """The :class:`~vt_drloc.drloc.DrLocLoss` arguments among the options."""
+        """The :class:`~vt_drloc.core.DrLocLoss` arguments among the options."""
         return {
             "mode": self.mode,
             "sample_size": self.sample_size,
@@ -180,7 +183,7 @@ class DrLocConfig:
 
 
 class DrLocObjective:
-    """What a face needs to add λ·L_drloc to its loss: the :class:`~vt_drloc.drloc.DrLocLoss` (built
+    """What a face needs to add λ·L_drloc to its loss: the :class:`~vt_drloc.core.DrLocLoss` (built
     for the probed grid), λ for the current step, the pair sampler and its checkpoint state.
 
     The loss is a plain attribute: the face registers it as its own submodule (``DrLocModule.drloc``,
@@ -212,7 +215,7 @@ class DrLocObjective:
         a resumed head), and a head state loaded before the loss existed is applied now."""
         loss = self.loss
         if loss is None or loss.head.in_dim != channels or loss.reduced_hw != reduced_grid_hw(grid_hw, self.config.grid_size):
-            loss = DrLocLoss(int(channels), **self.config.loss_kwargs(), grid_hw=tuple(grid_hw))
+            loss = DrLocLoss(int(channels), **self.config.loss_kwargs(), grid_hw=(int(grid_hw[0]), int(grid_hw[1])))
         if self._pending_head_state is not None:
             loss.load_state_dict(self._pending_head_state)
             self._pending_head_state = None
@@ -229,6 +232,7 @@ class DrLocObjective:
     def observe(self, drloc: float, epoch: float) -> None:
         """``schedule="adaptive"``: track the head's L1 / chance and start annealing once it is below
         ``task_threshold`` (after the warm-up)."""
+        assert self.loss is not None and self.loss.reduced_hw is not None, "observe() runs after build_loss()"
         ratio = drloc / chance_l1(*self.loss.reduced_hw, self.config.target)
         self.task_ratio = ratio if self.task_ratio is None else 0.9 * self.task_ratio + 0.1 * ratio
         if self.anneal_from is None and epoch >= self.config.warmup_epochs and self.task_ratio < self.config.task_threshold:

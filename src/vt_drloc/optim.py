@@ -4,9 +4,10 @@ the warm-up + cosine LR factor."""
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.optim import param_groups_weight_decay
@@ -71,11 +72,10 @@ def build_optimizer(spec: Mapping[str, Any], params: Any, lr: float, weight_deca
 
 def _optimizer_class(target: Any) -> type:
     if isinstance(target, str):
-        from hydra.utils import get_class
-
-        try:
-            target = get_class(target)
-        except Exception as err:  # Hydra wraps the import error: say what was asked for
+        module_name, _, class_name = target.rpartition(".")
+        try:  # a dotted path, as Hydra's _target_ (resolved here so the faces need no Hydra)
+            target = getattr(importlib.import_module(module_name), class_name)
+        except Exception as err:
             raise ValueError(f"optimizer _target_={target!r} cannot be imported ({err}); e.g. torch.optim.AdamW, torch.optim.SGD") from None
     if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
         raise ValueError(f"optimizer _target_={target!r} is not a torch.optim.Optimizer class; e.g. torch.optim.AdamW, torch.optim.SGD")
@@ -109,7 +109,8 @@ def weight_decay_groups(modules: Sequence[nn.Module], weight_decay: float) -> li
     decay: list[Tensor] = []
     no_decay: list[Tensor] = []
     for module in modules:
-        skip = module.no_weight_decay() if hasattr(module, "no_weight_decay") else set()
+        no_weight_decay = getattr(module, "no_weight_decay", None)
+        skip = no_weight_decay() if callable(no_weight_decay) else set()
         for group in param_groups_weight_decay(module, weight_decay, no_weight_decay_list=skip):
             (decay if group["weight_decay"] > 0 else no_decay).extend(group["params"])
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -150,7 +151,7 @@ def add_param_groups(optimizer: Any, module: nn.Module, schedulers: Sequence[Any
     old_groups = len(optimizer.param_groups)
     added = 0
     for group in groups:
-        params = [p for p in group["params"] if id(p) in missing]
+        params = [p for p in cast(list, group["params"]) if id(p) in missing]
         if params:
             optimizer.add_param_group({**template, **group, "params": params})
             added += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,21 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from vt_drloc.config import RunStopped
 from vt_drloc.files import write_atomic
 
-__all__ = ["AtomicCheckpointIO", "NonFiniteLossError", "NonFiniteLossGuard", "ResumeRngState", "atomic_torch_save", "last_good_checkpoint"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "InterruptCheckpoint",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "ResumeRngState",
+    "atomic_torch_save",
+    "last_good_checkpoint",
+]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -180,3 +190,29 @@ class NonFiniteLossGuard(pl.Callback):
             "set trainer.gradient_clip_val (e.g. 1.0), use precision=32-true or bf16-mixed instead of 16-mixed, lower "
             "drloc.lambda_drloc, or look for broken images in the data."
         )
+
+
+class InterruptCheckpoint(pl.Callback):
+    """On SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop), save a resumable checkpoint as ``last.ckpt``.
+
+    Lightning stops a fit at the next batch boundary on either signal (SIGTERM as its
+    ``SIGTERMException``, which alone would end the process with exit code 0) and calls
+    ``on_exception``: the checkpoint is written there, with the loop state of the last finished step, so
+    ``ckpt_path=last`` continues the run. ``signal`` says which signal stopped it (None: none did).
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last"):
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.signal: str | None = None
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.signal = "SIGINT"
+        elif isinstance(exception, SIGTERMException) or getattr(trainer, "received_sigterm", False):
+            self.signal = "SIGTERM"
+        else:
+            return
+        if trainer.global_step > 0 or trainer.current_epoch > 0:
+            trainer.save_checkpoint(self.path)
+            self.saved = self.path

@@ -21,6 +21,7 @@ from vt_drloc.callback import DrLocCallbackBase
 from vt_drloc.checkpoints import check_output_dir, check_resume_checkpoint, load_backbone_weights, resolve_resume_path
 from vt_drloc.config import (
     CONFIG_PATH,
+    RunInterrupted,
     RunStopped,
     UserError,
     check_drloc_config,
@@ -31,8 +32,8 @@ from vt_drloc.config import (
     print_config_tree,
     run_cli,
 )
-from vt_drloc.drloc import task_record
-from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossGuard, ResumeRngState
+from vt_drloc.core import task_record
+from vt_drloc.reliability import AtomicCheckpointIO, InterruptCheckpoint, NonFiniteLossGuard, ResumeRngState
 from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
 
 log = logging.getLogger("vt_drloc.train")
@@ -110,7 +111,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     throughput = Throughput()
     callbacks.append(throughput)
     # Always on (docs/reliability.md): stop at the first NaN/inf loss term; resume with the same RNG streams.
-    callbacks += [NonFiniteLossGuard(), ResumeRngState()]
+    interrupt = InterruptCheckpoint(output_dir / "checkpoints")  # SIGINT / SIGTERM: a resumable last.ckpt
+    callbacks += [NonFiniteLossGuard(), ResumeRngState(), interrupt]
     loggers = instantiate_all(cfg.get("logger"))
 
     trainer: pl.Trainer = instantiate_checked(
@@ -155,7 +157,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for lg in loggers:
             lg.log_hyperparams({"train_size": datamodule.train_size, "backbone_params": backbone_params, "head_params": head_params})
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=not cfg.get("trust_checkpoint"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path or None, weights_only=not cfg.get("trust_checkpoint"))
+    except BaseException:
+        if interrupt.signal is None:
+            raise
+        raise stopped_by_signal(cfg, trainer, interrupt, output_dir, start) from None
     fit_metrics = dict(trainer.callback_metrics)
     test_metrics: dict[str, Any] = {}
     if cfg.test:
@@ -207,6 +214,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 lg.experiment.finish()  # end the W&B run: the next job of a multirun starts its own
         log.info("test acc1 %s, acc5 %s; wrote %s", results["test_acc1"], results["test_acc5"], path)
     return results
+
+
+def stopped_by_signal(
+    cfg: DictConfig, trainer: pl.Trainer, interrupt: InterruptCheckpoint, output_dir: Path, start: float
+) -> RunInterrupted:
+    """``results.json`` marked interrupted (rank 0), and the one paragraph that says how to resume."""
+    record = {
+        "status": "interrupted",
+        "signal": interrupt.signal,
+        "task_name": cfg.task_name,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "checkpoint": None if interrupt.saved is None else str(interrupt.saved),
+        "wall_time_s": time.perf_counter() - start,
+        "output_dir": str(output_dir),
+    }
+    if trainer.is_global_zero:
+        write_results(output_dir, record)
+    if interrupt.saved is None:
+        how = "No step had finished, so there is nothing to resume: run the command again."
+    else:
+        how = (
+            f"A resumable checkpoint is at {interrupt.saved}; continue the run in place with the same command plus "
+            f"ckpt_path=last hydra.run.dir={output_dir}"
+        )
+    return RunInterrupted(
+        f"{interrupt.signal} stopped training at epoch {trainer.current_epoch}, step {trainer.global_step}; results.json "
+        f"is marked interrupted. {how}",
+        interrupt.signal or "SIGTERM",
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

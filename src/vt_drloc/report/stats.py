@@ -7,11 +7,14 @@ so its data subset and initialisation), then takes the mean ± sample std over t
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from vt_drloc.report.sweep import Setting
+
+class BySeed(Protocol):
+    """Runs that give a metric per seed (a sweep's ``Setting``)."""
+
+    def by_seed(self, key: str) -> Mapping[int, float]: ...
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
@@ -22,11 +25,15 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
     return mean, std, len(values)
 
 
-def paired_delta(setting: Setting, baseline: Setting, key: str) -> tuple[float | None, float | None, int]:
-    """Mean, std and count of ``setting - baseline`` over the seeds both ran successfully."""
+def paired_differences(setting: BySeed, baseline: BySeed, key: str) -> list[float]:
+    """``setting - baseline`` seed by seed, over the seeds both ran successfully."""
     mine, base = setting.by_seed(key), baseline.by_seed(key)
-    diffs = [mine[s] - base[s] for s in mine if s in base]
-    return mean_std(diffs)
+    return [mine[s] - base[s] for s in mine if s in base]
 
 
-__all__ = ["mean_std", "paired_delta"]
+def paired_delta(setting: BySeed, baseline: BySeed, key: str) -> tuple[float | None, float | None, int]:
+    """Mean, std and count of :func:`paired_differences`."""
+    return mean_std(paired_differences(setting, baseline, key))
+
+
+__all__ = ["BySeed", "mean_std", "paired_delta", "paired_differences"]

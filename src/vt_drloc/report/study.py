@@ -1,7 +1,7 @@
 """Study tables: several sweeps side by side, each DRLoc setting against its own baseline.
 
 A study dir holds one sweep dir per *cell* (a model × data setting swept over λ and seeds), e.g.
-``docs/results/study_cifar10/{spc100_vit,spc100_swin,...}/<job>/results.json``.
+``studies/study_cifar10/{spc100_vit,spc100_swin,...}/<job>/results.json``.
 :func:`write_study` writes into the study dir
 
 * ``study.csv`` / ``study.md``: one row per DRLoc setting (λ > 0) of every cell, beside the λ=0
@@ -28,7 +28,7 @@ from typing import Any
 from vt_drloc.files import write_atomic
 from vt_drloc.report.figures import new_figure, png_bytes
 from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec, plot_gain_curve
-from vt_drloc.report.stats import mean_std, paired_delta
+from vt_drloc.report.stats import mean_std, paired_delta, paired_differences
 from vt_drloc.report.sweep import LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, find_job_dirs, load_sweep, natural_key
 from vt_drloc.report.tables import delta_text, md_cell, pct_text, records_task, task_text
 
@@ -114,8 +114,7 @@ class StudyRow:
         return ", ".join(parts)
 
     def paired_test(self) -> list[float]:
-        mine, base = self.drloc.by_seed("test_acc1"), self.baseline.by_seed("test_acc1")
-        return [mine[s] - base[s] for s in mine if s in base]
+        return paired_differences(self.drloc, self.baseline, "test_acc1")
 
     def values(self) -> dict[str, Any]:
         """The row as raw numbers (fractions, seconds), as written to ``study.csv``."""

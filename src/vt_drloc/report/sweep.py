@@ -47,7 +47,7 @@ RESULT_COLUMNS = (
 # (results.json key, column title) of the accuracies aggregated in summary.md.
 SUMMARY_METRICS = (("val_acc1", "val acc1"), ("test_acc1", "test acc1"), ("test_acc5", "test acc5"))
 DELTA_METRICS = (("val_acc1", "Δ val acc1"), ("test_acc1", "Δ test acc1"))
-# Did the head learn its task? The last epoch's training DRLoc loss / chance_l1 (vt_drloc.drloc.task_record):
+# Did the head learn its task? The last epoch's training DRLoc loss / chance_l1 (vt_drloc.core.task_record):
 # a column of summary.csv / summary.md / study.md wherever a job recorded it (runs since it exists).
 TASK_KEY, TASK_TITLE = "drloc_final_over_chance", "DRLoc L1 / chance"
 CURVE_METRIC = "val/acc1"
