@@ -35,6 +35,10 @@ ROOMS = {
     "checkpoints": "app",
     "results": "app",
     "reliability": "app",
+    "pos_embed": "app",  # init_from's resampling
+    "export": "app",
+    "predict": "app",
+    "data_info": "data",  # what a checkpoint records of its data (imports data.transforms)
     "__main__": "app",
     "": "package",  # vt_drloc/__init__.py: the public names
     "drloc": "package",  # deprecated import paths, re-exports of core

@@ -18,6 +18,8 @@ import pytest
         "vt_drloc.core.schedule",
         "vt_drloc.module",
         "vt_drloc.core.tap",
+        "vt_drloc.pos_embed",
+        "vt_drloc.checkpoints",
     ],
 )
 def test_docstring_examples(name):

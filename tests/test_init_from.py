@@ -84,3 +84,36 @@ def test_app_init_from_runs_and_records_it(tmp_path):
         train(compose_cfg([*TINY, f"init_from={ckpt}", f"ckpt_path={ckpt}"], tmp_path / "third"))
     with pytest.raises(UserError, match="does not exist"):
         train(compose_cfg([*TINY, f"init_from={tmp_path / 'missing.pth'}"], tmp_path / "fourth"))
+
+
+def test_a_32px_checkpoint_fine_tunes_at_64px_with_resampled_position_embeddings(tmp_path, caplog):
+    from timm.layers import resample_abs_pos_embed
+
+    small = module(seed=3)  # 32 px: an 8x8 grid + class token
+    path = tmp_path / "small.ckpt"
+    torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, path)
+    torch.manual_seed(4)
+    large = DrLocModule(NAME, num_classes=10, lambda_drloc=0.5, model_kwargs={**VIT, "img_size": 64}, hidden_dims=[16], sample_size=8)
+    assert tuple(large.model.pos_embed.shape) == (1, 257, 32)
+    with caplog.at_level("INFO", logger="vt_drloc.init_from"):
+        report = load_backbone_weights(large.model, path)
+    assert report["resampled"] == ["pos_embed"] and "pos_embed" in report["loaded"]
+    assert report["skipped"] == [] and report["missing"] == []
+    expected = resample_abs_pos_embed(small.model.pos_embed.detach(), new_size=[16, 16], old_size=[8, 8], num_prefix_tokens=1)
+    assert torch.equal(large.model.pos_embed.detach(), expected)
+    assert torch.equal(large.model.pos_embed[:, :1], small.model.pos_embed[:, :1])  # the class token's is kept as it was
+    assert torch.equal(large.model.blocks[0].attn.qkv.weight, small.model.blocks[0].attn.qkv.weight)
+    assert "resampled pos_embed from (1, 65, 32) to (1, 257, 32)" in caplog.text
+    with torch.no_grad():
+        assert large(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_app_init_from_across_resolutions_logs_what_was_resampled(tmp_path, caplog):
+    first = compose_cfg(TINY, tmp_path / "first")
+    train(first)
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    with caplog.at_level("INFO"):
+        train(compose_cfg([*TINY, f"init_from={ckpt}", "model.img_size=64"], tmp_path / "second"))
+    assert "1 resampled to this resolution (pos_embed)" in caplog.text and "0 newly initialised" in caplog.text
+    results = json.loads((tmp_path / "second" / "results.json").read_text())
+    assert results["img_size"] == 64 and results["init_from_loaded"] > 0

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from vt_drloc.config import UserError
+from vt_drloc.pos_embed import resample_position_embeddings
 
 
 def load_error(err: BaseException) -> str:
@@ -173,8 +174,10 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
 
     Keys are matched as they are, or after dropping one wrapper prefix (``model.`` of a
     ``DrLocModule`` checkpoint, ``module.`` of DDP, ...). Tensors whose shape differs (the
-    classifier of a model trained on other classes) are skipped and stay as initialised. Returns
-    ``{"loaded": [...], "skipped": [...], "missing": [...]}`` (backbone keys); raises
+    classifier of a model trained on other classes) are skipped and stay as initialised, except
+    position embeddings of another resolution, which are resampled
+    (:func:`vt_drloc.pos_embed.resample_position_embeddings`). Returns ``{"loaded": [...],
+    "resampled": [...], "skipped": [...], "missing": [...]}`` (backbone keys); raises
     :class:`~vt_drloc.config.UserError` when nothing matches.
 
     >>> import timm, tempfile, os
@@ -192,6 +195,7 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
         candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] in own}
         if len(candidate) > len(best):
             best = candidate
+    best, resampled = resample_position_embeddings(backbone, best)  # another resolution: resample, not skip
     loaded = {k: v for k, v in best.items() if v.shape == own[k].shape}
     if not loaded:
         example = ", ".join(list(state)[:3])
@@ -202,6 +206,7 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
     backbone.load_state_dict(loaded, strict=False)
     return {
         "loaded": sorted(loaded),
+        "resampled": sorted(resampled),
         "skipped": sorted(k for k in best if k not in loaded),
         "missing": sorted(k for k in own if k not in best),
     }

@@ -38,6 +38,20 @@ def checkpoint_img_size(hparams: dict[str, Any]) -> int | None:
     return size
 
 
+def print_split_table(split: str, data: str, size: int | None, acc1: float | None, acc5: float | None, loss: float | None) -> None:
+    """One table per scored split, titled with the split's name (val / test), the data and its size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    images = f", {size} images" if size is not None else ""
+    table = Table(title=f"{split} split of {data}{images}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in (("acc1", acc1), ("acc5", acc5), ("loss", loss)):
+        table.add_row(f"{split}/{name}", "-" if value is None else f"{value:.4f}")
+    Console().print(table)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score the checkpoint ``cfg.ckpt_path`` on ``cfg.data``; returns what goes into ``results.json``."""
     output_dir = Path(cfg.paths.output_dir)
@@ -82,10 +96,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if split not in ("val", "test"):
             raise UserError(f"splits contains {split!r}; use val and/or test.")
         loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
-        # the module logs under test/ for any loader passed to trainer.test
-        trainer.test(model, dataloaders=loader, verbose=trainer.is_global_zero)
+        # the module logs under test/ for any loader passed to trainer.test: Lightning's own table would
+        # call every split "test", so the split's table is printed here under its own name
+        trainer.test(model, dataloaders=loader, verbose=False)
         results[f"{split}_acc1"] = metric(trainer.callback_metrics, "test/acc1")
         results[f"{split}_acc5"] = metric(trainer.callback_metrics, "test/acc5")
+        if trainer.is_global_zero:
+            size = len(loader.dataset) if hasattr(loader, "dataset") else None
+            print_split_table(
+                split,
+                cfg.data.name,
+                size,
+                results[f"{split}_acc1"],
+                results[f"{split}_acc5"],
+                metric(trainer.callback_metrics, "test/loss"),
+            )
     results["wall_time_s"] = time.perf_counter() - start
     results["output_dir"] = str(output_dir)
     if trainer.is_global_zero:

@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vt_drloc.core import DrLocLoss
 from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid
+from vt_drloc.data_info import data_info_of
 from vt_drloc.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.objective import EARLIER_DEFAULTS, DrLocConfig, DrLocObjective, plain
 from vt_drloc.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
@@ -143,6 +144,8 @@ class DrLocModuleBase:
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        # class names and eval preprocessing (vt_drloc.data_info), saved in checkpoints for export / predict
+        self.data_info: dict[str, Any] = {}
 
     @property
     def drloc_config(self) -> DrLocConfig:
@@ -168,6 +171,10 @@ class DrLocModuleBase:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        self.data_info = data_info_of(datamodule) or self.data_info
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
@@ -267,9 +274,11 @@ class DrLocModuleBase:
     # the objective's keys, prefixed "drloc_", at the top level of the checkpoint (as in vt_drloc 0.1)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.update({f"drloc_{key}": value for key, value in self.objective.checkpoint_state().items()})
+        checkpoint["data_info"] = self.data_info
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_options_the_checkpoint_predates(checkpoint.get("hyper_parameters"))
+        self.data_info = dict(checkpoint.get("data_info") or {})
         self.objective.load_checkpoint_state({key[len("drloc_") :]: value for key, value in checkpoint.items() if key.startswith("drloc_")})
 
     def _check_options_the_checkpoint_predates(self, hparams: Mapping[str, Any] | None) -> None:

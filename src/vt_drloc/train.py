@@ -129,12 +129,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("init_from"):
         init_report = load_backbone_weights(getattr(model, "model", model), cfg.init_from, trust=bool(cfg.get("trust_checkpoint")))
         log.info(
-            "init_from %s: %d backbone tensors loaded, %d skipped (shape: %s), %d left as initialised",
+            "init_from %s: %d backbone tensors loaded, of them %d resampled to this resolution (%s), %d skipped (shape: %s), "
+            "%d newly initialised (not in the file: %s)",
             cfg.init_from,
             len(init_report["loaded"]),
+            len(init_report["resampled"]),
+            ", ".join(init_report["resampled"]) or "-",
             len(init_report["skipped"]),
             ", ".join(init_report["skipped"]) or "-",
             len(init_report["missing"]),
+            ", ".join(init_report["missing"]) or "-",
         )
     # a module of the user's own class (module._target_) need not offer DrLocModule's attributes
     head_params = getattr(model, "num_head_params", 0) + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks)

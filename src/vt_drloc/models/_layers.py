@@ -167,7 +167,10 @@ def check_no_pretrained(variant: str, pretrained: bool, kwargs: dict[str, Any]) 
     if not pretrained:
         return
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
-    if any(overlay.get(k) for k in _SOURCE_KEYS):
+    # timm.create_model("local-dir:<folder>", pretrained=True) passes the folder in pretrained_cfg (its "file")
+    cfg = kwargs.get("pretrained_cfg")
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg if isinstance(cfg, dict) else {}
+    if any(overlay.get(k) or cfg.get(k) for k in _SOURCE_KEYS):
         return
     raise RuntimeError(
         f"No pretrained weights are available for '{variant}' (vt_drloc's own CvT / T2T-ViT implementation). "
