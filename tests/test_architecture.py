@@ -35,6 +35,7 @@ ROOMS = {
     "checkpoints": "app",
     "results": "app",
     "reliability": "app",
+    "progress": "app",
     "pos_embed": "app",  # init_from's resampling
     "export": "app",
     "predict": "app",

@@ -33,6 +33,7 @@ from vt_drloc.config import (
     run_cli,
 )
 from vt_drloc.core import task_record
+from vt_drloc.progress import RunProgress
 from vt_drloc.reliability import AtomicCheckpointIO, InterruptCheckpoint, NonFiniteLossGuard, ResumeRngState
 from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
 
@@ -112,7 +113,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(throughput)
     # Always on (docs/reliability.md): stop at the first NaN/inf loss term; resume with the same RNG streams.
     interrupt = InterruptCheckpoint(output_dir / "checkpoints")  # SIGINT / SIGTERM: a resumable last.ckpt
-    callbacks += [NonFiniteLossGuard(), ResumeRngState(), interrupt]
+    # RunProgress: the whole run's ETA each epoch, and a warning when the DRLoc head does not learn
+    callbacks += [NonFiniteLossGuard(), ResumeRngState(), interrupt, RunProgress()]
     loggers = instantiate_all(cfg.get("logger"))
 
     trainer: pl.Trainer = instantiate_checked(
