@@ -172,3 +172,25 @@ def test_callback_without_any_size_source_names_the_fix():
     cb = ns.DrLocCallback(lambda_drloc=1.0, tap="backbone.blocks", **FAST)
     with pytest.raises(DrLocConfigError, match=r"input_size=\(H, W\)"):
         fit(pl, no_forward_module(pl), DataLoader(Stream(), batch_size=8), [cb])  # an iterable: no sample to read
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+@pytest.mark.parametrize(
+    "face, kwargs",
+    [
+        ("DrLocCallback", dict(lambda_drloc=-1.0)),
+        ("DrLocCallback", dict(grid_format="CHW")),
+        ("DrLocCallback", dict(prefix_tokens=-1)),
+        ("DrLocCallback", dict(sample_size=0)),
+        ("DrLocCallback", dict(bogus_option=1)),
+        ("DrLocModule", dict(model_name="vit_tiny_patch16_224", num_classes=10, lambda_drloc=-1.0)),
+        ("DrLocModule", dict(model_name="no_such_model", num_classes=10)),
+        ("DrLocModule", dict(model_name="vit_tiny_patch16_224", num_classes=10, lr_decay_epochs=0, model_kwargs=TINY_VIT)),
+        ("DrLocModule", dict(model_name="vit_tiny_patch16_224", num_classes=10, mode="l3", model_kwargs=TINY_VIT)),
+    ],
+)
+def test_every_configuration_check_of_both_faces_raises_one_error_type(package, face, kwargs):
+    _, ns = faces(package)
+    with pytest.raises(DrLocConfigError) as err:
+        getattr(ns, face)(**kwargs)
+    assert isinstance(err.value, ValueError) and str(err.value)

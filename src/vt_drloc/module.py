@@ -18,6 +18,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from vt_drloc.core import DrLocLoss
+from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid
 from vt_drloc.data_info import data_info_of
 from vt_drloc.lightning_api import PYTORCH_LIGHTNING
@@ -109,7 +110,9 @@ class DrLocModuleBase:
         self._check_args(model_name, num_classes, lr, weight_decay, warmup_epochs, min_lr, label_smoothing)
         optimizer = optimizer_spec(plain(optimizer), betas)
         if lr_decay_epochs is not None and not lr_decay_epochs > 0:
-            raise ValueError(f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches min_lr), or None for max_epochs")
+            raise DrLocConfigError(
+                f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches min_lr), or None for max_epochs"
+            )
         self.save_hyperparameters(
             {
                 "model_name": model_name,
@@ -159,7 +162,7 @@ class DrLocModuleBase:
 
             close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
             hint = f" Close matches: {', '.join(close)}." if close else ""
-            raise ValueError(f"model_name={model_name!r} is not a timm model.{hint} See timm.list_models().")
+            raise DrLocConfigError(f"model_name={model_name!r} is not a timm model.{hint} See timm.list_models().")
         checks = [
             (num_classes >= 1, f"num_classes={num_classes} must be >= 1"),
             (lr > 0, f"lr={lr} must be > 0"),
@@ -170,7 +173,7 @@ class DrLocModuleBase:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise DrLocConfigError(message)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -297,7 +300,7 @@ class DrLocModuleBase:
         fix = ", ".join(f"{key}={earlier!r}" for key, earlier in differ.items())
         how = f"DrLocModule.load_from_checkpoint(path, {fix}) (or DrLocModule(..., {fix}) before Trainer.fit(ckpt_path=...))"
         if "class_head" in differ:
-            raise ValueError(
+            raise DrLocConfigError(
                 f"this checkpoint predates the option class_head and holds the earlier fused '{config.mode}' head, "
                 f"which class_head={config.class_head!r} cannot load; load it with {how}"
             )

@@ -32,6 +32,7 @@ from vt_drloc.core import (
     reduced_grid_hw,
     resolve_hidden_dims,
 )
+from vt_drloc.core.errors import DrLocConfigError, DrLocOptionError
 from vt_drloc.core.tap import check_tap_norm
 
 # vt_drloc 0.1 keyword -> DrLocConfig field
@@ -121,9 +122,9 @@ class DrLocConfig:
         hidden = plain(self.hidden_dims)
         self.hidden_dims = hidden if isinstance(hidden, str) else [int(d) for d in hidden]
         if not (_is_real(self.lambda_drloc) and math.isfinite(self.lambda_drloc) and self.lambda_drloc >= 0):
-            raise ValueError(f"lambda_drloc={self.lambda_drloc!r} must be a number >= 0 (0 = baseline without DRLoc)")
+            raise DrLocConfigError(f"lambda_drloc={self.lambda_drloc!r} must be a number >= 0 (0 = baseline without DRLoc)")
         if not _is_integer(self.sample_size):
-            raise ValueError(f"sample_size={self.sample_size!r} must be an integer >= 1 (the paper uses 64)")
+            raise DrLocConfigError(f"sample_size={self.sample_size!r} must be an integer >= 1 (the paper uses 64)")
         self.lambda_drloc = float(self.lambda_drloc)
         self.sample_size = int(self.sample_size)
         check_tap_norm(self.tap_norm)
@@ -131,15 +132,15 @@ class DrLocConfig:
         drloc_lambda(self.lambda_drloc, 0.0, None, self.schedule, self.warmup_epochs, self.decay_epochs)
         epoch_progress(0, 0, None, self.interval)
         if not (_is_real(self.warmup_epochs) and math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
-            raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be a number >= 0 (the released runs: 20)")
+            raise DrLocConfigError(f"warmup_epochs={self.warmup_epochs!r} must be a number >= 0 (the released runs: 20)")
         if self.seed is not None and not (_is_integer(self.seed) and self.seed >= 0):
-            raise ValueError(f"seed={self.seed!r} must be an integer >= 0, or None to derive it from the run's seed")
+            raise DrLocConfigError(f"seed={self.seed!r} must be an integer >= 0, or None to derive it from the run's seed")
         if self.head_weight_decay is not None and not (math.isfinite(float(self.head_weight_decay)) and self.head_weight_decay >= 0):
-            raise ValueError(f"head_weight_decay={self.head_weight_decay} must be >= 0, or None for the optimizer's weight decay")
+            raise DrLocConfigError(f"head_weight_decay={self.head_weight_decay} must be >= 0, or None for the optimizer's weight decay")
         if not 0 < float(self.task_threshold) <= 1:
-            raise ValueError(f"task_threshold={self.task_threshold} must lie in (0, 1] (a fraction of the chance L1)")
+            raise DrLocConfigError(f"task_threshold={self.task_threshold} must lie in (0, 1] (a fraction of the chance L1)")
         if self.schedule == "adaptive" and self.mode != "l1":
-            raise ValueError(f"schedule='adaptive' reads the head's L1 against chance: it needs mode='l1', not mode={self.mode!r}")
+            raise DrLocConfigError(f"schedule='adaptive' reads the head's L1 against chance: it needs mode='l1', not mode={self.mode!r}")
         # the loss's own checks (sample_size, grid_size, mode x target) on a dummy grid; its head's
         # initialisation must not move the global RNG (the backbone built next draws from it)
         with torch.random.fork_rng(devices=[]):
@@ -174,9 +175,9 @@ class DrLocConfig:
                     continue
                 name = LEGACY_NAMES.get(key, key)
                 if name not in valid:
-                    raise TypeError(f"unknown DRLoc option {key!r}; valid options: {', '.join(sorted(valid))}")
+                    raise DrLocOptionError(f"unknown DRLoc option {key!r}; valid options: {', '.join(sorted(valid))}")
                 if name in seen:
-                    raise TypeError(f"DRLoc option {name!r} given twice (as {name!r} and its old name); give it once")
+                    raise DrLocOptionError(f"DRLoc option {name!r} given twice (as {name!r} and its old name); give it once")
                 seen.add(name)
                 merged[name] = value
         return cls(**merged)

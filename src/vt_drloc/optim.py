@@ -13,6 +13,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 
+from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.objective import plain
 
 # set from the module's own arguments (optim.lr, optim.weight_decay) and its parameter groups
@@ -36,19 +37,19 @@ def optimizer_spec(optimizer: Any = None, betas: Sequence[float] = (0.9, 0.999))
         return {"_target_": "torch.optim.AdamW", "betas": [float(b) for b in betas]}
     if isinstance(optimizer, functools.partial):
         if optimizer.args:
-            raise ValueError(f"optimizer={optimizer!r}: give its settings as keywords, not positional arguments")
+            raise DrLocConfigError(f"optimizer={optimizer!r}: give its settings as keywords, not positional arguments")
         target, kwargs = optimizer.func, dict(optimizer.keywords)
     elif isinstance(optimizer, Mapping):
         kwargs = {str(k): v for k, v in optimizer.items() if k not in ("_target_", "_partial_", "_recursive_", "_convert_")}
         if "_target_" not in optimizer:
-            raise ValueError(f"optimizer={dict(optimizer)!r} has no _target_: name the class, e.g. _target_: torch.optim.SGD")
+            raise DrLocConfigError(f"optimizer={dict(optimizer)!r} has no _target_: name the class, e.g. _target_: torch.optim.SGD")
         target = optimizer["_target_"]
     else:
         target, kwargs = optimizer, {}
     cls = _optimizer_class(target)
     clash = [k for k in _OWNED_BY_MODULE if k in kwargs]
     if clash:
-        raise ValueError(
+        raise DrLocConfigError(
             f"optimizer ({_dotted(cls)}) sets {', '.join(clash)}: these come from the module's own arguments "
             "(optim.lr, optim.weight_decay; parameter groups are built by the module). Remove them from the optimizer."
         )
@@ -56,7 +57,7 @@ def optimizer_spec(optimizer: Any = None, betas: Sequence[float] = (0.9, 0.999))
     try:  # bad keywords fail here, at construction, not at the first training step
         build_optimizer(spec, [nn.Parameter(torch.zeros(1))], lr=1e-3, weight_decay=0.0)
     except TypeError as err:
-        raise ValueError(f"optimizer {spec}: {err}") from None
+        raise DrLocConfigError(f"optimizer {spec}: {err}") from None
     return spec
 
 
@@ -76,9 +77,13 @@ def _optimizer_class(target: Any) -> type:
         try:  # a dotted path, as Hydra's _target_ (resolved here so the faces need no Hydra)
             target = getattr(importlib.import_module(module_name), class_name)
         except Exception as err:
-            raise ValueError(f"optimizer _target_={target!r} cannot be imported ({err}); e.g. torch.optim.AdamW, torch.optim.SGD") from None
+            raise DrLocConfigError(
+                f"optimizer _target_={target!r} cannot be imported ({err}); e.g. torch.optim.AdamW, torch.optim.SGD"
+            ) from None
     if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
-        raise ValueError(f"optimizer _target_={target!r} is not a torch.optim.Optimizer class; e.g. torch.optim.AdamW, torch.optim.SGD")
+        raise DrLocConfigError(
+            f"optimizer _target_={target!r} is not a torch.optim.Optimizer class; e.g. torch.optim.AdamW, torch.optim.SGD"
+        )
     return target
 
 

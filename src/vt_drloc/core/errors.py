@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["DrLocConfigError", "check_choice"]
+__all__ = ["DrLocConfigError", "DrLocOptionError", "check_choice"]
 
 
 class DrLocConfigError(ValueError):
     """A DRLoc option, backbone or tap that cannot work; the message names the value and the fix."""
+
+
+class DrLocOptionError(DrLocConfigError, TypeError):
+    """An unknown DRLoc option name, or one given twice (also a ``TypeError``, as for a wrong keyword)."""
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vt_drloc.core.errors import check_choice
+from vt_drloc.core.errors import DrLocConfigError, check_choice
 
 # "released": every Linear trunc-normal (std 0.02) with zero bias, as the released models' own
 # init re-initialises the head; "torch": PyTorch's default Linear init.
@@ -26,14 +26,14 @@ def resolve_hidden_dims(hidden_dims: Sequence[int] | str) -> tuple[int, ...]:
     """Turn a preset name (``"released"``, ``"paper"``) or a sequence of widths into a tuple."""
     if isinstance(hidden_dims, str):
         if hidden_dims not in HEAD_PRESETS:
-            raise ValueError(
+            raise DrLocConfigError(
                 f"hidden_dims={hidden_dims!r} is not a preset; use one of {sorted(HEAD_PRESETS)} "
                 "or a list of layer widths such as [512, 512]"
             )
         return HEAD_PRESETS[hidden_dims]
     dims = tuple(int(d) for d in hidden_dims)
     if any(d < 1 for d in dims):
-        raise ValueError(f"hidden_dims={list(dims)} must hold positive layer widths")
+        raise DrLocConfigError(f"hidden_dims={list(dims)} must hold positive layer widths")
     return dims
 
 
@@ -70,9 +70,9 @@ class DrLocHead(nn.Module):
     ):
         super().__init__()
         if in_dim < 1:
-            raise ValueError(f"in_dim={in_dim} must be >= 1")
+            raise DrLocConfigError(f"in_dim={in_dim} must be >= 1")
         if num_classes is not None and num_classes < 2:
-            raise ValueError(f"num_classes={num_classes} must be >= 2 (or None for regression)")
+            raise DrLocConfigError(f"num_classes={num_classes} must be >= 2 (or None for regression)")
         check_choice("init", init, HEAD_INITS)
         check_choice("class_head", class_head, CLASS_HEADS)
         self.in_dim = in_dim

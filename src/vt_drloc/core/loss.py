@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vt_drloc.core.errors import check_choice
+from vt_drloc.core.errors import DrLocConfigError, check_choice
 from vt_drloc.core.grid import gather_cells, reduce_grid, reduced_grid_hw
 from vt_drloc.core.head import CLASS_HEADS, HEAD_INITS, DrLocHead
 from vt_drloc.core.sampling import (
@@ -131,9 +131,9 @@ class DrLocLoss(nn.Module):
         check_choice("class_head", class_head, CLASS_HEADS)
         check_choice("target", target, TARGETS)
         if int(sample_size) < 1:
-            raise ValueError(f"sample_size={sample_size} must be >= 1 (the paper uses 64)")
+            raise DrLocConfigError(f"sample_size={sample_size} must be >= 1 (the paper uses 64)")
         if grid_size is not None and int(grid_size) < 2:
-            raise ValueError(f"grid_size={grid_size} must be >= 2, or None to never pool the grid")
+            raise DrLocConfigError(f"grid_size={grid_size} must be >= 2, or None to never pool the grid")
         self.mode = mode
         self.sample_size = int(sample_size)
         self.target = target
@@ -143,10 +143,10 @@ class DrLocLoss(nn.Module):
         if grid_hw is not None:
             self.reduced_hw = reduced_grid_hw((int(grid_hw[0]), int(grid_hw[1])), self.grid_size)
             if min(self.reduced_hw) < 2:
-                raise ValueError(f"grid_hw={tuple(grid_hw)} leaves no offsets to predict; DRLoc needs a grid of at least 2x2")
+                raise DrLocConfigError(f"grid_hw={tuple(grid_hw)} leaves no offsets to predict; DRLoc needs a grid of at least 2x2")
         if mode != "l1":
             if self.reduced_hw is None:
-                raise ValueError(f"mode={mode!r} needs grid_hw=(H, W) to size its offset classes")
+                raise DrLocConfigError(f"mode={mode!r} needs grid_hw=(H, W) to size its offset classes")
             num_classes = num_offset_classes(max(self.reduced_hw), target)
         self.head = DrLocHead(in_dim, hidden_dims, num_classes=num_classes, init=head_init, class_head=class_head)
 
@@ -155,13 +155,13 @@ class DrLocLoss(nn.Module):
 
     def forward(self, grid: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if grid.dim() != 4:
-            raise ValueError(f"DrLocLoss expects a (B, C, H, W) grid, got shape {tuple(grid.shape)}")
+            raise DrLocConfigError(f"DrLocLoss expects a (B, C, H, W) grid, got shape {tuple(grid.shape)}")
         if grid.shape[1] != self.head.in_dim:
-            raise ValueError(f"grid has {grid.shape[1]} channels but the head was built for in_dim={self.head.in_dim}")
+            raise DrLocConfigError(f"grid has {grid.shape[1]} channels but the head was built for in_dim={self.head.in_dim}")
         grid = reduce_grid(grid, self.grid_size)
         batch, _, height, width = grid.shape
         if self.mode != "l1" and (height, width) != self.reduced_hw:
-            raise ValueError(f"grid is {height}x{width} after pooling, but the {self.mode!r} head was sized for {self.reduced_hw}")
+            raise DrLocConfigError(f"grid is {height}x{width} after pooling, but the {self.mode!r} head was sized for {self.reduced_hw}")
         if batch == 0:
             return grid.sum() * 0.0
         cells_a, cells_b = sample_cell_pairs(batch, height, width, self.sample_size, device=grid.device, generator=generator)

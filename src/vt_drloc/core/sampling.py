@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vt_drloc.core.errors import check_choice
+from vt_drloc.core.errors import DrLocConfigError, check_choice
 
 TARGETS = ("abs", "abs_norm", "signed")
 
@@ -30,7 +30,7 @@ def sample_cell_pairs(
     so a training step never copies indices from the host.
     """
     if sample_size < 1:
-        raise ValueError(f"sample_size={sample_size} must be >= 1")
+        raise DrLocConfigError(f"sample_size={sample_size} must be >= 1")
     if generator is not None:
         device = generator.device
     rows = torch.randint(height, (2, batch_size, sample_size), device=device, generator=generator)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from vt_drloc.core.errors import check_choice
+from vt_drloc.core.errors import DrLocConfigError, check_choice
 
 SCHEDULES = ("constant", "warmup_decay", "adaptive")
 
@@ -42,9 +42,9 @@ def drloc_lambda(
     """
     check_choice("schedule", schedule, SCHEDULES)
     if lambda_drloc < 0 or not math.isfinite(lambda_drloc):
-        raise ValueError(f"lambda_drloc={lambda_drloc} must be a finite number >= 0")
+        raise DrLocConfigError(f"lambda_drloc={lambda_drloc} must be a finite number >= 0")
     if decay_epochs is not None and not (math.isfinite(decay_epochs) and decay_epochs > 0):
-        raise ValueError(f"decay_epochs={decay_epochs} must be a number > 0 (the epoch at which λ reaches 0), or None for max_epochs")
+        raise DrLocConfigError(f"decay_epochs={decay_epochs} must be a number > 0 (the epoch at which λ reaches 0), or None for max_epochs")
     if schedule == "constant" or lambda_drloc == 0:
         return float(lambda_drloc)
     if warmup_epochs > 0 and epoch < warmup_epochs:

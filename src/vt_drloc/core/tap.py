@@ -88,7 +88,7 @@ def _num_prefix_tokens(model: Any) -> int:  # the timm surface is duck-typed
 
 def check_tap_norm(tap_norm: str) -> str:
     if tap_norm not in TAP_NORMS:
-        raise ValueError(f"tap_norm={tap_norm!r} is not valid; choose one of {', '.join(map(repr, TAP_NORMS))}")
+        raise DrLocConfigError(f"tap_norm={tap_norm!r} is not valid; choose one of {', '.join(map(repr, TAP_NORMS))}")
     return tap_norm
 
 
@@ -430,9 +430,9 @@ class GridCapture:
 
     def __init__(self, grid_format: str = "auto", prefix_tokens: int | None = None):
         if grid_format not in GRID_FORMATS:
-            raise ValueError(f"grid_format={grid_format!r} is not valid; choose one of {', '.join(map(repr, GRID_FORMATS))}")
+            raise DrLocConfigError(f"grid_format={grid_format!r} is not valid; choose one of {', '.join(map(repr, GRID_FORMATS))}")
         if prefix_tokens is not None and int(prefix_tokens) < 0:
-            raise ValueError(f"prefix_tokens={prefix_tokens} must be >= 0")
+            raise DrLocConfigError(f"prefix_tokens={prefix_tokens} must be >= 0")
         self.grid_format = grid_format
         self.prefix_tokens = None if prefix_tokens is None else int(prefix_tokens)
         self.name = ""
