@@ -36,6 +36,7 @@ ROOMS = {
     "results": "app",
     "reliability": "app",
     "progress": "app",
+    "run_folder": "app",
     "pos_embed": "app",  # init_from's resampling
     "export": "app",
     "predict": "app",

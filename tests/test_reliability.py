@@ -3,6 +3,7 @@ untrusted checkpoints, DDP faults, bad output dirs. The table in docs/reliabilit
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
 import shutil
@@ -210,6 +211,10 @@ def test_sigterm_saves_a_checkpoint_marks_results_and_resumes_to_the_uninterrupt
     a, b = read_results(uninterrupted), read_results(out)
     assert b["status"] == "ok" and b["global_step"] == a["global_step"] == 6 and stable(a) == stable(b)
     assert same_weights(uninterrupted / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt") == []
+    # resuming in place keeps the rows logged before the signal (Lightning's CSVLogger starts the file afresh)
+    with open(out / "csv" / "metrics.csv", newline="") as handle:
+        epochs = {row["epoch"] for row in csv.DictReader(handle) if row.get("epoch")}
+    assert {"0", "1", "2"} <= epochs
 
 
 @pytest.mark.slow

@@ -14,8 +14,10 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vt_drloc.callback import DrLocCallbackBase
 from vt_drloc.checkpoints import check_output_dir, check_resume_checkpoint, load_backbone_weights, resolve_resume_path
@@ -36,6 +38,7 @@ from vt_drloc.core import task_record
 from vt_drloc.progress import RunProgress
 from vt_drloc.reliability import AtomicCheckpointIO, InterruptCheckpoint, NonFiniteLossGuard, ResumeRngState
 from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
+from vt_drloc.run_folder import RunLock, check_not_in_use, prepend_metric_rows, read_metric_rows, write_hydra_files
 
 log = logging.getLogger("vt_drloc.train")
 
@@ -61,6 +64,20 @@ def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float, global_
             cfg.module.get("_target_"),
         )
     return instantiate_checked("module", cfg.module, num_classes=num_classes, lambda_drloc=lambda_drloc, **overrides)
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step a checkpoint was saved at (0 if it cannot be read without unpickling)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    except Exception:
+        return 0
+
+
+def restore_metric_rows(earlier_rows: dict[Path, list[dict[str, str]]]) -> None:
+    if rank_zero_only.rank == 0:
+        for path, rows in earlier_rows.items():
+            prepend_metric_rows(path, rows)
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -95,8 +112,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     if cfg.test_ckpt not in ("last", "best"):
         raise UserError(f"test_ckpt={cfg.test_ckpt!r} is invalid: use 'last' or 'best'.")
+    check_not_in_use(output_dir)  # another live run writes here: refuse before touching anything
     check_output_dir(output_dir, resume_from=ckpt_path)
+    with RunLock(output_dir):
+        write_hydra_files(output_dir, cfg)
+        return _fit_and_test(cfg, output_dir, ckpt_path)
 
+
+def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> dict[str, Any]:
+    """The part of :func:`train` that runs while the run folder is locked."""
     pl.seed_everything(cfg.seed, workers=True)
     start = time.perf_counter()
 
@@ -116,6 +140,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # RunProgress: the whole run's ETA each epoch, and a warning when the DRLoc head does not learn
     callbacks += [NonFiniteLossGuard(), ResumeRngState(), interrupt, RunProgress()]
     loggers = instantiate_all(cfg.get("logger"))
+    # resuming in place: Lightning's CSVLogger starts metrics.csv afresh, so keep the rows up to the checkpoint
+    csv_files = [Path(lg.log_dir) / "metrics.csv" for lg in loggers if isinstance(lg, CSVLogger)]
+    earlier_rows = {f: read_metric_rows(f, checkpoint_step(ckpt_path)) for f in csv_files} if ckpt_path else {}
 
     trainer: pl.Trainer = instantiate_checked(
         "trainer",
@@ -164,6 +191,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except BaseException:
         if interrupt.signal is None:
             raise
+        restore_metric_rows(earlier_rows)
         raise stopped_by_signal(cfg, trainer, interrupt, output_dir, start) from None
     fit_metrics = dict(trainer.callback_metrics)
     test_metrics: dict[str, Any] = {}
@@ -209,6 +237,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "output_dir": str(output_dir),
     }
+    restore_metric_rows(earlier_rows)
     if trainer.is_global_zero:
         path = write_results(output_dir, results)
         for lg in loggers:
@@ -271,8 +300,6 @@ def _sweep_job(cfg: DictConfig) -> float | None:
     import math
     import traceback
 
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
     output_dir = Path(cfg.paths.output_dir)
     had_results = (output_dir / "results.json").exists()
     try:
@@ -306,6 +333,8 @@ def _sweep_job(cfg: DictConfig) -> float | None:
                 record[key] = None
     if rank_zero_only.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
+        if not (output_dir / ".hydra").exists():  # the sweep report finds its jobs by .hydra/overrides.yaml
+            write_hydra_files(output_dir, cfg)
         write_results(output_dir, record)
     return None
 
