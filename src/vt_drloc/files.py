@@ -14,6 +14,11 @@ from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"  # temporary files: hidden, and never ending in the target's suffix (.ckpt, .json)
 
+#: DRLoc options added after the first vt_drloc runs were written, with the behaviour those runs had
+#: (docs/fidelity.md rows 3, 5, 6): a checkpoint's hyper-parameters or a ``results.json`` that lacks one was
+#: produced this way. One table for the faces (loading old checkpoints) and the report (marking old rows).
+EARLIER_DEFAULTS = {"tap_norm": "post", "head_init": "torch", "class_head": "fused"}
+
 
 def _fsync_dir(folder: Path) -> None:
     try:

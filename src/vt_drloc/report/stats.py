@@ -10,6 +10,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import pandas as pd
+
 
 class BySeed(Protocol):
     """Runs that give a metric per seed (a sweep's ``Setting``)."""
@@ -18,6 +20,8 @@ class BySeed(Protocol):
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    """Mean, sample std (None below two values) and count. Python's statistics, not pandas' mean / std: these
+    are correctly rounded, so ``study.csv`` keeps its committed digits (pandas' float sums differ in the last bit)."""
     if not values:
         return None, None, 0
     mean = statistics.fmean(values)
@@ -26,9 +30,11 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
 
 
 def paired_differences(setting: BySeed, baseline: BySeed, key: str) -> list[float]:
-    """``setting - baseline`` seed by seed, over the seeds both ran successfully."""
-    mine, base = setting.by_seed(key), baseline.by_seed(key)
-    return [mine[s] - base[s] for s in mine if s in base]
+    """``setting - baseline`` seed by seed (aligned on the seed), over the seeds both ran successfully, in the
+    setting's seed order."""
+    mine = pd.Series(setting.by_seed(key), dtype="float64")
+    base = pd.Series(baseline.by_seed(key), dtype="float64")
+    return (mine - base.reindex(mine.index)).dropna().tolist()
 
 
 def paired_delta(setting: BySeed, baseline: BySeed, key: str) -> tuple[float | None, float | None, int]:

@@ -18,14 +18,14 @@ A study dir holds one sweep dir per *cell* (a model × data setting swept over �
 
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vt_drloc.files import write_atomic
+import pandas as pd
+
+from vt_drloc.files import EARLIER_DEFAULTS, write_atomic
 from vt_drloc.report.figures import new_figure, png_bytes
 from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec, plot_gain_curve
 from vt_drloc.report.stats import mean_std, paired_delta, paired_differences
@@ -63,9 +63,8 @@ def copy_sweep_results(sweep_dir: str | Path, dest: str | Path) -> list[Path]:
     return written
 
 
-# The DRLoc defaults that changed with docs/fidelity.md (issue 13) and what runs recorded before
-# then used; such a row was produced by the older default until it is re-run.
-OLDER_DEFAULTS = {"tap_norm": "post", "head_init": "torch"}
+# A row whose runs predate an option of EARLIER_DEFAULTS (docs/fidelity.md, issue 13) ran its earlier
+# behaviour; it is marked until it is re-run.
 DEFAULT_PAIRS = 64  # the paper's m; the options column names m only when a run used another
 OLDER_DEFAULT_MARK = "†"
 
@@ -99,7 +98,8 @@ class StudyRow:
         grid tap, head init.
 
         A run recorded before these two options existed ran the older defaults (the grid after the
-        final norm, PyTorch's head init); they are shown with :data:`OLDER_DEFAULT_MARK`."""
+        final norm, PyTorch's head init); they are shown with :data:`OLDER_DEFAULT_MARK` (values:
+        :data:`~vt_drloc.files.EARLIER_DEFAULTS`)."""
         opts = self._first("drloc") or {}
         if not isinstance(opts, dict):
             return ""
@@ -110,7 +110,7 @@ class StudyRow:
             parts.append(f"m={opts['sample_size']}")
         parts.append(str(opts.get("mode", "?")))
         for key, label in (("tap_norm", "{}-norm"), ("head_init", "{} init")):
-            parts.append(label.format(opts[key]) if key in opts else label.format(OLDER_DEFAULTS[key]) + OLDER_DEFAULT_MARK)
+            parts.append(label.format(opts[key]) if key in opts else label.format(EARLIER_DEFAULTS[key]) + OLDER_DEFAULT_MARK)
         return ", ".join(parts)
 
     def paired_test(self) -> list[float]:
@@ -177,13 +177,8 @@ def load_study(study_dir: str | Path) -> list[StudyRow]:
 
 
 def study_csv(rows: list[StudyRow]) -> str:
-    buffer = io.StringIO()
-    table = [row.values() for row in rows]
-    writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
-    writer.writeheader()
-    for values in table:
-        writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in values.items()})
-    return buffer.getvalue()
+    """``study.csv``: :meth:`StudyRow.values` per row; numbers exactly as computed (floats as ``repr``), None empty."""
+    return pd.DataFrame([row.values() for row in rows], dtype=object).to_csv(index=False, lineterminator="\n")
 
 
 def _params(value: Any) -> str:

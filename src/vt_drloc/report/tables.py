@@ -3,10 +3,9 @@ setting, and the paired change against the λ = 0 baseline of the same setting).
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
-from typing import Any
+
+import pandas as pd
 
 from vt_drloc.report.stats import paired_delta
 from vt_drloc.report.sweep import (
@@ -24,32 +23,24 @@ from vt_drloc.report.sweep import (
 )
 
 
-def _number_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def summary_csv(sweep: Sweep) -> str:
-    """``summary.csv``: one row per job. Numbers are written exactly as in ``results.json``."""
+    """``summary.csv``: one row per job. Numbers are written exactly as in ``results.json`` (None: empty)."""
     result_cols = [c for c in RESULT_COLUMNS if c not in sweep.swept] + ([TASK_KEY] if records_task(sweep.jobs) else [])
-    header = ["job", "status", *sweep.swept, *result_cols, "error"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for job in sweep.jobs:
-        writer.writerow(
-            [
-                job.name,
-                job.status,
-                *(job.overrides.get(k, "") for k in sweep.swept),
-                *(_number_text(job.results.get(c)) for c in result_cols),
-                job.error.splitlines()[0][:300] if job.error else "",
-            ]
-        )
-    return buffer.getvalue()
+    jobs = pd.DataFrame(
+        [
+            {
+                "job": job.name,
+                "status": job.status,
+                **{k: job.overrides.get(k, "") for k in sweep.swept},
+                **{c: job.results.get(c) for c in result_cols},
+                "error": job.error.splitlines()[0][:300] if job.error else "",
+            }
+            for job in sweep.jobs
+        ],
+        columns=["job", "status", *sweep.swept, *result_cols, "error"],
+        dtype=object,
+    )
+    return jobs.to_csv(index=False, lineterminator="\n")
 
 
 def records_task(jobs: Sequence[Job]) -> bool:
