@@ -29,15 +29,6 @@ def test_callback_section_example_trains_with_drloc(capsys):
     assert "tensor(" in capsys.readouterr().out
 
 
-def test_two_commands_are_the_make_targets():
-    text = README.read_text()
-    assert "make train" in text and "make test" in text
-    makefile = (README.parent / "Makefile").read_text()
-    assert re.search(r"^train: install$", makefile, flags=re.M) and re.search(r"^test: install lint$", makefile, flags=re.M)
-    ci = (README.parent / ".ci" / "run").read_text()
-    assert "make test" in ci
-
-
 def test_paper_vs_released_table_is_the_one_in_docs_fidelity():
     """The README's "Paper text vs released code" table agrees with docs/fidelity.md row for row."""
     text = README.read_text()
