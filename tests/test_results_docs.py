@@ -50,10 +50,47 @@ def test_committed_summaries_and_results_md_match_the_results_json(study):
         assert all(job.results.get("status") == "ok" for job in row.drloc.jobs + row.baseline.jobs), row.label
 
 
-def test_results_md_states_the_data_caveats():
-    text = RESULTS_MD.read_text()
-    assert "JPEG" in text and "quality 75" in text  # the CIFAR-10 archive is lossy
-    assert "shorter side is 128 px" in text and "64 px" in text  # Flowers-102 is resized
+# the IJG (libjpeg) luminance table; quality q scales it (libjpeg's jpeg_quality_scaling)
+IJG_LUMINANCE = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29]
+IJG_LUMINANCE += [51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121]
+IJG_LUMINANCE += [120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
+
+
+def jpeg_quality(image) -> int | None:
+    """The libjpeg quality whose luminance table the JPEG uses (None: not a libjpeg table)."""
+    for quality in range(1, 101):
+        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+        if sorted(min(255, max(1, (v * scale + 50) // 100)) for v in IJG_LUMINANCE) == sorted(image.quantization[0]):
+            return quality
+    return None
+
+
+@pytest.mark.parametrize(
+    "archive, claims, quality, shorter_side",
+    [("cifar10_tar", ["JPEG (quality 75, 4:2:0"], 75, 32), ("flowers102_tar", ["shorter side is 128 px", "JPEG quality 90"], 90, 128)],
+)
+def test_the_data_caveats_results_md_states_are_true_of_the_archives(request, archive, claims, quality, shorter_side):
+    """docs/results.md's "Data caveats" (lossy JPEG copies, resized Flowers-102), checked on the archives' images:
+    their JPEG quality, chroma subsampling (4:2:0) and size."""
+    import io
+    import tarfile
+
+    from PIL import Image, JpegImagePlugin
+
+    caveats = RESULTS_MD.read_text().split("## Data caveats")[1]
+    assert all(claim in caveats for claim in claims), claims
+    with tarfile.open(request.getfixturevalue(archive)) as tar:
+        images = []
+        for member in tar:
+            if member.isfile() and member.name.endswith(".jpg"):
+                images.append((member.name, Image.open(io.BytesIO(tar.extractfile(member).read()))))
+            if len(images) == 5:
+                break
+    assert len(images) == 5
+    for name, image in images:
+        assert jpeg_quality(image) == quality, f"{name}: JPEG quality {jpeg_quality(image)}, results.md says {quality}"
+        assert JpegImagePlugin.get_sampling(image) == 2, f"{name}: not 4:2:0 chroma subsampling"
+        assert min(image.size) == shorter_side, f"{name}: {image.size}"
 
 
 def _without_drloc(config: dict) -> str:
