@@ -125,7 +125,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> d
     start = time.perf_counter()
 
     datamodule: pl.LightningDataModule = instantiate_checked("data", cfg.data)
-    prepare_data_checked(datamodule, "fit")  # a missing data set: one paragraph, exit 2, no model built
+    prepare_data_checked(datamodule, "fit", test=bool(cfg.test))  # a missing data set: one paragraph, exit 2, no model built
     if cfg.get("print_config"):  # after the data check, so a missing data set's error is all the user sees
         print_config_tree(cfg)
 
@@ -215,6 +215,9 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> d
         "init_from": cfg.get("init_from"),
         "init_from_loaded": None if init_report is None else len(init_report["loaded"]),
         "train_size": datamodule.train_size,
+        # which split test_acc1 was measured on ("val" when the data has no test split) and the bad files skipped
+        "test_split": getattr(datamodule, "subset_info", {}).get("test_split"),
+        "skipped_files": getattr(datamodule, "subset_info", {}).get("skipped_files"),
         "img_size": cfg.data.img_size,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,

@@ -79,8 +79,10 @@ class ImageDataModuleBase:
             are 0); targets become float ``(B, num_classes)``.
         cache: keep decoded uint8 images in memory: each split is decoded once, when its
             dataloader is first requested (in the main process, so forked workers share it).
-        verify: ``"header"`` (default; every file's first bytes, cheap), ``"full"`` (decode all)
-            or ``"none"``: checked in ``setup``, before training.
+        verify: ``"header"`` (default; every file's first and last bytes, cheap: non-image, empty
+            and truncated files), ``"full"`` (decode all) or ``"none"``: checked in ``setup``,
+            before training. A data set without a test split is tested on its val split (logged,
+            and ``subset_info["test_split"]`` says so); with neither, there is no test set.
         skip_corrupt: skip non-image / corrupt files (counted in ``skipped`` and logged) instead
             of raising an error that names the file.
     """
@@ -368,6 +370,10 @@ class ImageDataModuleBase:
             val_name = "val" if mode == "val" else test_name
             self.val_dataset = make(val_name, eval_idx[val_name], eval_tf)
         self.test_dataset = make(test_name, eval_idx[test_name], eval_tf) if test_name else None
+        if test_name == "val":
+            log.warning(
+                "%s: %s has no test split: the val split is also the test set (test/acc1 = val accuracy)", self.name, data.description
+            )
         self.data = data
         self.skipped = skipped
         if self.mixup_fn is None and self.spec.num_classes is None:
@@ -385,6 +391,7 @@ class ImageDataModuleBase:
             "seed": self.seed,
             "val_split": mode,
             "val_size": len(self.val_dataset),
+            "test_split": test_name or "none",
             "test_size": 0 if self.test_dataset is None else len(self.test_dataset),
             "skipped_files": len(skipped),
             "cache_bytes": 0,
@@ -413,10 +420,11 @@ class ImageDataModuleBase:
         else:
             log.info("%s: %d training images, %d classes", self.name, info["train_size"], info["num_classes"])
         log.info(
-            "%s: validation on %s (%d images), test %d images; from %s",
+            "%s: validation on %s (%d images), test on %s (%d images); from %s",
             self.name,
             info["val_split"],
             info["val_size"],
+            info["test_split"],
             info["test_size"],
             info["source"],
         )
