@@ -215,6 +215,15 @@ def test_last_checkpoint_holds_the_final_weights_whatever_the_validation_cadence
     assert read_results(tmp_path / "run")["global_step"] == ckpt["global_step"]
 
 
+@pytest.mark.parametrize("overrides", [["callbacks=none"], ["callbacks.last_checkpoint.every_n_train_steps=3"]])
+def test_final_weights_saved_when_no_checkpoint_cadence_covers_them(tmp_path, overrides):
+    """No checkpoint callbacks, or a step cadence whose last save (step 3) is before the last step (4)."""
+    cfg = compose_cfg([*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=2", *overrides], tmp_path / "run")
+    results = train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == results["global_step"] == 4
+
+
 @pytest.mark.slow
 def test_cli_run_resume_and_eval_round_trip(tmp_path):
     # the whole 10,000-image test split (sorted by class: a prefix would hold one class only)

@@ -42,6 +42,7 @@ __all__ = [
     "ResumeRngState",
     "atomic_torch_save",
     "last_good_checkpoint",
+    "save_final_checkpoint",
 ]
 
 
@@ -132,6 +133,25 @@ def _python_state_restore(state: dict[str, Any]) -> None:
 class NonFiniteLossError(RunStopped):
     """The training loss (or one of its terms) became NaN or infinite; the run was stopped (exit code 3:
     not a mistake in the command, so not the 2 of a :class:`~vt_drloc.config.UserError`)."""
+
+
+def save_final_checkpoint(trainer: pl.Trainer, path: str | os.PathLike) -> bool:
+    """Save the weights fit ended with to ``path`` (the run's ``last.ckpt``) unless it holds them already.
+
+    The epoch-end save covers most runs; this covers the rest: a step cadence
+    (``every_n_train_steps``) whose last step is off the cadence, and runs without checkpoint
+    callbacks (``callbacks=none``). Returns whether it wrote. Call it on every rank (saving is collective).
+    """
+    saved_step = -1
+    if trainer.is_global_zero and os.path.isfile(path):
+        try:  # mmap: reads the step without loading the weights
+            saved_step = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+        except Exception:  # unreadable: rewrite it
+            saved_step = -1
+    stale = trainer.strategy.broadcast(saved_step != trainer.global_step, src=0)
+    if stale:
+        trainer.save_checkpoint(path)
+    return bool(stale)
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -36,7 +36,7 @@ from vt_drloc.config import (
 )
 from vt_drloc.core import task_record
 from vt_drloc.progress import RunProgress
-from vt_drloc.reliability import AtomicCheckpointIO, InterruptCheckpoint, NonFiniteLossGuard, ResumeRngState
+from vt_drloc.reliability import AtomicCheckpointIO, InterruptCheckpoint, NonFiniteLossGuard, ResumeRngState, save_final_checkpoint
 from vt_drloc.results import Throughput, metric, non_finite_metrics, write_results
 from vt_drloc.run_folder import RunLock, check_not_in_use, prepend_metric_rows, read_metric_rows, write_hydra_files
 
@@ -194,6 +194,8 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> d
         restore_metric_rows(earlier_rows)
         raise stopped_by_signal(cfg, trainer, interrupt, output_dir, start) from None
     fit_metrics = dict(trainer.callback_metrics)
+    # the weights results.json reports are always on disk, whatever the checkpoint cadence
+    save_final_checkpoint(trainer, output_dir / "checkpoints" / "last.ckpt")
     test_metrics: dict[str, Any] = {}
     if cfg.test:
         ckpt = "best" if cfg.test_ckpt == "best" and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
