@@ -19,6 +19,11 @@ def toy(root: Path, splits=("train", "val", "test")) -> Path:
     return make_image_folder(root, "toy", ("cat", "dog", "emu"), 4, splits, size=10)
 
 
+@pytest.mark.fault(
+    "a folder data set without a test split",
+    "with a val split: val is the test set, logged, and `results.json` has `test_split: val`; with neither: refused before training (exit 2) unless `test=false` (was: a crash after training)",
+    kind="bad input",
+)
 def test_a_folder_without_a_test_split(tmp_path: Path) -> None:
     only_train = tmp_path / "a"
     toy(only_train, ("train",))
@@ -33,6 +38,11 @@ def test_a_folder_without_a_test_split(tmp_path: Path) -> None:
     assert results["test_split"] == "val" and results["test_acc1"] is not None
 
 
+@pytest.mark.fault(
+    "a truncated image in a folder; an archive cut short (CLI)",
+    'exit 2 before training, naming the file and `data.skip_corrupt=true` / "corrupt archive <file>"; with `data.skip_corrupt=true` the image is skipped and counted in `results.json`',
+    kind="bad input",
+)
 def test_a_truncated_image_or_archive_exits_2_before_training(tmp_path: Path) -> None:
     folder = toy(tmp_path / "data")
     bad = folder / "train" / "dog" / "001.jpg"

@@ -38,6 +38,9 @@ def folder_dm(root: Path, **kw) -> ImageDataModule:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "a data set that is not where `data.root` points", "every path searched listed, with how to get the data", kind="bad input"
+)
 def test_missing_root_lists_searched_paths_and_fix(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     dm = ImageDataModule("cifar10", root=str(missing), download=False)
@@ -76,6 +79,11 @@ def test_folder_cannot_download(tmp_path: Path) -> None:
         dm.prepare_data()
 
 
+@pytest.mark.fault(
+    "`data.root` a non-tar file, or a compressed `.tar`",
+    "refused, saying an uncompressed .tar or the extracted folder is needed",
+    kind="bad input",
+)
 def test_root_is_a_non_tar_file_or_compressed_tar(tmp_path: Path) -> None:
     txt = tmp_path / "data.zip"
     txt.write_bytes(b"PK")
@@ -97,6 +105,7 @@ def test_root_is_a_non_tar_file_or_compressed_tar(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault("splits with different class folders", "refused, listing the missing and extra classes", kind="bad input")
 def test_splits_with_different_class_folders(tmp_path: Path) -> None:
     folder = make_toy_folder(tmp_path)
     shutil.rmtree(folder / "val" / "dog")
@@ -117,6 +126,7 @@ def test_splits_with_different_class_folders(tmp_path: Path) -> None:
     assert "toy.tar" in str(err.value)
 
 
+@pytest.mark.fault("an empty class folder; no train split", "refused, naming the folders", kind="bad input")
 def test_empty_class_folder_and_missing_train(tmp_path: Path) -> None:
     folder = make_toy_folder(tmp_path)
     (folder / "train" / "zebra").mkdir()
@@ -129,6 +139,7 @@ def test_empty_class_folder_and_missing_train(tmp_path: Path) -> None:
         folder_dm(other).setup()
 
 
+@pytest.mark.fault("a named data set (e.g. cifar10) with the wrong number of classes", "refused, naming both counts", kind="bad input")
 def test_wrong_class_count_for_named_dataset(tmp_path: Path) -> None:
     make_toy_folder(tmp_path, name="cifar10")
     with pytest.raises(DatasetLayoutError, match="cifar10 needs 10 classes.*has 3"):
@@ -140,6 +151,9 @@ def test_wrong_class_count_for_named_dataset(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "a file that is not an image in a class folder", "refused naming the file; `skip_corrupt` skips and counts it", kind="bad input"
+)
 def test_corrupt_image_is_named_and_skip_mode_counts(tmp_path: Path, caplog) -> None:
     folder = make_toy_folder(tmp_path)
     bad = folder / "train" / "dog" / "002.jpg"
@@ -168,6 +182,11 @@ def test_non_image_file_in_class_folder(tmp_path: Path) -> None:
     assert dm.val_size == 12 and len(dm.skipped) == 1 and "notes.txt" in dm.skipped[0]
 
 
+@pytest.mark.fault(
+    "a JPEG cut short inside a tar",
+    "found by the default cheap check (first and last bytes) before training (was: found only mid-run); named with its archive path",
+    kind="bad input",
+)
 def test_truncated_image_in_tar_found_before_training_by_every_check(tmp_path: Path) -> None:
     folder = make_toy_folder(tmp_path / "src")
     src = folder / "train" / "cat" / "001.jpg"
@@ -206,6 +225,11 @@ def first_corrupt_image_error(root: Path) -> CorruptImageError:
 
 
 @pytest.mark.parametrize("ext", ["jpg", "png", "gif", "bmp", "webp"])
+@pytest.mark.fault(
+    "a {ext} image cut in half",
+    "found before training by its end bytes or recorded size; bytes appended after a whole image are accepted",
+    kind="bad input",
+)
 def test_header_check_finds_each_formats_truncation_and_keeps_trailing_bytes(tmp_path: Path, ext: str) -> None:
     folder = make_image_folder(tmp_path, "toy", ("a", "b"), 3, ("train", "val"), size=12, ext=ext)
     whole = folder / "train" / "a" / f"000.{ext}"
@@ -307,6 +331,11 @@ def toy_tar(tmp_path: Path, fmt: int = tarfile.USTAR_FORMAT, long_names: bool = 
 
 
 @pytest.mark.parametrize("fmt, long_names", [(tarfile.USTAR_FORMAT, False), (tarfile.PAX_FORMAT, True)])  # fast index / tarfile
+@pytest.mark.fault(
+    "a tar archive cut short (inside a member or a header; ustar and pax)",
+    '"corrupt archive <file>: it is cut short", never "needs 10 classes" nor a silently smaller split',
+    kind="bad input",
+)
 def test_archive_cut_short_is_corrupt_never_a_smaller_split(tmp_path: Path, fmt: int, long_names: bool) -> None:
     tar = toy_tar(tmp_path, fmt, long_names)
     data = tar.read_bytes()
@@ -322,6 +351,11 @@ def test_archive_cut_short_is_corrupt_never_a_smaller_split(tmp_path: Path, fmt:
         assert "Copy or download it again" in str(err.value)
 
 
+@pytest.mark.fault(
+    "an archive whose bytes differ from its `SHA256SUMS` line (same size, one byte changed)",
+    '"corrupt archive <file>: its SHA-256 is …, but SHA256SUMS lists …"; checked once per process (0.07 s for the 93 MB CIFAR-10 archive)',
+    kind="bad input",
+)
 def test_sha256sums_beside_the_archive_is_checked(tmp_path: Path) -> None:
     tar = toy_tar(tmp_path)
     sums = tar.parent / "SHA256SUMS"

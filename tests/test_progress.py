@@ -36,6 +36,10 @@ def test_each_epoch_logs_the_whole_runs_steps_and_eta(tmp_path, caplog):
     assert lines[-1].endswith("run ETA 0:00:00")
 
 
+@pytest.mark.fault(
+    "a long run whose DRLoc head does not learn",
+    "each epoch logs the whole run's steps and ETA; after λ's warm-up a head whose L1 is still ≥ 0.9 of chance is reported once, naming `drloc.lambda_drloc` and docs/results.md's λ advice",
+)
 def test_warns_once_when_the_head_stays_near_chance_after_the_warm_up(tmp_path, caplog):
     """Two steps at a tiny λ: the head cannot learn, so its L1 is near (above) chance at every epoch end."""
     caplog.set_level(logging.INFO, logger="vt_drloc.progress")

@@ -204,6 +204,10 @@ def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
 
 
 @pytest.mark.parametrize("epochs, every", [(3, 5), (3, 2)])
+@pytest.mark.fault(
+    "validation every {every} epochs, a {epochs}-epoch run",
+    "`last.ckpt` holds the final epoch's weights (was: no checkpoint at all, or the final epoch unsaved)",
+)
 def test_last_checkpoint_holds_the_final_weights_whatever_the_validation_cadence(tmp_path, epochs, every):
     """last.ckpt at every epoch end: validating every 5 epochs, a 3-epoch run used to end with no checkpoint,
     and every 2, its final epoch unsaved."""
@@ -216,6 +220,10 @@ def test_last_checkpoint_holds_the_final_weights_whatever_the_validation_cadence
 
 
 @pytest.mark.parametrize("overrides", [["callbacks=none"], ["callbacks.last_checkpoint.every_n_train_steps=3"]])
+@pytest.mark.fault(
+    "`{overrides}`: no save covers the last step",
+    "train saves the final weights to `last.ckpt` after fit: the weights `results.json` reports are on disk",
+)
 def test_final_weights_saved_when_no_checkpoint_cadence_covers_them(tmp_path, overrides):
     """No checkpoint callbacks, or a step cadence whose last save (step 3) is before the last step (4)."""
     cfg = compose_cfg([*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=2", *overrides], tmp_path / "run")
@@ -354,6 +362,7 @@ def test_wheel_ships_its_configs(tmp_path):
         (["data=folder"], "data.folder_name must be set with data=...: the name of your data set's folder"),
     ],
 )
+@pytest.mark.fault("`{overrides}`", "one paragraph naming the value and the fix, exit 2, before training", kind="bad input")
 def test_bad_config_values_fail_before_training(tmp_path, overrides, message):
     cfg = compose_cfg(TINY + overrides, tmp_path / "run")
     with pytest.raises(UserError, match=message.replace("[", r"\[")):
@@ -361,6 +370,11 @@ def test_bad_config_values_fail_before_training(tmp_path, overrides, message):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.fault(
+    "`ckpt_path` missing, not a checkpoint, cut short, or of another model; `init_from` cut short",
+    "one paragraph naming the file and the fix, before training; a truncated file is never answered with advice to pass `trust_checkpoint=true`",
+    kind="bad input",
+)
 def test_bad_checkpoints_are_refused(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         train(compose_cfg(TINY + [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path / "r1"))
