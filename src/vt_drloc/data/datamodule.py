@@ -30,6 +30,7 @@ from vt_drloc.data.sources import (
     download,
     load_location,
     locate,
+    select_classes,
     torchvision_default_root,
 )
 from vt_drloc.data.specs import get_spec
@@ -66,6 +67,9 @@ class ImageDataModuleBase:
             have no validation split) or ``"holdout"`` (a stratified, seeded ``val_fraction`` of
             train, taken before the small-data subset).
         val_fraction / holdout_seed: size and seed of the hold-out.
+        classes: train, validate and test on these classes only (names as in ``class_names``),
+            relabelled 0..k-1 in the data set's order; ``None`` = all. E.g. pretrain on five
+            CIFAR-10 classes, fine-tune on the other five.
         samples_per_class / train_fraction: the small-data regime (at most one): a stratified,
             seeded subset of the training split; val/test untouched.
         seed: seed of the small-data subset (same seed -> same files on every run and rank).
@@ -124,6 +128,7 @@ class ImageDataModuleBase:
         cache: bool = False,
         verify: str = "header",
         skip_corrupt: bool = False,
+        classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -200,8 +205,12 @@ class ImageDataModuleBase:
             mode=mixup_mode,
             label_smoothing=float(label_smoothing),
         )
-        self.mixup_fn = build_mixup(self.spec.num_classes or 2, **self._mixup_kwargs)
-        if self.spec.num_classes is None:
+        if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
+            raise ValueError(f"classes={classes!r} is not a list of class names; pass e.g. classes=['cat', 'dog'] or None for all")
+        self.classes = None if classes is None else tuple(classes)
+        known_classes = len(self.classes) if self.classes else self.spec.num_classes
+        self.mixup_fn = build_mixup(known_classes or 2, **self._mixup_kwargs)
+        if known_classes is None:
             self.mixup_fn = None  # rebuilt in setup with the folder's class count
 
         if verify not in VERIFY_MODES:
@@ -228,6 +237,8 @@ class ImageDataModuleBase:
         """Number of classes (known up front for the named datasets, after ``setup`` for folders)."""
         if self.data is not None:
             return len(self.data.classes)
+        if self.classes:
+            return len(self.classes)
         if self.spec.num_classes is None:
             raise RuntimeError("num_classes of a folder dataset is known after setup(); call dm.setup() first")
         return self.spec.num_classes
@@ -294,6 +305,8 @@ class ImageDataModuleBase:
             raise DatasetLayoutError(
                 f"{self.name} needs {expected} classes, {data.description} has {len(data.classes)}: {data.classes[:12]}"
             )
+        if self.classes is not None:
+            data = select_classes(data, self.classes)
         num_classes = len(data.classes)
         skipped = list(data.skipped)
 

@@ -30,6 +30,7 @@ from vt_drloc.data.tar_folder import (
     CorruptImageError,
     DirStore,
     ImageStore,
+    SubsetStore,
     TarStore,
     check_archive_sha256,
     read_tar_index,
@@ -68,6 +69,26 @@ class LoadedDataset:
     splits: dict[str, SplitData]
     description: str
     skipped: list[str] = field(default_factory=list)
+
+
+def select_classes(data: LoadedDataset, names: list[str] | tuple[str, ...]) -> LoadedDataset:
+    """``data`` restricted to the classes ``names`` in every split, relabelled 0..k-1 in the data set's
+    own class order (e.g. pretraining on five CIFAR-10 classes and fine-tuning on the other five)."""
+    unknown = [n for n in names if n not in data.classes]
+    if unknown or len(set(names)) != len(names) or not names:
+        problem = f"unknown class(es) {unknown}" if unknown else ("repeated names" if names else "an empty list")
+        raise DatasetLayoutError(
+            f"classes={list(names)} has {problem}; {data.description} has the classes {data.classes}. "
+            "Pass a non-empty list of distinct names from them"
+        )
+    keep = [i for i, c in enumerate(data.classes) if c in set(names)]
+    new_label = np.full(len(data.classes), -1, np.int64)
+    new_label[keep] = np.arange(len(keep))
+    splits = {}
+    for split, sd in data.splits.items():
+        idx = np.flatnonzero(np.isin(sd.labels, keep))
+        splits[split] = SplitData(SubsetStore(sd.store, idx), new_label[sd.labels[idx]])
+    return LoadedDataset([data.classes[i] for i in keep], splits, f"{data.description} ({len(keep)} of its classes)", data.skipped)
 
 
 @dataclass(frozen=True)

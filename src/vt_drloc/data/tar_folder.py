@@ -422,3 +422,32 @@ class ArrayStore(ImageStore):
 
     def key(self, i: int) -> str:
         return f"{self.key_prefix}{i:06d}"
+
+
+class SubsetStore(ImageStore):
+    """Some samples of another store (a class subset), addressed by position in ``indices``."""
+
+    def __init__(self, base: ImageStore, indices: np.ndarray) -> None:
+        self.base = base
+        self.indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read_bytes(self, i: int, n: int | None = None) -> bytes | None:
+        return self.base.read_bytes(int(self.indices[i]), n)
+
+    def read_tail(self, i: int, n: int) -> tuple[bytes, int] | None:
+        return self.base.read_tail(int(self.indices[i]), n)
+
+    def load(self, i: int) -> Image.Image:
+        return self.base.load(int(self.indices[i]))
+
+    def load_array(self, i: int) -> np.ndarray:
+        return self.base.load_array(int(self.indices[i]))
+
+    def where(self, i: int) -> str:
+        return self.base.where(int(self.indices[i]))
+
+    def key(self, i: int) -> str:
+        return self.base.key(int(self.indices[i]))
