@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from test_train import TINY, compose_cfg
 
 from vt_drloc import DrLocModule
-from vt_drloc.checkpoints import load_backbone_weights
-from vt_drloc.config import UserError
-from vt_drloc.train import train
+from vt_drloc.app.checkpoints import load_backbone_weights
+from vt_drloc.app.config import UserError
+from vt_drloc.app.train import train
 
 NAME = "vit_tiny_patch16_224"
 VIT = dict(img_size=32, patch_size=4, depth=1, embed_dim=32, num_heads=2)

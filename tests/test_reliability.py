@@ -18,10 +18,10 @@ import torch
 from hydra.utils import instantiate
 from test_train import TINY, cli, compose_cfg, read_results
 
-from vt_drloc.checkpoints import check_output_dir
-from vt_drloc.config import UserError
-from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossError
-from vt_drloc.train import train
+from vt_drloc.app.checkpoints import check_output_dir
+from vt_drloc.app.config import UserError
+from vt_drloc.app.reliability import AtomicCheckpointIO, NonFiniteLossError
+from vt_drloc.app.train import train
 
 TESTS = Path(__file__).resolve().parent
 # results.json keys that legitimately differ between two runs of the same config
@@ -134,7 +134,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 SAVE_LOOP = """
 import sys, torch
-from vt_drloc.reliability import AtomicCheckpointIO
+from vt_drloc.app.reliability import AtomicCheckpointIO
 io, path, step = AtomicCheckpointIO(), sys.argv[1], 0
 payload = torch.randn(4_000_000)  # 16 MB per write
 while True:
@@ -297,7 +297,7 @@ def test_sigkill_mid_epoch_resumes_from_step_checkpoint(tmp_path, uninterrupted)
 )
 def test_restored_rng_state_is_what_makes_the_resume_exact(tmp_path, monkeypatch):
     """In-process twin of the SIGKILL test: 1 epoch + resume to 3 equals 3 epochs only with ResumeRngState."""
-    import vt_drloc.reliability as reliability
+    import vt_drloc.app.reliability as reliability
 
     base = [*TINY, "trainer.deterministic=true", "callbacks.rich_progress_bar=null"]
     train(compose_cfg([*base, "trainer.max_epochs=3"], tmp_path / "full"))
@@ -371,8 +371,8 @@ def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
     assert "arbitrary code" in str(info.value) and not (tmp_path / "b" / "checkpoints").exists()
     resumed = train(compose_cfg([*TINY, f"ckpt_path={unsafe}", "trust_checkpoint=true", "trainer.max_epochs=2"], tmp_path / "c"))
     assert resumed["global_step"] == 4
-    # vt_drloc.eval follows the same rule
-    from vt_drloc.eval import evaluate
+    # vt_drloc.app.eval follows the same rule
+    from vt_drloc.app.eval import evaluate
 
     quick = [
         "data.num_workers=0",
@@ -513,7 +513,7 @@ def test_write_atomic_replaces_whole_files_and_keeps_the_old_one_on_error(tmp_pa
     """The one atomic-write helper behind checkpoints, results.json and summaries."""
     import stat
 
-    from vt_drloc.files import write_atomic
+    from vt_drloc.base.files import write_atomic
 
     target = tmp_path / "sub" / "results.json"
     assert write_atomic(target, b'{"a": 1}') == target and target.read_bytes() == b'{"a": 1}'

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_train import TINY, cli
 
-from vt_drloc.run_folder import LOCK_NAME, RunLock, lock_holder
+from vt_drloc.app.run_folder import LOCK_NAME, RunLock, lock_holder
 
 FAST = [*TINY, "callbacks.rich_progress_bar=null", "logger=none"]
 

@@ -18,10 +18,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vt_drloc.config import UserError, group_options
+from vt_drloc.app.config import UserError, group_options
+from vt_drloc.app.train import build_module, train
 from vt_drloc.core import drloc_lambda, epoch_progress
-from vt_drloc.module import DrLocModule
-from vt_drloc.train import build_module, train
+from vt_drloc.faces.module import DrLocModule
 
 REPO = Path(__file__).resolve().parents[1]
 # A 2-batch CIFAR-10 run from the archive: tiny ViT, few images, no caching, no workers.
@@ -328,7 +328,7 @@ def test_wheel_ships_its_configs(tmp_path):
     )
     assert install.returncode == 0, install.stderr[-2000:]
     code = (
-        "import vt_drloc.config as r, vt_drloc; print(vt_drloc.__file__); "
+        "import vt_drloc.app.config as r, vt_drloc; print(vt_drloc.__file__); "
         "print(','.join(r.group_options('model'))); print(','.join(r.group_options('experiment')))"
     )
     env = dict(os.environ, PYTHONPATH=str(target))
@@ -438,7 +438,7 @@ def test_module_group_instantiates_the_users_own_class(tmp_path, monkeypatch):
     results = train(cfg)
     assert results["module"] == "custom_module.TaggedModule" and results["global_step"] == 2
     assert "custom_module" in sys.modules
-    with pytest.raises(UserError, match=r"module config \(vt_drloc.module.DrLocModule\): .*sample_size"):
+    with pytest.raises(UserError, match=r"module config \(vt_drloc.faces.module.DrLocModule\): .*sample_size"):
         build_module(compose_cfg([*TINY, "drloc.sample_size=0"]), 10, 0.1)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from vt_drloc.base.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.data.dataset import VERIFY_MODES, ImageCache, ImageDataset, verify_samples
 from vt_drloc.data.mixup import apply_mixup, build_mixup
 from vt_drloc.data.sampling import per_class_counts, stratified_holdout, stratified_subset
@@ -35,7 +36,6 @@ from vt_drloc.data.sources import (
 )
 from vt_drloc.data.specs import get_spec
 from vt_drloc.data.transforms import AUGMENT_PRESETS, build_eval_transform, build_train_transform
-from vt_drloc.lightning_api import PYTORCH_LIGHTNING
 
 log = logging.getLogger("vt_drloc.data")
 
@@ -50,7 +50,7 @@ class ImageDataModuleBase:
         root: where the data is: a directory holding ``<name>.tar`` or ``<name>/<split>/<class>/``,
             the ``.tar`` or dataset folder itself, or a torchvision root (cifar/svhn/flowers
             formats). ``None``: the project data root (``VT_DRLOC_DATA`` /
-            ``vt_drloc.paths.default_data_root()``), then torchvision's default
+            ``vt_drloc.base.paths.default_data_root()``), then torchvision's default
             ``$TORCH_HOME/datasets``.
         download: let ``prepare_data`` download a torchvision dataset into ``root`` (or the
             torchvision default) when it is not found. Never downloads otherwise.

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vt_drloc.base.paths import DATA_ENV_VAR, data_root_candidates, default_data_root
 from vt_drloc.data.specs import FLOWERS_FILES, SVHN_FILES, DatasetSpec
 from vt_drloc.data.tar_folder import (
     IMG_EXTENSIONS,
@@ -35,7 +36,6 @@ from vt_drloc.data.tar_folder import (
     check_archive_sha256,
     read_tar_index,
 )
-from vt_drloc.paths import DATA_ENV_VAR, data_root_candidates, default_data_root
 
 log = logging.getLogger(__name__)
 

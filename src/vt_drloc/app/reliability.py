@@ -1,6 +1,6 @@
 """Keeping long runs safe: no torn checkpoints, exact resume, loud non-finite losses.
 
-Three pieces, all wired into :func:`vt_drloc.train.train` (see ``docs/reliability.md``):
+Three pieces, all wired into :func:`vt_drloc.app.train.train` (see ``docs/reliability.md``):
 
 * :class:`AtomicCheckpointIO` -- a Lightning ``CheckpointIO`` plugin that writes every checkpoint
   to a temporary file in the same folder, flushes and ``fsync``\\ s it, then ``os.replace``\\ s it over
@@ -31,8 +31,8 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from vt_drloc.config import RunStopped
-from vt_drloc.files import write_atomic
+from vt_drloc.app.config import RunStopped
+from vt_drloc.base.files import write_atomic
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -47,7 +47,7 @@ __all__ = [
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partly written ``path`` (:func:`vt_drloc.files.write_atomic`)."""
+    """``torch.save(obj, path)`` that never leaves a partly written ``path`` (:func:`vt_drloc.base.files.write_atomic`)."""
     write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
@@ -132,7 +132,7 @@ def _python_state_restore(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------- non-finite loss
 class NonFiniteLossError(RunStopped):
     """The training loss (or one of its terms) became NaN or infinite; the run was stopped (exit code 3:
-    not a mistake in the command, so not the 2 of a :class:`~vt_drloc.config.UserError`)."""
+    not a mistake in the command, so not the 2 of a :class:`~vt_drloc.app.config.UserError`)."""
 
 
 def save_final_checkpoint(trainer: pl.Trainer, path: str | os.PathLike) -> bool:

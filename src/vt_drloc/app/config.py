@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vt_drloc.objective import DrLocConfig
+from vt_drloc.faces.objective import DrLocConfig
 
 CONFIG_PACKAGE = "vt_drloc.conf"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
@@ -153,7 +153,7 @@ def check_group_choices(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------- checks
 def check_drloc_config(drloc: Mapping[str, Any]) -> None:
     """The ``drloc`` group, checked by the rules both faces use (building its
-    :class:`~vt_drloc.objective.DrLocConfig`), the bad key spelled as on the command line."""
+    :class:`~vt_drloc.faces.objective.DrLocConfig`), the bad key spelled as on the command line."""
     try:
         DrLocConfig.build(drloc)
     except (TypeError, ValueError) as err:

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from vt_drloc.config import UserError
-from vt_drloc.pos_embed import resample_position_embeddings
+from vt_drloc.app.config import UserError
+from vt_drloc.app.pos_embed import resample_position_embeddings
 
 
 def load_error(err: BaseException) -> str:
@@ -176,9 +176,9 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
     ``DrLocModule`` checkpoint, ``module.`` of DDP, ...). Tensors whose shape differs (the
     classifier of a model trained on other classes) are skipped and stay as initialised, except
     position embeddings of another resolution, which are resampled
-    (:func:`vt_drloc.pos_embed.resample_position_embeddings`). Returns ``{"loaded": [...],
+    (:func:`vt_drloc.app.pos_embed.resample_position_embeddings`). Returns ``{"loaded": [...],
     "resampled": [...], "skipped": [...], "missing": [...]}`` (backbone keys); raises
-    :class:`~vt_drloc.config.UserError` when nothing matches.
+    :class:`~vt_drloc.app.config.UserError` when nothing matches.
 
     >>> import timm, tempfile, os
     >>> src = timm.create_model("vit_tiny_patch16_224", num_classes=100, img_size=32, patch_size=4, depth=1)
