@@ -58,6 +58,25 @@ def test_an_earlier_runs_checkpoint_initialises_the_backbone_not_the_drloc_head(
     assert not any(torch.equal(a, b) for a, b in zip(target.drloc.parameters(), earlier.drloc.parameters()) if a.dim() == 2)
 
 
+def test_a_classifier_of_other_classes_starts_new_even_when_its_shape_fits(tmp_path):
+    """Pretrained on five classes, fine-tuned on five others: same shape, but the classes differ."""
+    earlier, target = module(seed=1), module(seed=2)
+    names = [f"class{i}" for i in range(10)]
+    path = tmp_path / "last.ckpt"
+    ckpt = {"state_dict": earlier.state_dict(), "data_info": {"class_names": names}}
+    torch.save(ckpt, path)
+    classifier_before = target.model.head.weight.clone()
+    report = load_backbone_weights(target.model, path, class_names=names[::-1])
+    assert report["new_classes"] == ["head.bias", "head.weight"] and report["skipped"] == []
+    assert torch.equal(target.model.head.weight, classifier_before)
+    assert torch.equal(target.model.pos_embed, earlier.model.pos_embed)
+    # the same classes (or a file that records none): the classifier is loaded
+    for recorded, wanted in ((names, names), (None, names)):
+        torch.save({**ckpt, "data_info": {"class_names": recorded}}, path)
+        report = load_backbone_weights(target.model, path, class_names=wanted)
+        assert report["new_classes"] == [] and torch.equal(target.model.head.weight, earlier.model.head.weight)
+
+
 def test_unusable_files_are_refused_with_the_fix(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_backbone_weights(module().model, tmp_path / "nope.pth")

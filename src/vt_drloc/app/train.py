@@ -156,16 +156,21 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> d
     model = build_module(cfg, datamodule.num_classes, lambda_drloc, global_batch)
     init_report = None
     if cfg.get("init_from"):
-        init_report = load_backbone_weights(getattr(model, "model", model), cfg.init_from, trust=bool(cfg.get("trust_checkpoint")))
+        class_names = getattr(datamodule, "class_names", None)  # another task's classifier starts new
+        init_report = load_backbone_weights(
+            getattr(model, "model", model), cfg.init_from, trust=bool(cfg.get("trust_checkpoint")), class_names=class_names
+        )
         log.info(
             "init_from %s: %d backbone tensors loaded, of them %d resampled to this resolution (%s), %d skipped (shape: %s), "
-            "%d newly initialised (not in the file: %s)",
+            "%d classifier tensors new (other classes: %s), %d newly initialised (not in the file: %s)",
             cfg.init_from,
             len(init_report["loaded"]),
             len(init_report["resampled"]),
             ", ".join(init_report["resampled"]) or "-",
             len(init_report["skipped"]),
             ", ".join(init_report["skipped"]) or "-",
+            len(init_report["new_classes"]),
+            ", ".join(init_report["new_classes"]) or "-",
             len(init_report["missing"]),
             ", ".join(init_report["missing"]) or "-",
         )
