@@ -197,7 +197,10 @@ def is_attention(module: nn.Module) -> bool:
 
 
 def is_norm(module: nn.Module) -> bool:
-    norms: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+    # batch / instance norms by their public classes (tests/test_lightning_private.py checks none is missing)
+    norms: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    norms += (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d)
+    norms += (nn.LazyBatchNorm3d, nn.LazyInstanceNorm1d, nn.LazyInstanceNorm2d, nn.LazyInstanceNorm3d)
     if hasattr(nn, "RMSNorm"):
         norms += (nn.RMSNorm,)
     return isinstance(module, norms) or type(module).__name__.endswith("Norm")
