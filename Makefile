@@ -41,8 +41,8 @@ test-matrix: install
 # ruff (configured in pyproject.toml): lint, then check the formatting (`ruff format` fixes it); mypy on the
 # pure-PyTorch modules ([tool.mypy] files). .pre-commit-config.yaml runs the same checks before each commit.
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs/gen_reliability.py
+	$(BIN)/ruff format --check src tests bench docs/gen_reliability.py
 	$(BIN)/mypy
 
 # The README's main job: the quickstart for lambda = 0 and the default lambda, as one Hydra multirun;

@@ -27,8 +27,8 @@ import torch
 
 from vt_drloc import DrLocModule
 from vt_drloc.data import ImageDataModule
-from vt_drloc.module import classification_loss
-from vt_drloc.optim import warmup_cosine_factor, weight_decay_groups
+from vt_drloc.faces.module import classification_loss
+from vt_drloc.faces.optim import warmup_cosine_factor, weight_decay_groups
 
 warnings.filterwarnings("ignore")
 VIT_STUDY = dict(img_size=32, patch_size=4, depth=6, embed_dim=128, num_heads=4, drop_path_rate=0.1)

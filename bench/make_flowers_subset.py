@@ -68,7 +68,7 @@ def make_subset(src: Path, out_dir: Path, short_side: int = 112, quality: int = 
 
 
 def default_source() -> Path | None:
-    from vt_drloc.paths import default_data_root
+    from vt_drloc.base.paths import default_data_root
 
     root = default_data_root()
     return None if root is None else root / NAME

@@ -56,11 +56,11 @@ def paper_builder(name: str) -> Callable[[str], DrLocModule]:
 
 
 def study_builder(model: str) -> Callable[[str], DrLocModule]:
-    """Modules built by the app's own config path (vt_drloc.train.build_module), λ constant."""
+    """Modules built by the app's own config path (vt_drloc.app.train.build_module), λ constant."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from vt_drloc.train import build_module
+    from vt_drloc.app.train import build_module
 
     def cfg(overrides: list[str]):
         GlobalHydra.instance().clear()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vt_drloc.paths import data_root_candidates, default_data_root
+from vt_drloc.base.paths import data_root_candidates, default_data_root
 
 # Two cores: keep torch from oversubscribing them when tests spawn workers.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -55,7 +55,7 @@ class PoisonLoss(pl.Callback):
         self.term, self.step, self.value = term, step, value
 
     def on_train_start(self, trainer, pl_module):
-        import vt_drloc.module as module
+        import vt_drloc.faces.module as module
 
         term, step, value, original = self.term, self.step, self.value, None
         if term == "ce":

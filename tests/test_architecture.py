@@ -7,57 +7,49 @@ composes everything; report reads files only. See README, "How the code is organ
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from vt_drloc.old_paths import MOVED, QUIET
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "vt_drloc"
 
-# room of each module (dotted name without the "vt_drloc." prefix); the first matching prefix wins
+# room of each module (dotted name without the "vt_drloc." prefix); the first matching prefix wins. Each room
+# is a folder of src/vt_drloc, except the package's own entry files at the top.
 ROOMS = {
     "core": "core",
     "models": "models",
-    "files": "base",
-    "paths": "base",
-    "lightning_api": "adapter",
+    "base": "base",
     "data": "data",
-    "callback": "faces",
-    "module": "faces",
-    "objective": "faces",
-    "optim": "faces",
-    "lightning": "faces",
-    "lightning_private": "faces",  # the one reader of Lightning's / torch's private names (needs no Lightning)
+    "faces": "faces",
+    "app": "app",
     "report": "report",
-    "train": "app",
-    "eval": "app",
-    "config": "app",
-    "checkpoints": "app",
-    "results": "app",
-    "reliability": "app",
-    "progress": "app",
-    "run_folder": "app",
-    "pos_embed": "app",  # init_from's resampling
-    "export": "app",
-    "predict": "app",
-    "data_info": "data",  # what a checkpoint records of its data (imports data.transforms)
-    "__main__": "app",
     "": "package",  # vt_drloc/__init__.py: the public names
+    "__main__": "package",  # python -m vt_drloc / vt_drloc.train|eval|export|predict: call the app's main
+    "train": "package",
+    "eval": "package",
+    "export": "package",
+    "predict": "package",
+    "lightning": "package",  # the faces for the `lightning` package, at their public path
+    "old_paths": "package",  # old flat module paths (vt_drloc.module, ...) kept loadable
     "drloc": "package",  # deprecated import paths, re-exports of core
     "tap": "package",
+    "conf": "package",  # a checkout's link to conf/ (installed as vt_drloc.conf): yaml only
 }
 # what each room may import (besides itself)
 ALLOWED = {
     "base": set(),
     "core": set(),
     "models": set(),
-    "adapter": set(),
-    "data": {"base", "adapter"},
-    "faces": {"core", "models", "adapter", "data", "base"},
-    "app": {"core", "models", "adapter", "data", "base", "faces"},
+    "data": {"base"},
+    "faces": {"core", "models", "data", "base"},
+    "app": {"core", "models", "data", "base", "faces"},
     "report": {"base"},
-    "package": {"core", "models", "adapter", "data", "base", "faces", "app"},
+    "package": {"core", "models", "data", "base", "faces", "app"},
 }
 LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics")
 
@@ -104,6 +96,7 @@ def test_imports_go_one_way():
         name = module_name(path)
         room = room_of(name)
         for target, _ in imports(path):
+            target = MOVED.get(target, target)  # an old flat path imports the moved module
             other = room_of(target.removeprefix("vt_drloc").lstrip("."))
             if other != room and other not in ALLOWED[room]:
                 wrong.append(f"vt_drloc.{name} ({room}) imports {target} ({other})")
@@ -151,10 +144,10 @@ def test_the_upward_import_check_fails_on_an_upward_import(tmp_path, monkeypatch
     """The direction check is not vacuous: a core module that imports a face is reported."""
     fake = tmp_path / "vt_drloc"
     (fake / "core").mkdir(parents=True)
-    (fake / "core" / "bad.py").write_text("from vt_drloc.callback import DrLocCallback\n")
+    (fake / "core" / "bad.py").write_text("from vt_drloc.faces.callback import DrLocCallback\n")
     monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
     monkeypatch.setattr(sys.modules[__name__], "MODULES", [fake / "core" / "bad.py"])
-    with pytest.raises(AssertionError, match=r"vt_drloc.core.bad \(core\) imports vt_drloc.callback \(faces\)"):
+    with pytest.raises(AssertionError, match=r"vt_drloc.core.bad \(core\) imports vt_drloc.faces.callback \(faces\)"):
         test_imports_go_one_way()
 
 
@@ -166,3 +159,48 @@ def test_importing_the_core_loads_no_lightning():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_only_quiet_old_paths_are_imported_inside_the_package():
+    """The package imports its modules by their room paths; old flat paths are for users' code and old runs."""
+    wrong = [
+        f"vt_drloc.{module_name(path)} imports {target} (now {MOVED[target]})"
+        for path in MODULES
+        if module_name(path) != "old_paths"
+        for target, _ in imports(path)
+        if target in MOVED and target not in QUIET
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_an_old_module_path_is_the_moved_module_with_one_warning():
+    code = (
+        "import importlib, json, warnings\n"
+        "warnings.simplefilter('always')\n"
+        "found = {}\n"
+        f"for old, new in {MOVED!r}.items():\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        module = importlib.import_module(old)\n"
+        "    same = module is importlib.import_module(new) and module.__spec__.name == new\n"
+        "    found[old] = [same, [str(w.message) for w in caught if old + ' moved to' in str(w.message)]]\n"
+        "print(json.dumps(found))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.splitlines()[-1])
+    for old, new in MOVED.items():
+        same, warned = found[old]
+        assert same, f"{old} is not the module {new}"
+        assert warned == ([] if old in QUIET else [f"{old} moved to {new}; import from there"]), (old, warned)
+
+
+def test_targets_written_by_runs_before_the_move_still_resolve():
+    """Run folders from before vt_drloc 0.2 name their classes by the old paths (.hydra/config.yaml, results.json)."""
+    from hydra.utils import get_class
+
+    from vt_drloc.faces.module import DrLocModule
+    from vt_drloc.faces.objective import DrLocConfig
+
+    with pytest.warns(DeprecationWarning):
+        assert get_class("vt_drloc.module.DrLocModule") is DrLocModule
+        assert get_class("vt_drloc.objective.DrLocConfig") is DrLocConfig

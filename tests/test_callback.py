@@ -27,9 +27,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from vt_drloc import DrLocModule
-from vt_drloc.callback import HEAD_ATTR, DrLocCallback
 from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.core.tap import BackboneLookupError, GridTapError
+from vt_drloc.faces.callback import HEAD_ATTR, DrLocCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -481,8 +481,8 @@ def compose_callbacks_drloc(tmp_path, *overrides):
 
 
 def test_hydra_config_instantiates_with_the_signature_defaults(tmp_path):
-    from vt_drloc.objective import DrLocConfig
-    from vt_drloc.train import instantiate_all
+    from vt_drloc.app.train import instantiate_all
+    from vt_drloc.faces.objective import DrLocConfig
 
     cfg = compose_callbacks_drloc(tmp_path)
     default = OmegaConf.load(ROOT / "conf" / "callbacks" / "default.yaml")
@@ -500,7 +500,7 @@ def test_hydra_config_instantiates_with_the_signature_defaults(tmp_path):
 
 
 def test_callbacks_drloc_honours_drloc_overrides(tmp_path):
-    from vt_drloc.train import instantiate_all
+    from vt_drloc.app.train import instantiate_all
 
     cfg = compose_callbacks_drloc(
         tmp_path,

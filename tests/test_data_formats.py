@@ -286,3 +286,27 @@ def test_stratified_subset_and_holdout_units() -> None:
     assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(labels)
     with pytest.raises(ValueError, match=r"class 3 .*5 samples"):
         stratified_subset(labels, 4, samples_per_class=6)
+
+
+def test_a_class_subset_is_relabelled_in_every_split(cifar10_tar, tmp_path):
+    """Pretraining on five CIFAR-10 classes and fine-tuning on the other five: disjoint images and labels 0..4."""
+    first = ["airplane", "automobile", "bird", "cat", "deer"]
+    second = ["truck", "dog", "frog", "horse", "ship"]  # any order: labels follow the data set's order
+    dms = []
+    for names in (first, second):
+        dm = ImageDataModule("cifar10", root=str(cifar10_tar), classes=names, samples_per_class=3, num_workers=0, img_size=8)
+        assert dm.num_classes == 5  # known before setup, for the model
+        dm.setup()
+        dms.append(dm)
+        assert dm.class_names == sorted(names)
+        for ds in (dm.train_dataset, dm.test_dataset):
+            labels = [int(y) for y in ds.labels]
+            assert sorted(set(labels)) == [0, 1, 2, 3, 4] and int(ds[len(ds) - 1][1]) == labels[-1]
+            # each image's folder is the class its label names
+            assert all(k.split("/")[1] == dm.class_names[y] for k, y in zip(ds.keys(), labels))
+        assert dm.test_size == 5000 and dm.train_size == 15
+    assert not set(dms[0].test_dataset.keys()) & set(dms[1].test_dataset.keys())
+    with pytest.raises(
+        DatasetLayoutError, match=r"classes=\['cat', 'lion'\] has unknown class\(es\) \['lion'\]; .* has the classes \['airplane'"
+    ):
+        ImageDataModule("cifar10", root=str(cifar10_tar), classes=["cat", "lion"], num_workers=0).setup()

@@ -16,10 +16,10 @@ import pytest
         "vt_drloc.core.head",
         "vt_drloc.core.sampling",
         "vt_drloc.core.schedule",
-        "vt_drloc.module",
+        "vt_drloc.faces.module",
         "vt_drloc.core.tap",
-        "vt_drloc.pos_embed",
-        "vt_drloc.checkpoints",
+        "vt_drloc.app.pos_embed",
+        "vt_drloc.app.checkpoints",
     ],
 )
 def test_docstring_examples(name):

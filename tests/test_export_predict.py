@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 from test_train import TINY, cli, compose_cfg
 
 from vt_drloc import DrLocModule
-from vt_drloc.config import UserError
-from vt_drloc.export import export_checkpoint
-from vt_drloc.predict import predict
-from vt_drloc.train import train
+from vt_drloc.app.config import UserError
+from vt_drloc.app.export import export_checkpoint
+from vt_drloc.app.predict import predict
+from vt_drloc.app.train import train
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -135,7 +135,7 @@ def test_predict_on_a_folder_and_a_tar_names_the_classes(run_dir, images, tmp_pa
     module = DrLocModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True).eval()
     from PIL import Image
 
-    from vt_drloc.data_info import eval_transform_of
+    from vt_drloc.data.info import eval_transform_of
 
     x = eval_transform_of(module.data_info)(Image.open(folder / "batch" / "x" / "000.jpg").convert("RGB"))  # 32 x 32
     with torch.no_grad():
@@ -199,7 +199,7 @@ def test_the_readme_use_the_model_commands_run(run_dir, images, tmp_path):
 
 
 def test_eval_prints_one_named_table_per_split(run_dir, tmp_path, capsys):
-    from vt_drloc.eval import evaluate
+    from vt_drloc.app.eval import evaluate
 
     overrides = [
         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",

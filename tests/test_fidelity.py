@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vt_drloc.core import DrLocHead, DrLocLoss, drloc_lambda, epoch_progress, reduce_grid
-from vt_drloc.module import warmup_cosine_factor
+from vt_drloc.faces.module import warmup_cosine_factor
 
 
 # ---------------------------------------------------------------- 1. pooling

@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from test_train import TINY, compose_cfg
 
 from vt_drloc import DrLocModule
-from vt_drloc.checkpoints import load_backbone_weights
-from vt_drloc.config import UserError
-from vt_drloc.train import train
+from vt_drloc.app.checkpoints import load_backbone_weights
+from vt_drloc.app.config import UserError
+from vt_drloc.app.train import train
 
 NAME = "vit_tiny_patch16_224"
 VIT = dict(img_size=32, patch_size=4, depth=1, embed_dim=32, num_heads=2)
@@ -56,6 +56,25 @@ def test_an_earlier_runs_checkpoint_initialises_the_backbone_not_the_drloc_head(
     assert all(torch.equal(v, earlier.model.state_dict()[k]) for k, v in target.model.state_dict().items())
     # the DRLoc head is not part of the backbone: it keeps its own (different-seed) weights
     assert not any(torch.equal(a, b) for a, b in zip(target.drloc.parameters(), earlier.drloc.parameters()) if a.dim() == 2)
+
+
+def test_a_classifier_of_other_classes_starts_new_even_when_its_shape_fits(tmp_path):
+    """Pretrained on five classes, fine-tuned on five others: same shape, but the classes differ."""
+    earlier, target = module(seed=1), module(seed=2)
+    names = [f"class{i}" for i in range(10)]
+    path = tmp_path / "last.ckpt"
+    ckpt = {"state_dict": earlier.state_dict(), "data_info": {"class_names": names}}
+    torch.save(ckpt, path)
+    classifier_before = target.model.head.weight.clone()
+    report = load_backbone_weights(target.model, path, class_names=names[::-1])
+    assert report["new_classes"] == ["head.bias", "head.weight"] and report["skipped"] == []
+    assert torch.equal(target.model.head.weight, classifier_before)
+    assert torch.equal(target.model.pos_embed, earlier.model.pos_embed)
+    # the same classes (or a file that records none): the classifier is loaded
+    for recorded, wanted in ((names, names), (None, names)):
+        torch.save({**ckpt, "data_info": {"class_names": recorded}}, path)
+        report = load_backbone_weights(target.model, path, class_names=wanted)
+        assert report["new_classes"] == [] and torch.equal(target.model.head.weight, earlier.model.head.weight)
 
 
 def test_unusable_files_are_refused_with_the_fix(tmp_path):

@@ -1,8 +1,8 @@
-"""Each private Lightning / PyTorch use of vt_drloc (all in vt_drloc.lightning_private), run against the
+"""Each private Lightning / PyTorch use of vt_drloc (all in vt_drloc.faces.lightning_private), run against the
 installed ``pytorch_lightning``, ``lightning.pytorch`` and ``torch``.
 
 CI runs this file on the oldest and newest supported Lightning (``make test-matrix``). A failure names the
-private attribute and the version that broke it: fix vt_drloc.lightning_private, not the callers.
+private attribute and the version that broke it: fix vt_drloc.faces.lightning_private, not the callers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vt_drloc.lightning_private import (
+from vt_drloc.faces.lightning_private import (
     drop_state_dict_metadata,
     fit_data_source,
     nested_schedulers,
@@ -97,11 +97,11 @@ def test_fit_data_source_is_what_fit_was_given(package, given, tmp_path):
             seen["dataset"] = training_dataset(trainer)
 
     fit(pl, module, tmp_path, [AtSetup()], **fit_kwargs)
-    assert seen["fit_loop has _data_source"], f"{version}: trainer.fit_loop._data_source is gone; update vt_drloc.lightning_private"
+    assert seen["fit_loop has _data_source"], f"{version}: trainer.fit_loop._data_source is gone; update vt_drloc.faces.lightning_private"
     expected = {"loader": DataLoader, "datamodule": TinyData, "module": Tiny}[given]
     assert isinstance(seen["source"], expected), (
         f"{version}: trainer.fit_loop._data_source.instance at setup('fit') is {type(seen['source']).__name__}, not the "
-        f"{expected.__name__} given to fit(); update vt_drloc.lightning_private.fit_data_source"
+        f"{expected.__name__} given to fit(); update vt_drloc.faces.lightning_private.fit_data_source"
     )
     assert seen["dataset"] is data, f"{version}: training_dataset(trainer) did not find the dataset given to fit()"
 
@@ -149,7 +149,7 @@ def test_state_dict_metadata_drop():
     metadata = getattr(state, "_metadata", None)
     assert metadata is not None and {"", "0", "1", "1.0"} <= set(metadata), (
         f"torch {torch.__version__}: Module.state_dict() no longer carries _metadata keyed by module prefix "
-        f"({metadata!r}); update vt_drloc.lightning_private.drop_state_dict_metadata"
+        f"({metadata!r}); update vt_drloc.faces.lightning_private.drop_state_dict_metadata"
     )
     drop_state_dict_metadata(state, lambda key: key == "1" or key.startswith("1."))
     assert set(state._metadata) == {"", "0"}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from vt_drloc import DrLocModule
 from vt_drloc.core import DrLocLoss
-from vt_drloc.module import classification_loss, warmup_cosine_factor
+from vt_drloc.faces.module import classification_loss, warmup_cosine_factor
 
 VIT = dict(img_size=32, patch_size=4, depth=2, embed_dim=64, num_heads=2)
 NAME = "vit_tiny_patch16_224"
@@ -275,7 +275,7 @@ def test_drloc_loss_is_learnable_on_real_cifar_images(cifar10_tar):
 
 
 def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
-    from vt_drloc.objective import DrLocConfig
+    from vt_drloc.faces.objective import DrLocConfig
 
     new = dict(
         schedule="warmup_decay", warmup_epochs=3, decay_epochs=9, interval="epoch", seed=4, hidden_dims=[48], mode="l1", target="signed"

@@ -7,7 +7,7 @@ import torch
 
 from vt_drloc import DrLocModule
 from vt_drloc.core import chance_l1, drloc_lambda
-from vt_drloc.objective import DrLocConfig, DrLocObjective
+from vt_drloc.faces.objective import DrLocConfig, DrLocObjective
 
 
 def adaptive(threshold: float = 0.3, warmup: float = 2) -> DrLocObjective:

@@ -18,10 +18,10 @@ import torch
 from hydra.utils import instantiate
 from test_train import TINY, cli, compose_cfg, read_results
 
-from vt_drloc.checkpoints import check_output_dir
-from vt_drloc.config import UserError
-from vt_drloc.reliability import AtomicCheckpointIO, NonFiniteLossError
-from vt_drloc.train import train
+from vt_drloc.app.checkpoints import check_output_dir
+from vt_drloc.app.config import UserError
+from vt_drloc.app.reliability import AtomicCheckpointIO, NonFiniteLossError
+from vt_drloc.app.train import train
 
 TESTS = Path(__file__).resolve().parent
 # results.json keys that legitimately differ between two runs of the same config
@@ -58,6 +58,10 @@ def stable(results: dict) -> dict:
 
 # ----------------------------------------------------------------------------------- 3. non-finite loss
 @pytest.mark.parametrize("term, value, step", [("drloc", "nan", 1), ("ce", "inf", 1), ("ce", "nan", 0)])
+@pytest.mark.fault(
+    "loss term `{term}` is {value} at global step {step}",
+    "stopped with one message naming the term, the step and epoch, and the last good checkpoint (or that none was written yet); the bad step never reaches the weights; no `results.json`",
+)
 def test_non_finite_loss_stops_naming_term_step_and_last_good_checkpoint(tmp_path, term, value, step):
     out = tmp_path / "run"
     poison = [
@@ -85,6 +89,9 @@ def test_non_finite_loss_stops_naming_term_step_and_last_good_checkpoint(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.fault(
+    "a NaN loss in a CLI run", "exit code 3 (not a user mistake, so not the 2 of a bad value), one paragraph on stderr, no traceback"
+)
 def test_cli_non_finite_loss_exits_3_with_one_paragraph(tmp_path):
     run = cli_faults(
         "vt_drloc.train",
@@ -96,6 +103,7 @@ def test_cli_non_finite_loss_exits_3_with_one_paragraph(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.fault("gradient clipping value and algorithm in the config", "reach the Trainer")
 def test_gradient_clipping_is_configurable():
     cfg = compose_cfg([*TINY, "trainer.gradient_clip_val=0.5", "trainer.gradient_clip_algorithm=value"])
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
@@ -104,6 +112,9 @@ def test_gradient_clipping_is_configurable():
 
 
 # ----------------------------------------------------------------------------------- 2. torn checkpoints
+@pytest.mark.fault(
+    "an exception (ENOSPC) half-way through a checkpoint write", "the previous checkpoint intact and loadable; the temporary file removed"
+)
 def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
@@ -123,7 +134,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 SAVE_LOOP = """
 import sys, torch
-from vt_drloc.reliability import AtomicCheckpointIO
+from vt_drloc.app.reliability import AtomicCheckpointIO
 io, path, step = AtomicCheckpointIO(), sys.argv[1], 0
 payload = torch.randn(4_000_000)  # 16 MB per write
 while True:
@@ -134,6 +145,10 @@ while True:
 
 
 @pytest.mark.slow
+@pytest.mark.fault(
+    "SIGKILL of a process rewriting a 16 MB checkpoint in a loop, at 4 different moments",
+    "the checkpoint loaded (`weights_only=True`) every time",
+)
 def test_sigkill_during_checkpoint_writes_never_tears(tmp_path):
     """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, at 4 different moments."""
     path = tmp_path / "last.ckpt"
@@ -150,6 +165,7 @@ def test_sigkill_during_checkpoint_writes_never_tears(tmp_path):
     assert not list(tmp_path.glob("*.ckpt.*")) or all(p.name.startswith(".tmp-") for p in tmp_path.iterdir() if p.name != "last.ckpt")
 
 
+@pytest.mark.fault("a real run with a checkpoint every step", "no partial or temporary files left in `checkpoints/`")
 def test_checkpoint_folder_holds_no_partial_files_after_a_run(tmp_path):
     out = tmp_path / "run"
     train(compose_cfg([*TINY, "callbacks.last_checkpoint.every_n_train_steps=1"], out))
@@ -168,6 +184,11 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.fault(
+    "SIGKILL at the start of epoch 2 of 3, resume with `ckpt_path=last` in the same folder",
+    "resumed from step 4; ended at step 6, 3 epochs; weights bit-identical and `results.json` identical (incl. `best_val_acc1`) to the uninterrupted run",
+)
+@pytest.mark.fault("the same kill, resumed from an explicit file into a new folder", "same steps, epochs and bit-identical weights")
 def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path, uninterrupted):
     out = tmp_path / "run"
     killed = cli_faults(
@@ -197,6 +218,14 @@ def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.fault(
+    "SIGTERM at the end of epoch 2 of 3 (a scheduler's stop)",
+    "`last.ckpt` saved (step 4), `results.json` marked `interrupted` with the signal and the checkpoint, one paragraph saying how to resume, exit code 143 (was: exit 0, no `results.json`, no message); resuming in place ends with bit-identical weights and metrics to the uninterrupted run",
+)
+@pytest.mark.fault(
+    "resume in place after SIGTERM",
+    "`metrics.csv` keeps the rows of the epochs before the signal (Lightning's CSV logger would start it afresh)",
+)
 def test_sigterm_saves_a_checkpoint_marks_results_and_resumes_to_the_uninterrupted_weights(tmp_path, uninterrupted):
     out = tmp_path / "run"
     kill = ["+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.after_epoch=1", "+callbacks.kill.sig=SIGTERM"]
@@ -218,6 +247,10 @@ def test_sigterm_saves_a_checkpoint_marks_results_and_resumes_to_the_uninterrupt
 
 
 @pytest.mark.slow
+@pytest.mark.fault(
+    "SIGINT (Ctrl-C) mid-epoch",
+    "a checkpoint of the last finished step, `results.json` marked `interrupted`, exit code 130; `ckpt_path=last` finishes the run",
+)
 def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "run"
     kill = ["+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.step=3", "+callbacks.kill.sig=SIGINT"]
@@ -231,6 +264,10 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fault(
+    "SIGKILL mid-epoch (before step 4 of 6) with step checkpoints every step",
+    "`last.ckpt` at step 3 (1 step redone); the resumed run: 6 steps, 3 epochs, finite weights, status ok; weights differ (see Resuming)",
+)
 def test_sigkill_mid_epoch_resumes_from_step_checkpoint(tmp_path, uninterrupted):
     """every_n_train_steps=1: killed before step 4 (mid epoch 1), the run resumes from step 3 and ends
     with the same optimizer steps and epochs; see docs/reliability.md for what is not guaranteed."""
@@ -254,9 +291,13 @@ def test_sigkill_mid_epoch_resumes_from_step_checkpoint(tmp_path, uninterrupted)
     print(f"mid-epoch resume: {len(differing)} of {len(weights)} tensors differ from the uninterrupted run")
 
 
+@pytest.mark.fault(
+    "resume without restoring the RNG states (ResumeRngState disabled), in-process",
+    "all 24 weight tensors differ from the uninterrupted run (the data order changes); with it, none",
+)
 def test_restored_rng_state_is_what_makes_the_resume_exact(tmp_path, monkeypatch):
     """In-process twin of the SIGKILL test: 1 epoch + resume to 3 equals 3 epochs only with ResumeRngState."""
-    import vt_drloc.reliability as reliability
+    import vt_drloc.app.reliability as reliability
 
     base = [*TINY, "trainer.deterministic=true", "callbacks.rich_progress_bar=null"]
     train(compose_cfg([*base, "trainer.max_epochs=3"], tmp_path / "full"))
@@ -270,11 +311,13 @@ def test_restored_rng_state_is_what_makes_the_resume_exact(tmp_path, monkeypatch
     assert same_weights(full, tmp_path / "without_rng" / "checkpoints" / "last.ckpt") != []  # data order differs
 
 
+@pytest.mark.fault("`ckpt_path=last` in a fresh folder", "refused, saying how to point at the interrupted run", kind="bad input")
 def test_ckpt_path_last_needs_a_checkpoint_in_the_run_folder(tmp_path):
     with pytest.raises(UserError, match="ckpt_path=last resumes the run in its own folder"):
         train(compose_cfg([*TINY, "ckpt_path=last"], tmp_path / "fresh"))
 
 
+@pytest.mark.fault("resuming in place into a finished run (it has `results.json`)", "refused, nothing overwritten", kind="bad input")
 def test_finished_run_is_not_resumed_in_place(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
@@ -286,6 +329,10 @@ def test_finished_run_is_not_resumed_in_place(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- 4. determinism
+@pytest.mark.fault(
+    "the same config and seed twice (2 epochs, mixup on, deterministic)",
+    "identical `results.json` metrics and bit-identical weights; seed 1 gives different weights",
+)
 def test_same_config_and_seed_give_identical_results_and_weights(tmp_path):
     overrides = [*TINY, "trainer.max_epochs=2", "trainer.deterministic=true", "data.mixup_alpha=0.8"]
     a = train(compose_cfg(overrides, tmp_path / "a"))
@@ -303,6 +350,15 @@ class Payload:  # any non-allow-listed class forces full unpickling
     pass
 
 
+@pytest.mark.fault(
+    "a checkpoint that needs full unpickling (holds an arbitrary class)",
+    'refused: it "can run arbitrary code: pass trust_checkpoint=true only if you trust its origin"; with `trust_checkpoint=true` it resumes; `vt_drloc.eval` follows the same rule',
+    kind="bad input",
+)
+@pytest.mark.fault(
+    "our own checkpoints, RNG states included",
+    "load with `torch.load(..., weights_only=True)`; resume passes `weights_only=True` to Lightning",
+)
 def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
     out = tmp_path / "a"
     train(compose_cfg(TINY, out))
@@ -315,8 +371,8 @@ def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
     assert "arbitrary code" in str(info.value) and not (tmp_path / "b" / "checkpoints").exists()
     resumed = train(compose_cfg([*TINY, f"ckpt_path={unsafe}", "trust_checkpoint=true", "trainer.max_epochs=2"], tmp_path / "c"))
     assert resumed["global_step"] == 4
-    # vt_drloc.eval follows the same rule
-    from vt_drloc.eval import evaluate
+    # vt_drloc.app.eval follows the same rule
+    from vt_drloc.app.eval import evaluate
 
     quick = [
         "data.num_workers=0",
@@ -333,6 +389,10 @@ def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
 
 # ----------------------------------------------------------------------------------- 7. DDP faults
 @pytest.mark.slow
+@pytest.mark.fault(
+    "DDP, 2 CPU processes, rank 1 raises at step 1",
+    "the whole job exits non-zero with the error in stderr (bound asserted: 180 s); no `results.json`",
+)
 def test_ddp_one_rank_raising_ends_the_job_quickly_with_nonzero_exit(tmp_path):
     start = time.monotonic()
     run = cli_faults(
@@ -359,6 +419,7 @@ def test_ddp_one_rank_raising_ends_the_job_quickly_with_nonzero_exit(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- 6. output dir
+@pytest.mark.fault("an output dir that cannot be created (a file in the way)", "refused before training, exit 2", kind="bad input")
 def test_output_dir_that_cannot_be_created_is_refused_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -366,6 +427,7 @@ def test_output_dir_that_cannot_be_created_is_refused_before_training(tmp_path):
         train(compose_cfg(TINY, blocker / "run"))
 
 
+@pytest.mark.fault("a full disk (ENOSPC on the write probe)", "refused before training")
 def test_full_disk_is_detected_before_training(tmp_path, monkeypatch):
     real = Path.write_text
 
@@ -436,6 +498,7 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("override", BAD_VALUES)
+@pytest.mark.fault("`{override}`", "one paragraph naming the key, exit 2, before any checkpoint or `results.json`", kind="bad input")
 def test_bad_user_facing_value_is_a_user_error_before_training(tmp_path, override):
     # the message names the key, except where the library's own message says what is missing
     expected = {"trainer.accelerator=tpu": "torch_xla", "model.kwargs.depth=0": "could not probe model"}
@@ -450,7 +513,7 @@ def test_write_atomic_replaces_whole_files_and_keeps_the_old_one_on_error(tmp_pa
     """The one atomic-write helper behind checkpoints, results.json and summaries."""
     import stat
 
-    from vt_drloc.files import write_atomic
+    from vt_drloc.base.files import write_atomic
 
     target = tmp_path / "sub" / "results.json"
     assert write_atomic(target, b'{"a": 1}') == target and target.read_bytes() == b'{"a": 1}'

@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_train import TINY, cli
 
-from vt_drloc.run_folder import LOCK_NAME, RunLock, lock_holder
+from vt_drloc.app.run_folder import LOCK_NAME, RunLock, lock_holder
 
 FAST = [*TINY, "callbacks.rich_progress_bar=null", "logger=none"]
 
@@ -19,6 +20,11 @@ def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.fault(
+    "a run refused by a finished run's folder",
+    "every file of the finished run byte-identical, `.hydra/` included (Hydra no longer writes it before the checks)",
+    kind="bad input",
+)
 def test_refused_run_leaves_a_finished_run_byte_identical(tmp_path):
     out = tmp_path / "run"
     first = cli("vt_drloc.train", [*FAST, f"hydra.run.dir={out}"], tmp_path)
@@ -31,6 +37,11 @@ def test_refused_run_leaves_a_finished_run_byte_identical(tmp_path):
     assert snapshot(out) == before
 
 
+@pytest.mark.fault(
+    "a second run into a folder a live run is writing (its `.run.lock` names a live process)",
+    "refused with the holder's pid, exit 2, nothing written",
+    kind="bad input",
+)
 def test_second_run_into_a_folder_in_use_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -48,6 +59,7 @@ def test_second_run_into_a_folder_in_use_is_refused(tmp_path):
     assert not (out / "train.log").exists() or (out / "train.log").read_text() == ""
 
 
+@pytest.mark.fault("a `.run.lock` left by a killed process", "taken over by the next run")
 def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_train import TINY, compose_cfg
 
-from vt_drloc.train import train
+from vt_drloc.app.train import train
 
 
 def test_mlflow_logs_drloc_metrics_and_hparams_to_a_local_store(tmp_path):

@@ -18,10 +18,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vt_drloc.config import UserError, group_options
+from vt_drloc.app.config import UserError, group_options
+from vt_drloc.app.train import build_module, train
 from vt_drloc.core import drloc_lambda, epoch_progress
-from vt_drloc.module import DrLocModule
-from vt_drloc.train import build_module, train
+from vt_drloc.faces.module import DrLocModule
 
 REPO = Path(__file__).resolve().parents[1]
 # A 2-batch CIFAR-10 run from the archive: tiny ViT, few images, no caching, no workers.
@@ -204,6 +204,10 @@ def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
 
 
 @pytest.mark.parametrize("epochs, every", [(3, 5), (3, 2)])
+@pytest.mark.fault(
+    "validation every {every} epochs, a {epochs}-epoch run",
+    "`last.ckpt` holds the final epoch's weights (was: no checkpoint at all, or the final epoch unsaved)",
+)
 def test_last_checkpoint_holds_the_final_weights_whatever_the_validation_cadence(tmp_path, epochs, every):
     """last.ckpt at every epoch end: validating every 5 epochs, a 3-epoch run used to end with no checkpoint,
     and every 2, its final epoch unsaved."""
@@ -213,6 +217,19 @@ def test_last_checkpoint_holds_the_final_weights_whatever_the_validation_cadence
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == epochs - 1 and ckpt["global_step"] == 2 * epochs  # the last epoch, after its last step
     assert read_results(tmp_path / "run")["global_step"] == ckpt["global_step"]
+
+
+@pytest.mark.parametrize("overrides", [["callbacks=none"], ["callbacks.last_checkpoint.every_n_train_steps=3"]])
+@pytest.mark.fault(
+    "`{overrides}`: no save covers the last step",
+    "train saves the final weights to `last.ckpt` after fit: the weights `results.json` reports are on disk",
+)
+def test_final_weights_saved_when_no_checkpoint_cadence_covers_them(tmp_path, overrides):
+    """No checkpoint callbacks, or a step cadence whose last save (step 3) is before the last step (4)."""
+    cfg = compose_cfg([*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=2", *overrides], tmp_path / "run")
+    results = train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == results["global_step"] == 4
 
 
 @pytest.mark.slow
@@ -311,7 +328,7 @@ def test_wheel_ships_its_configs(tmp_path):
     )
     assert install.returncode == 0, install.stderr[-2000:]
     code = (
-        "import vt_drloc.config as r, vt_drloc; print(vt_drloc.__file__); "
+        "import vt_drloc.app.config as r, vt_drloc; print(vt_drloc.__file__); "
         "print(','.join(r.group_options('model'))); print(','.join(r.group_options('experiment')))"
     )
     env = dict(os.environ, PYTHONPATH=str(target))
@@ -345,6 +362,7 @@ def test_wheel_ships_its_configs(tmp_path):
         (["data=folder"], "data.folder_name must be set with data=...: the name of your data set's folder"),
     ],
 )
+@pytest.mark.fault("`{overrides}`", "one paragraph naming the value and the fix, exit 2, before training", kind="bad input")
 def test_bad_config_values_fail_before_training(tmp_path, overrides, message):
     cfg = compose_cfg(TINY + overrides, tmp_path / "run")
     with pytest.raises(UserError, match=message.replace("[", r"\[")):
@@ -352,6 +370,11 @@ def test_bad_config_values_fail_before_training(tmp_path, overrides, message):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.fault(
+    "`ckpt_path` missing, not a checkpoint, cut short, or of another model; `init_from` cut short",
+    "one paragraph naming the file and the fix, before training; a truncated file is never answered with advice to pass `trust_checkpoint=true`",
+    kind="bad input",
+)
 def test_bad_checkpoints_are_refused(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         train(compose_cfg(TINY + [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path / "r1"))
@@ -415,7 +438,7 @@ def test_module_group_instantiates_the_users_own_class(tmp_path, monkeypatch):
     results = train(cfg)
     assert results["module"] == "custom_module.TaggedModule" and results["global_step"] == 2
     assert "custom_module" in sys.modules
-    with pytest.raises(UserError, match=r"module config \(vt_drloc.module.DrLocModule\): .*sample_size"):
+    with pytest.raises(UserError, match=r"module config \(vt_drloc.faces.module.DrLocModule\): .*sample_size"):
         build_module(compose_cfg([*TINY, "drloc.sample_size=0"]), 10, 0.1)
 
 

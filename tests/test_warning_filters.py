@@ -17,7 +17,7 @@ def warn_from(module: str, category: type[Warning]) -> None:
 @pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
 def test_a_deprecation_from_vt_drloc_is_an_error(category):
     with pytest.raises(category, match="an old API"):
-        warn_from("vt_drloc.files", category)
+        warn_from("vt_drloc.base.files", category)
 
 
 def test_pytest_warns_still_records_our_deliberate_deprecations():

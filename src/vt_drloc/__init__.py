@@ -7,7 +7,8 @@ Liu et al., "Efficient Training of Visual Transformers with Small Datasets", Neu
 ...                      model_kwargs={"img_size": 32, "patch_size": 4, "depth": 2})
 """
 
-from vt_drloc import models  # noqa: F401 (importing registers cvt_13, cvt_21, t2t_vit_14, ... with timm)
+from vt_drloc import models, old_paths  # noqa: F401 (importing registers cvt_13, cvt_21, t2t_vit_14, ... with timm)
+from vt_drloc.base.paths import DATA_ENV_VAR, default_data_root
 from vt_drloc.core import (
     DRLOC_MODES,
     HEAD_PRESETS,
@@ -23,11 +24,12 @@ from vt_drloc.core import (
 from vt_drloc.core.discover import GridSource
 from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.core.tap import GridInfo, GridTapError, probe_grid, tap_grid
-from vt_drloc.paths import DATA_ENV_VAR, default_data_root
+
+old_paths.install()  # old flat module paths (vt_drloc.module, ...) still import, with a DeprecationWarning
 
 # The Lightning faces are imported on first use (PEP 562), so `import vt_drloc.core` (and anything else
 # that needs no Lightning, such as `import vt_drloc` to register the models with timm) loads no Lightning.
-_FACES = {"DrLocCallback": "vt_drloc.callback", "DrLocModule": "vt_drloc.module"}
+_FACES = {"DrLocCallback": "vt_drloc.faces.callback", "DrLocModule": "vt_drloc.faces.module"}
 
 
 def __getattr__(name: str):

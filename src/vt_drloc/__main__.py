@@ -1,3 +1,3 @@
-from vt_drloc.train import main
+from vt_drloc.app.train import main
 
 main()

@@ -19,7 +19,7 @@ import torch
 from callback_models import Classifier, random_loader
 from torch.nn.parallel import DistributedDataParallel
 
-from vt_drloc.callback import DrLocCallback
+from vt_drloc.faces.callback import DrLocCallback
 
 
 class DDPClassifier(Classifier):

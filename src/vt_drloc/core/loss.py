@@ -1,8 +1,8 @@
 """The DRLoc loss: the head's predicted offsets of sampled cell pairs against their targets.
 
 
-Pure PyTorch, no Lightning: :class:`~vt_drloc.module.DrLocModule` and
-:class:`~vt_drloc.callback.DrLocCallback` both call into ``vt_drloc.core``.
+Pure PyTorch, no Lightning: :class:`~vt_drloc.faces.module.DrLocModule` and
+:class:`~vt_drloc.faces.callback.DrLocCallback` both call into ``vt_drloc.core``.
 
 Reference: Y. Liu, E. Sangineto, W. Bi, N. Sebe, B. Lepri, M. De Nadai, "Efficient Training of
 Visual Transformers with Small Datasets", NeurIPS 2021 (arXiv:2106.03746).

@@ -32,7 +32,7 @@ def drloc_lambda(
     ``warmup_epochs`` proportionate to your run. Without a horizon there is no decay.
 
     ``"adaptive"``: the warm-up, then λ held until ``anneal_from`` (the epoch the head learned its
-    task, decided by :class:`vt_drloc.objective.DrLocObjective`; ``None``: not yet), then a
+    task, decided by :class:`vt_drloc.faces.objective.DrLocObjective`; ``None``: not yet), then a
     linear fall from λ to 0 at the horizon.
 
     >>> [round(drloc_lambda(0.5, e, 100, "warmup_decay", 20, decay_epochs=300), 4) for e in (0, 1, 20, 50, 100)]

@@ -18,7 +18,7 @@ from vt_drloc.data.sources import (
     torchvision_default_root,
 )
 from vt_drloc.data.specs import KNOWN_DATASETS, SPECS, DatasetSpec, get_spec
-from vt_drloc.data.tar_folder import CorruptImageError, TarStore, read_tar_index
+from vt_drloc.data.tar_folder import CorruptArchiveError, CorruptImageError, TarStore, check_archive_sha256, read_tar_index
 from vt_drloc.data.transforms import AUGMENT_PRESETS, build_eval_transform, build_train_transform
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "KNOWN_DATASETS",
     "SPECS",
     "VAL_SPLIT_CHOICES",
+    "CorruptArchiveError",
     "CorruptImageError",
     "DatasetLayoutError",
     "DatasetNotFoundError",
@@ -40,6 +41,7 @@ __all__ = [
     "build_eval_transform",
     "build_mixup",
     "build_train_transform",
+    "check_archive_sha256",
     "get_spec",
     "load_location",
     "locate",

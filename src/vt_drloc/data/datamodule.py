@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from vt_drloc.base.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.data.dataset import VERIFY_MODES, ImageCache, ImageDataset, verify_samples
 from vt_drloc.data.mixup import apply_mixup, build_mixup
 from vt_drloc.data.sampling import per_class_counts, stratified_holdout, stratified_subset
@@ -30,11 +31,11 @@ from vt_drloc.data.sources import (
     download,
     load_location,
     locate,
+    select_classes,
     torchvision_default_root,
 )
 from vt_drloc.data.specs import get_spec
 from vt_drloc.data.transforms import AUGMENT_PRESETS, build_eval_transform, build_train_transform
-from vt_drloc.lightning_api import PYTORCH_LIGHTNING
 
 log = logging.getLogger("vt_drloc.data")
 
@@ -49,7 +50,7 @@ class ImageDataModuleBase:
         root: where the data is: a directory holding ``<name>.tar`` or ``<name>/<split>/<class>/``,
             the ``.tar`` or dataset folder itself, or a torchvision root (cifar/svhn/flowers
             formats). ``None``: the project data root (``VT_DRLOC_DATA`` /
-            ``vt_drloc.paths.default_data_root()``), then torchvision's default
+            ``vt_drloc.base.paths.default_data_root()``), then torchvision's default
             ``$TORCH_HOME/datasets``.
         download: let ``prepare_data`` download a torchvision dataset into ``root`` (or the
             torchvision default) when it is not found. Never downloads otherwise.
@@ -66,6 +67,9 @@ class ImageDataModuleBase:
             have no validation split) or ``"holdout"`` (a stratified, seeded ``val_fraction`` of
             train, taken before the small-data subset).
         val_fraction / holdout_seed: size and seed of the hold-out.
+        classes: train, validate and test on these classes only (names as in ``class_names``),
+            relabelled 0..k-1 in the data set's order; ``None`` = all. E.g. pretrain on five
+            CIFAR-10 classes, fine-tune on the other five.
         samples_per_class / train_fraction: the small-data regime (at most one): a stratified,
             seeded subset of the training split; val/test untouched.
         seed: seed of the small-data subset (same seed -> same files on every run and rank).
@@ -79,8 +83,10 @@ class ImageDataModuleBase:
             are 0); targets become float ``(B, num_classes)``.
         cache: keep decoded uint8 images in memory: each split is decoded once, when its
             dataloader is first requested (in the main process, so forked workers share it).
-        verify: ``"header"`` (default; every file's first bytes, cheap), ``"full"`` (decode all)
-            or ``"none"``: checked in ``setup``, before training.
+        verify: ``"header"`` (default; every file's first and last bytes, cheap: non-image, empty
+            and truncated files), ``"full"`` (decode all) or ``"none"``: checked in ``setup``,
+            before training. A data set without a test split is tested on its val split (logged,
+            and ``subset_info["test_split"]`` says so); with neither, there is no test set.
         skip_corrupt: skip non-image / corrupt files (counted in ``skipped`` and logged) instead
             of raising an error that names the file.
     """
@@ -122,6 +128,7 @@ class ImageDataModuleBase:
         cache: bool = False,
         verify: str = "header",
         skip_corrupt: bool = False,
+        classes: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -198,8 +205,12 @@ class ImageDataModuleBase:
             mode=mixup_mode,
             label_smoothing=float(label_smoothing),
         )
-        self.mixup_fn = build_mixup(self.spec.num_classes or 2, **self._mixup_kwargs)
-        if self.spec.num_classes is None:
+        if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
+            raise ValueError(f"classes={classes!r} is not a list of class names; pass e.g. classes=['cat', 'dog'] or None for all")
+        self.classes = None if classes is None else tuple(classes)
+        known_classes = len(self.classes) if self.classes else self.spec.num_classes
+        self.mixup_fn = build_mixup(known_classes or 2, **self._mixup_kwargs)
+        if known_classes is None:
             self.mixup_fn = None  # rebuilt in setup with the folder's class count
 
         if verify not in VERIFY_MODES:
@@ -226,6 +237,8 @@ class ImageDataModuleBase:
         """Number of classes (known up front for the named datasets, after ``setup`` for folders)."""
         if self.data is not None:
             return len(self.data.classes)
+        if self.classes:
+            return len(self.classes)
         if self.spec.num_classes is None:
             raise RuntimeError("num_classes of a folder dataset is known after setup(); call dm.setup() first")
         return self.spec.num_classes
@@ -292,6 +305,8 @@ class ImageDataModuleBase:
             raise DatasetLayoutError(
                 f"{self.name} needs {expected} classes, {data.description} has {len(data.classes)}: {data.classes[:12]}"
             )
+        if self.classes is not None:
+            data = select_classes(data, self.classes)
         num_classes = len(data.classes)
         skipped = list(data.skipped)
 
@@ -368,6 +383,10 @@ class ImageDataModuleBase:
             val_name = "val" if mode == "val" else test_name
             self.val_dataset = make(val_name, eval_idx[val_name], eval_tf)
         self.test_dataset = make(test_name, eval_idx[test_name], eval_tf) if test_name else None
+        if test_name == "val":
+            log.warning(
+                "%s: %s has no test split: the val split is also the test set (test/acc1 = val accuracy)", self.name, data.description
+            )
         self.data = data
         self.skipped = skipped
         if self.mixup_fn is None and self.spec.num_classes is None:
@@ -385,6 +404,7 @@ class ImageDataModuleBase:
             "seed": self.seed,
             "val_split": mode,
             "val_size": len(self.val_dataset),
+            "test_split": test_name or "none",
             "test_size": 0 if self.test_dataset is None else len(self.test_dataset),
             "skipped_files": len(skipped),
             "cache_bytes": 0,
@@ -413,10 +433,11 @@ class ImageDataModuleBase:
         else:
             log.info("%s: %d training images, %d classes", self.name, info["train_size"], info["num_classes"])
         log.info(
-            "%s: validation on %s (%d images), test %d images; from %s",
+            "%s: validation on %s (%d images), test on %s (%d images); from %s",
             self.name,
             info["val_split"],
             info["val_size"],
+            info["test_split"],
             info["test_size"],
             info["source"],
         )

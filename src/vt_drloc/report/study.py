@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from vt_drloc.files import EARLIER_DEFAULTS, write_atomic
+from vt_drloc.base.files import EARLIER_DEFAULTS, write_atomic
 from vt_drloc.report.figures import new_figure, png_bytes
 from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec, plot_gain_curve
 from vt_drloc.report.stats import mean_std, paired_delta, paired_differences
@@ -99,7 +99,7 @@ class StudyRow:
 
         A run recorded before these two options existed ran the older defaults (the grid after the
         final norm, PyTorch's head init); they are shown with :data:`OLDER_DEFAULT_MARK` (values:
-        :data:`~vt_drloc.files.EARLIER_DEFAULTS`)."""
+        :data:`~vt_drloc.base.files.EARLIER_DEFAULTS`)."""
         opts = self._first("drloc") or {}
         if not isinstance(opts, dict):
             return ""

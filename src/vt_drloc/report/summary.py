@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from vt_drloc.files import write_atomic
+from vt_drloc.base.files import write_atomic
 from vt_drloc.report.figures import plot_curves, plot_summary, png_bytes
 from vt_drloc.report.sweep import load_sweep
 from vt_drloc.report.tables import settings_table, summary_csv, summary_markdown

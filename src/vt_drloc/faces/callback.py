@@ -10,7 +10,7 @@ How it works (all undone in ``teardown``, so the module is left as it was):
 Written once as :class:`DrLocCallbackBase` and built for each Lightning package:
 ``vt_drloc.DrLocCallback`` (``pytorch_lightning``) and ``vt_drloc.lightning.DrLocCallback``
 (``lightning.pytorch``). The loss, λ, pair sampler and logging are the shared
-:class:`~vt_drloc.objective.DrLocObjective`; finding and reading the grid is
+:class:`~vt_drloc.faces.objective.DrLocObjective`; finding and reading the grid is
 :class:`~vt_drloc.core.tap.GridCapture`.
 
 * ``setup("fit")``: finds the backbone (the unique timm model among the module's submodules, or
@@ -26,7 +26,7 @@ Written once as :class:`DrLocCallbackBase` and built for each Lightning package:
   i.e. inside the same autocast region and the same DDP-wrapped forward.
 * ``on_fit_start``: if the user's optimizer does not already hold the head's parameters, they are
   added as parameter groups with the first group's hyper-parameters (weights decayed, biases not,
-  as in :func:`~vt_drloc.optim.weight_decay_groups`) and ``initial_lr`` set; per-group lists of the
+  as in :func:`~vt_drloc.faces.optim.weight_decay_groups`) and ``initial_lr`` set; per-group lists of the
   LR schedulers (``base_lrs``, ``lr_lambdas``, ``min_lrs``, ...) are extended with the first group's
   entry, and a warning says so once.
 * Checkpoints: the head's weights are kept OUT of the module's ``state_dict`` (a state-dict hook on
@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vt_drloc.base.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
 from vt_drloc.core import DrLocLoss
 from vt_drloc.core.discover import (
     FORMAT_LAYOUTS,
@@ -70,9 +71,8 @@ from vt_drloc.core.tap import (
     prefix_owner,
     probe_input,
 )
-from vt_drloc.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
-from vt_drloc.objective import DrLocConfig, DrLocObjective, plain
-from vt_drloc.optim import add_param_groups
+from vt_drloc.faces.objective import DrLocConfig, DrLocObjective, plain
+from vt_drloc.faces.optim import add_param_groups
 
 __all__ = ["GRID_FORMATS", "HEAD_ATTR", "DrLocCallback", "DrLocCallbackBase", "find_timm_models", "is_timm_model"]
 
@@ -101,7 +101,7 @@ class DrLocCallbackBase:
             Default: the size the backbone is built for (``img_size``), else the module's
             ``example_input_array``, else the first training sample, else a timm model's default.
         in_chans: channels of that batch (default: as the input size, else the model's ``in_chans``, else 3).
-        drloc: the DRLoc options (:class:`~vt_drloc.objective.DrLocConfig` or a mapping of its
+        drloc: the DRLoc options (:class:`~vt_drloc.faces.objective.DrLocConfig` or a mapping of its
             fields, the keys of ``conf/drloc``); the same fields may be given as keyword arguments
             (vt_drloc 0.1 names accepted). ``tap_norm`` applies to a backbone read through
             ``forward_features`` (``"pre"``: the input of its final ``norm``, ``"post"``: its output)

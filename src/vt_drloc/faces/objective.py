@@ -1,7 +1,7 @@
 """The DRLoc objective that both faces train with: options, loss + head, λ schedule, pair sampler,
 checkpoint state and logging, written once.
 
-:class:`~vt_drloc.module.DrLocModule` and :class:`~vt_drloc.callback.DrLocCallback` differ only in
+:class:`~vt_drloc.faces.module.DrLocModule` and :class:`~vt_drloc.faces.callback.DrLocCallback` differ only in
 how they reach the grid (their own forward vs. a hook in the user's module) and where the head
 lives; each calls :meth:`DrLocObjective.step` with the grid of the training forward.
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from vt_drloc.core import chance_l1
-from vt_drloc.objective import DrLocObjective
+from vt_drloc.faces.objective import DrLocObjective
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 
 from vt_drloc.core.errors import DrLocConfigError
-from vt_drloc.objective import plain
+from vt_drloc.faces.objective import plain
 
 # set from the module's own arguments (optim.lr, optim.weight_decay) and its parameter groups
 _OWNED_BY_MODULE = ("params", "lr", "weight_decay")

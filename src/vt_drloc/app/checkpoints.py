@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from vt_drloc.config import UserError
-from vt_drloc.pos_embed import resample_position_embeddings
+from vt_drloc.app.config import UserError
+from vt_drloc.app.pos_embed import resample_position_embeddings
 
 
 def load_error(err: BaseException) -> str:
@@ -140,6 +140,13 @@ _PREFIXES = ("model.", "module.", "backbone.", "net.")
 def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file: a timm / torchvision weight file (``.pth``, ``.bin``,
     ``.safetensors``), or a Lightning checkpoint of an earlier run (its ``state_dict``)."""
+    return read_weight_file(path, trust)[0]
+
+
+def read_weight_file(path: str | Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """:func:`read_state_dict`'s tensors and the class names the file records, if any: a run's
+    ``.ckpt`` (``data_info``), or an export's ``model.safetensors`` (``label_names`` of the
+    ``config.json`` beside it); ``None`` for a plain weight file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(
@@ -148,7 +155,9 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        config = path.with_name("config.json")
+        names = json.loads(config.read_text()).get("label_names") if config.is_file() else None
+        return load_file(str(path), device="cpu"), names
     try:
         data = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as err:
@@ -159,16 +168,32 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
             ) from None
         hint = "" if trust else " The file needs full unpickling: pass trust_checkpoint=true only if you trust its origin."
         raise UserError(f"init_from={str(path)!r} cannot be read as weights ({load_error(err)}).{hint}") from None
+    info = data.get("data_info") if isinstance(data, Mapping) else None
+    names = list(info["class_names"]) if isinstance(info, Mapping) and info.get("class_names") else None
     for key in _STATE_KEYS:
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
             break
     if not isinstance(data, Mapping) or not any(isinstance(v, torch.Tensor) for v in data.values()):
         raise UserError(f"init_from={str(path)!r} holds no state dict of tensors.")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, names
 
 
-def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bool = False) -> dict[str, list[str]]:
+def classifier_keys(backbone: torch.nn.Module) -> set[str]:
+    """State-dict keys of ``backbone``'s classifier (timm's ``get_classifier()``); empty if it has none."""
+    get = getattr(backbone, "get_classifier", None)
+    classifier = get() if callable(get) else None
+    if not isinstance(classifier, torch.nn.Module):
+        return set()
+    for name, module in backbone.named_modules():
+        if module is classifier and name:
+            return {f"{name}.{k}" for k in classifier.state_dict()}
+    return set()
+
+
+def load_backbone_weights(
+    backbone: torch.nn.Module, path: str | Path, trust: bool = False, class_names: list[str] | None = None
+) -> dict[str, list[str]]:
     """Initialise ``backbone`` (the timm model, e.g. ``DrLocModule.model``) from the weights in ``path``
     for fine-tuning; the DRLoc head (and anything else outside the backbone) stays new.
 
@@ -176,9 +201,12 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
     ``DrLocModule`` checkpoint, ``module.`` of DDP, ...). Tensors whose shape differs (the
     classifier of a model trained on other classes) are skipped and stay as initialised, except
     position embeddings of another resolution, which are resampled
-    (:func:`vt_drloc.pos_embed.resample_position_embeddings`). Returns ``{"loaded": [...],
-    "resampled": [...], "skipped": [...], "missing": [...]}`` (backbone keys); raises
-    :class:`~vt_drloc.config.UserError` when nothing matches.
+    (:func:`vt_drloc.app.pos_embed.resample_position_embeddings`). When ``class_names`` (the new
+    task's) differ from the names the file records, the classifier starts new even if its shape
+    fits (pretraining on five classes, fine-tuning on five others): listed in ``"new_classes"``.
+    Returns ``{"loaded": [...], "resampled": [...], "skipped": [...], "new_classes": [...],
+    "missing": [...]}`` (backbone keys); raises :class:`~vt_drloc.app.config.UserError` when nothing
+    matches.
 
     >>> import timm, tempfile, os
     >>> src = timm.create_model("vit_tiny_patch16_224", num_classes=100, img_size=32, patch_size=4, depth=1)
@@ -188,7 +216,7 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
     >>> report["skipped"], torch.equal(src.pos_embed, dst.pos_embed)
     (['head.bias', 'head.weight'], True)
     """
-    state = read_state_dict(path, trust)
+    state, recorded = read_weight_file(path, trust)
     own = backbone.state_dict()
     best: dict[str, torch.Tensor] = {}
     for prefix in ("", *_PREFIXES):
@@ -196,7 +224,9 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
         if len(candidate) > len(best):
             best = candidate
     best, resampled = resample_position_embeddings(backbone, best)  # another resolution: resample, not skip
-    loaded = {k: v for k, v in best.items() if v.shape == own[k].shape}
+    other_task = class_names is not None and recorded is not None and list(class_names) != list(recorded)
+    new_classes = sorted(classifier_keys(backbone) & set(best)) if other_task else []
+    loaded = {k: v for k, v in best.items() if v.shape == own[k].shape and k not in new_classes}
     if not loaded:
         example = ", ".join(list(state)[:3])
         raise UserError(
@@ -207,6 +237,7 @@ def load_backbone_weights(backbone: torch.nn.Module, path: str | Path, trust: bo
     return {
         "loaded": sorted(loaded),
         "resampled": sorted(resampled),
-        "skipped": sorted(k for k in best if k not in loaded),
+        "skipped": sorted(k for k in best if k not in loaded and k not in new_classes),
+        "new_classes": new_classes,
         "missing": sorted(k for k in own if k not in best),
     }

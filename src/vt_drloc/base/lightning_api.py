@@ -2,7 +2,7 @@
 
 Lightning ships twice: ``pytorch_lightning`` and ``lightning.pytorch`` are separate copies whose
 Trainers accept only their own ``LightningModule`` / ``Callback`` classes and raise their own
-exception types. The faces (:mod:`vt_drloc.module`, :mod:`vt_drloc.callback`,
+exception types. The faces (:mod:`vt_drloc.faces.module`, :mod:`vt_drloc.faces.callback`,
 :mod:`vt_drloc.data.datamodule`) are written once against a :class:`LightningAPI` and built for
 each package: ``vt_drloc.DrLocModule`` etc. for ``pytorch_lightning``, and
 ``vt_drloc.lightning.DrLocModule`` etc. for ``lightning.pytorch`` (``import lightning as L``).

@@ -13,7 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from vt_drloc.files import write_atomic
+from vt_drloc.base.files import write_atomic
 
 
 class Throughput(pl.Callback):

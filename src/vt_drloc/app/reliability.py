@@ -1,6 +1,6 @@
 """Keeping long runs safe: no torn checkpoints, exact resume, loud non-finite losses.
 
-Three pieces, all wired into :func:`vt_drloc.train.train` (see ``docs/reliability.md``):
+Three pieces, all wired into :func:`vt_drloc.app.train.train` (see ``docs/reliability.md``):
 
 * :class:`AtomicCheckpointIO` -- a Lightning ``CheckpointIO`` plugin that writes every checkpoint
   to a temporary file in the same folder, flushes and ``fsync``\\ s it, then ``os.replace``\\ s it over
@@ -31,8 +31,8 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from vt_drloc.config import RunStopped
-from vt_drloc.files import write_atomic
+from vt_drloc.app.config import RunStopped
+from vt_drloc.base.files import write_atomic
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -42,11 +42,12 @@ __all__ = [
     "ResumeRngState",
     "atomic_torch_save",
     "last_good_checkpoint",
+    "save_final_checkpoint",
 ]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partly written ``path`` (:func:`vt_drloc.files.write_atomic`)."""
+    """``torch.save(obj, path)`` that never leaves a partly written ``path`` (:func:`vt_drloc.base.files.write_atomic`)."""
     write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
@@ -131,7 +132,26 @@ def _python_state_restore(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------- non-finite loss
 class NonFiniteLossError(RunStopped):
     """The training loss (or one of its terms) became NaN or infinite; the run was stopped (exit code 3:
-    not a mistake in the command, so not the 2 of a :class:`~vt_drloc.config.UserError`)."""
+    not a mistake in the command, so not the 2 of a :class:`~vt_drloc.app.config.UserError`)."""
+
+
+def save_final_checkpoint(trainer: pl.Trainer, path: str | os.PathLike) -> bool:
+    """Save the weights fit ended with to ``path`` (the run's ``last.ckpt``) unless it holds them already.
+
+    The epoch-end save covers most runs; this covers the rest: a step cadence
+    (``every_n_train_steps``) whose last step is off the cadence, and runs without checkpoint
+    callbacks (``callbacks=none``). Returns whether it wrote. Call it on every rank (saving is collective).
+    """
+    saved_step = -1
+    if trainer.is_global_zero and os.path.isfile(path):
+        try:  # mmap: reads the step without loading the weights
+            saved_step = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+        except Exception:  # unreadable: rewrite it
+            saved_step = -1
+    stale = trainer.strategy.broadcast(saved_step != trainer.global_step, src=0)
+    if stale:
+        trainer.save_checkpoint(path)
+    return bool(stale)
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:

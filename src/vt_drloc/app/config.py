@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vt_drloc.objective import DrLocConfig
+from vt_drloc.faces.objective import DrLocConfig
 
 CONFIG_PACKAGE = "vt_drloc.conf"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
@@ -70,19 +70,27 @@ _CLI_SPELLING = (
     ("download=True", "data.download=true"),
     ("folder_name=", "data.folder_name="),
     ("(root=", "(data.root="),
+    ("skip_corrupt=True", "data.skip_corrupt=true"),
 )
 
 
-def prepare_data_checked(datamodule: Any, stage: str) -> None:
-    """``prepare_data()`` + ``setup(stage)``; a data set that is missing or laid out wrongly is a
-    :class:`UserError` of one paragraph in the command line's spelling (``data.root=...``,
-    ``data.download=true``), raised before any model is built."""
+def prepare_data_checked(datamodule: Any, stage: str, test: bool = False) -> None:
+    """``prepare_data()`` + ``setup(stage)``; a data set that is missing, laid out wrongly, corrupt
+    (archive or image), or without a split to ``test`` on is a :class:`UserError` of one paragraph
+    in the command line's spelling (``data.root=...``, ``data.download=true``), raised before any
+    model is built."""
     from vt_drloc.data.sources import DatasetLayoutError, DatasetNotFoundError
+    from vt_drloc.data.tar_folder import CorruptImageError
 
     try:
         datamodule.prepare_data()
         datamodule.setup(stage)
-    except (DatasetNotFoundError, DatasetLayoutError, ValueError) as err:  # ValueError: e.g. samples_per_class too large
+        if test and getattr(datamodule, "test_dataset", False) is None:
+            raise DatasetLayoutError(
+                f"{datamodule.source} has neither a test nor a val split, so test=true (the default) would fail after training: "
+                "add a test/<class>/ folder (or val/<class>/, which then also serves as the test set), or pass test=false"
+            )
+    except (DatasetNotFoundError, DatasetLayoutError, CorruptImageError, ValueError) as err:  # ValueError: e.g. samples_per_class too large
         lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
         # one paragraph: items end in ";", the last item before a heading ("How to get it:") in "."
         ends = [";" if i + 1 < len(lines) and not lines[i + 1].endswith(":") else "." for i in range(len(lines))]
@@ -145,7 +153,7 @@ def check_group_choices(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------- checks
 def check_drloc_config(drloc: Mapping[str, Any]) -> None:
     """The ``drloc`` group, checked by the rules both faces use (building its
-    :class:`~vt_drloc.objective.DrLocConfig`), the bad key spelled as on the command line."""
+    :class:`~vt_drloc.faces.objective.DrLocConfig`), the bad key spelled as on the command line."""
     try:
         DrLocConfig.build(drloc)
     except (TypeError, ValueError) as err:

@@ -45,7 +45,7 @@ def lock_holder(output_dir: Path) -> int | None:
 
 def check_not_in_use(output_dir: Path) -> None:
     """Refuse (exit 2) a folder another live run is writing into, before anything is written to it."""
-    from vt_drloc.config import UserError
+    from vt_drloc.app.config import UserError
 
     pid = lock_holder(output_dir) if _is_rank_zero_process() else None
     if pid is not None:
@@ -65,7 +65,7 @@ class RunLock:
         self.held = False
 
     def __enter__(self) -> RunLock:
-        from vt_drloc.config import UserError
+        from vt_drloc.app.config import UserError
 
         if not _is_rank_zero_process():
             return self
@@ -125,7 +125,7 @@ def prepend_metric_rows(path: Path, earlier: list[dict[str, str]]) -> None:
     """Put ``earlier`` rows back in front of what the resumed run logged (Lightning's CSVLogger deletes the file)."""
     import csv
 
-    from vt_drloc.files import write_atomic
+    from vt_drloc.base.files import write_atomic
 
     if not earlier:
         return

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from vt_drloc.base.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.core import DrLocLoss
 from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid
-from vt_drloc.data_info import data_info_of
-from vt_drloc.lightning_api import PYTORCH_LIGHTNING
-from vt_drloc.objective import EARLIER_DEFAULTS, DrLocConfig, DrLocObjective, plain
-from vt_drloc.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
+from vt_drloc.data.info import data_info_of
+from vt_drloc.faces.objective import EARLIER_DEFAULTS, DrLocConfig, DrLocObjective, plain
+from vt_drloc.faces.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
 
 __all__ = ["DrLocModule", "DrLocModuleBase", "classification_loss", "warmup_cosine_factor", "weight_decay_groups"]
 
@@ -50,7 +50,7 @@ class DrLocModuleBase:
             trains exactly like a plain timm loop.
         model_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``patch_size``,
             ``drop_path_rate``, ...).
-        drloc: the DRLoc options, a :class:`~vt_drloc.objective.DrLocConfig` or a mapping of its
+        drloc: the DRLoc options, a :class:`~vt_drloc.faces.objective.DrLocConfig` or a mapping of its
             fields (``mode``, ``sample_size``, ``target``, ``hidden_dims``, ``head_init``,
             ``class_head``, ``grid_size``, ``tap_norm``, ``schedule``, ``warmup_epochs``,
             ``decay_epochs``, ``interval``, ``seed``: the keys of ``conf/drloc``). The same fields
@@ -62,7 +62,7 @@ class DrLocModuleBase:
         optimizer: the optimizer class and its other settings: ``None`` (AdamW with ``betas``), a
             mapping ``{"_target_": "torch.optim.SGD", "momentum": 0.9}``, a ``functools.partial``
             of the class (Hydra's ``_partial_: true``, as ``conf/optim`` builds it) or the class;
-            see :func:`vt_drloc.optim.optimizer_spec`.
+            see :func:`vt_drloc.faces.optim.optimizer_spec`.
         betas: AdamW's, used when ``optimizer`` is ``None``.
         lr_decay_epochs: the epoch the cosine reaches ``min_lr`` (``None`` = ``max_epochs``; the
             released runs: 300 with 100 trained).
@@ -147,7 +147,7 @@ class DrLocModuleBase:
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
         self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
-        # class names and eval preprocessing (vt_drloc.data_info), saved in checkpoints for export / predict
+        # class names and eval preprocessing (vt_drloc.data.info), saved in checkpoints for export / predict
         self.data_info: dict[str, Any] = {}
 
     @property
@@ -212,7 +212,7 @@ class DrLocModuleBase:
         logits, grid = self.forward_with_grid(x)
         ce = classification_loss(logits, y, self.hparams.label_smoothing)
         loss = ce
-        self.loss_terms = {"ce": ce.detach()}  # read by vt_drloc.reliability.NonFiniteLossGuard
+        self.loss_terms = {"ce": ce.detach()}  # read by vt_drloc.app.reliability.NonFiniteLossGuard
         if grid is not None:
             drloc, lam = self.objective.step(grid, self, self._trainer)
             loss = ce + lam * drloc
