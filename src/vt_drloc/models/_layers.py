@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, DropPath, Mlp, to_2tuple
 from timm.models import build_model_with_cfg
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices  # private module, no public path (timm 1.0); read here only
 from torch import Tensor, nn
 
 __all__ = [

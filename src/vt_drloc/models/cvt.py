@@ -59,10 +59,9 @@ import torch
 import torch.utils.checkpoint
 from timm.layers import calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from vt_drloc.models._layers import (
+from vt_drloc.models._layers import (  # feature_take_indices: timm's, read from a private module there
     C32_CFG,
     ClassifierMixin,
     MultiHeadAttentionBase,
@@ -71,6 +70,7 @@ from vt_drloc.models._layers import (
     cfg_factory,
     check_output_fmt,
     conv_out_size,
+    feature_take_indices,
     init_weights,
     tokens_to_nchw,
 )

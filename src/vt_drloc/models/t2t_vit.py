@@ -56,17 +56,17 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from vt_drloc.models._layers import (
+from vt_drloc.models._layers import (  # feature_take_indices: timm's, read from a private module there
     C32_CFG,
     ClassifierMixin,
     build_model,
     cfg_factory,
     check_output_fmt,
     conv_out_size,
+    feature_take_indices,
     init_weights,
     sinusoid_table,
     tokens_to_nchw,
