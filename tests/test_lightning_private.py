@@ -1,5 +1,5 @@
-"""Each private Lightning / PyTorch use of vt_drloc (all in vt_drloc.faces.lightning_private), run against the
-installed ``pytorch_lightning``, ``lightning.pytorch`` and ``torch``.
+"""Each private Lightning / PyTorch use of vt_drloc (all in vt_drloc.faces.lightning_private), run against
+the installed ``pytorch_lightning``, ``lightning.pytorch`` and ``torch``.
 
 CI runs this file on the oldest and newest supported Lightning (``make test-matrix``). A failure names the
 private attribute and the version that broke it: fix vt_drloc.faces.lightning_private, not the callers.
@@ -97,11 +97,12 @@ def test_fit_data_source_is_what_fit_was_given(package, given, tmp_path):
             seen["dataset"] = training_dataset(trainer)
 
     fit(pl, module, tmp_path, [AtSetup()], **fit_kwargs)
-    assert seen["fit_loop has _data_source"], f"{version}: trainer.fit_loop._data_source is gone; update vt_drloc.faces.lightning_private"
+    fence = "vt_drloc.faces.lightning_private.fit_data_source"
+    assert seen["fit_loop has _data_source"], f"{version}: trainer.fit_loop._data_source is gone; update {fence}"
     expected = {"loader": DataLoader, "datamodule": TinyData, "module": Tiny}[given]
     assert isinstance(seen["source"], expected), (
-        f"{version}: trainer.fit_loop._data_source.instance at setup('fit') is {type(seen['source']).__name__}, not the "
-        f"{expected.__name__} given to fit(); update vt_drloc.faces.lightning_private.fit_data_source"
+        f"{version}: trainer.fit_loop._data_source.instance at setup('fit') is {type(seen['source']).__name__}, "
+        f"not the {expected.__name__} given to fit(); update {fence}"
     )
     assert seen["dataset"] is data, f"{version}: training_dataset(trainer) did not find the dataset given to fit()"
 
@@ -135,7 +136,7 @@ def test_training_step_instance_attribute_is_what_lightning_runs(package, tmp_pa
 
     module = Tiny()
     fit(pl, module, tmp_path, [Wrap()], train_dataloaders=DataLoader(dataset(), batch_size=4))
-    assert calls == [0, 1], f"{version}: Lightning did not call the instance attribute pl_module.training_step ({calls})"
+    assert calls == [0, 1], f"{version}: Lightning did not call the instance attribute training_step ({calls})"
     assert len(losses) == 2 and min(losses) > 100.0, (
         f"{version}: the loss Lightning back-propagates ({losses}) is not the one the wrapped training_step returned"
     )
@@ -155,7 +156,8 @@ def test_state_dict_metadata_drop():
     assert set(state._metadata) == {"", "0"}
     for key in [k for k in state if k.startswith("1.")]:
         del state[key]
-    missing = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.LayerNorm(2))).load_state_dict(state, strict=False).missing_keys
+    fresh = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.LayerNorm(2)))
+    missing = fresh.load_state_dict(state, strict=False).missing_keys
     assert missing == ["1.0.weight", "1.0.bias"]
     drop_state_dict_metadata({"a": torch.zeros(1)}, lambda key: True)  # a plain dict has no metadata
 
@@ -201,7 +203,10 @@ def test_scheduler_lists_follow_an_added_group(name):
             f"{version}: {type(sched).__name__}._last_lr is no longer the list get_last_lr() returns"
         )
     optimizer.add_param_group(
-        {**{k: v for k, v in optimizer.param_groups[0].items() if k != "params"}, "params": [nn.Parameter(torch.zeros(1))]}
+        {
+            **{k: v for k, v in optimizer.param_groups[0].items() if k != "params"},
+            "params": [nn.Parameter(torch.zeros(1))],
+        }
     )
 
     def extend(sched):

@@ -110,7 +110,8 @@ class StudyRow:
             parts.append(f"m={opts['sample_size']}")
         parts.append(str(opts.get("mode", "?")))
         for key, label in (("tap_norm", "{}-norm"), ("head_init", "{} init")):
-            parts.append(label.format(opts[key]) if key in opts else label.format(EARLIER_DEFAULTS[key]) + OLDER_DEFAULT_MARK)
+            earlier = label.format(EARLIER_DEFAULTS[key]) + OLDER_DEFAULT_MARK
+            parts.append(label.format(opts[key]) if key in opts else earlier)
         return ", ".join(parts)
 
     def paired_test(self) -> list[float]:
