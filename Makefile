@@ -17,7 +17,7 @@ install: $(BIN)/python
 
 test: install lint
 	$(BIN)/python -m pytest -q tests
-	$(MAKE) test-matrix
+	$(MAKE) -o install test-matrix  # install ran above
 
 # The Lightning version matrix. `make install` brings the newest pytorch-lightning / lightning, which the whole
 # suite above runs on; this target reruns the Lightning-facing tests on each older version listed here: the floor
