@@ -237,3 +237,49 @@ def test_is_norm_covers_every_public_batch_and_instance_norm():
         module = cls.__new__(cls)  # no __init__: lazy modules need no shape to be classified
         assert is_norm(module), f"torch {torch.__version__}: core.discover.is_norm misses nn.{cls.__name__}"
     assert not is_norm(nn.Linear(2, 2))
+
+
+# the modules allowed to read another package's private names, and why
+PRIVATE_READERS = {
+    "faces/lightning_private.py": "the fence: Lightning's and torch's private names",
+    "models/_layers.py": "timm's feature_take_indices lives in the private timm.models._features only",
+}
+
+
+def test_no_other_module_reads_a_private_name():
+    """Outside PRIVATE_READERS, no module of src/vt_drloc reads ``obj._name`` of another object (self / cls
+    aside), asks getattr / hasattr for ``"_name"`` or imports from a private module of another package."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "vt_drloc"
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    def own(node: ast.expr) -> bool:
+        return isinstance(node, ast.Name) and node.id in ("self", "cls")
+
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        where = path.relative_to(src).as_posix()
+        if where in PRIVATE_READERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and private(node.attr) and not own(node.value):
+                found.append(f"{where}:{node.lineno}: .{node.attr}")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr", "setattr", "delattr")
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+                and private(node.args[1].value)
+                and not own(node.args[0])
+            ):
+                found.append(f"{where}:{node.lineno}: {node.func.id}(..., {node.args[1].value!r})")
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("vt_drloc."):
+                if any(private(part) for part in node.module.split(".")):
+                    found.append(f"{where}:{node.lineno}: from {node.module}")
+    assert not found, "private names read outside vt_drloc.faces.lightning_private:\n" + "\n".join(found)

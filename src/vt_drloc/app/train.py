@@ -81,12 +81,12 @@ def restore_metric_rows(earlier_rows: dict[Path, list[dict[str, str]]]) -> None:
             prepend_metric_rows(path, rows)
 
 
-def instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a callbacks / logger group."""
+def instantiate_all(group: DictConfig | None, group_name: str = "callbacks") -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks / logger group (``group_name``: its key, for errors)."""
     if not group:
         return []
     return [
-        instantiate_checked(f"{group._key()}.{name}", entry)
+        instantiate_checked(f"{group_name}.{name}", entry)
         for name, entry in group.items()
         if isinstance(entry, DictConfig) and "_target_" in entry
     ]
@@ -142,13 +142,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
         start = time.perf_counter()
         datamodule = build_datamodule(cfg)
-        callbacks = instantiate_all(cfg.get("callbacks"))
+        callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
         drloc_callbacks = [cb for cb in callbacks if isinstance(cb, DrLocCallbackBase)]
         throughput, interrupt = Throughput(), InterruptCheckpoint(run.output_dir / "checkpoints")
         # Always on (docs/reliability.md): stop at the first NaN/inf loss term; SIGINT / SIGTERM leave a resumable
         # last.ckpt; resume with the same RNG streams; RunProgress: the run's ETA, and a head that does not learn
         callbacks += [throughput, NonFiniteLossGuard(), ResumeRngState(), interrupt, RunProgress()]
-        loggers = instantiate_all(cfg.get("logger"))
+        loggers = instantiate_all(cfg.get("logger"), "logger")
         earlier_rows = metric_rows_to_keep(loggers, run.ckpt_path)  # before the Trainer starts metrics.csv afresh
         trainer: pl.Trainer = instantiate_checked(
             "trainer",

@@ -11,7 +11,6 @@ each package: ``vt_drloc.DrLocModule`` etc. for ``pytorch_lightning``, and
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -62,22 +61,3 @@ class LightningAPI:
 
 
 PYTORCH_LIGHTNING = LightningAPI.of("pytorch_lightning")
-
-
-def training_dataset(trainer: Any) -> Any:
-    """The dataset the trainer will fit on, found without iterating any loader (None if unknown).
-
-    At ``setup("fit")`` the fit loop has not built its loaders yet, and Lightning offers no public
-    handle on what ``fit`` was given: the data source is read from ``fit_loop._data_source`` (the same
-    attribute in both packages since 2.0), falling back to the trainer's datamodule."""
-    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-    loader = getattr(source, "instance", None)
-    if loader is not None and not hasattr(loader, "dataset") and hasattr(loader, "train_dataloader"):
-        loader = loader.train_dataloader()  # a datamodule or module given to fit
-    if loader is None and getattr(trainer, "datamodule", None) is not None:
-        loader = trainer.datamodule.train_dataloader()
-    if isinstance(loader, Mapping):
-        loader = next(iter(loader.values()), None)
-    elif isinstance(loader, (list, tuple)):
-        loader = loader[0] if loader else None
-    return getattr(loader, "dataset", None)

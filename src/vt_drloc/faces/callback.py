@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vt_drloc.base.lightning_api import PYTORCH_LIGHTNING, LightningAPI, training_dataset
+from vt_drloc.base.lightning_api import PYTORCH_LIGHTNING, LightningAPI
 from vt_drloc.core import DrLocLoss
 from vt_drloc.core.discover import (
     FORMAT_LAYOUTS,
@@ -67,10 +67,10 @@ from vt_drloc.core.tap import (
     find_backbone,
     find_timm_models,
     is_timm_model,
-    patch_method,
     prefix_owner,
     probe_input,
 )
+from vt_drloc.faces.lightning_private import drop_state_dict_metadata, training_dataset, wrap_training_step
 from vt_drloc.faces.objective import DrLocConfig, DrLocObjective, plain
 from vt_drloc.faces.optim import add_param_groups
 
@@ -212,7 +212,7 @@ class DrLocCallbackBase:
                 f"{cls} already trains DRLoc (it has a DrLocLoss as .drloc, e.g. DrLocModule with lambda_drloc > 0); "
                 "use either DrLocModule or DrLocCallback, not both."
             )
-        if HEAD_ATTR in pl_module._modules or hasattr(pl_module, HEAD_ATTR):
+        if hasattr(pl_module, HEAD_ATTR):  # a submodule too: nn.Module.__getattr__ finds it
             raise self._error(
                 f"{cls} already has an attribute {HEAD_ATTR!r}: another DrLocCallback is attached (use one), or the "
                 "module uses the name DrLocCallback reserves for its head."
@@ -389,7 +389,7 @@ class DrLocCallbackBase:
         loss = self.objective.build_loss(channels, (height, width)).to(param.device if param is not None else "cpu")
         self.objective.loss = loss
         pl_module.add_module(HEAD_ATTR, loss)
-        self._undo.append(lambda: pl_module._modules.pop(HEAD_ATTR, None))
+        self._undo.append(lambda: delattr(pl_module, HEAD_ATTR) if hasattr(pl_module, HEAD_ATTR) else None)
         self._keep_head_out_of_state_dict(pl_module)
         self._wrap_training_step(trainer, pl_module)
 
@@ -400,10 +400,7 @@ class DrLocCallbackBase:
         def strip_head(module, state_dict, prefix, local_metadata):
             for key in [k for k in state_dict if k.startswith(prefix + prefix_key)]:
                 del state_dict[key]
-            metadata = getattr(state_dict, "_metadata", None)
-            if metadata is not None:
-                for key in [k for k in metadata if k == prefix + HEAD_ATTR or k.startswith(prefix + prefix_key)]:
-                    del metadata[key]
+            drop_state_dict_metadata(state_dict, lambda k: k == prefix + HEAD_ATTR or k.startswith(prefix + prefix_key))
 
         def allow_missing_head(module, incompatible_keys):
             missing = incompatible_keys.missing_keys
@@ -416,7 +413,7 @@ class DrLocCallbackBase:
         def wrap(original: Callable) -> Callable:
             return lambda *args, **kwargs: self._training_step(trainer, pl_module, original, *args, **kwargs)
 
-        self._undo.append(patch_method(pl_module, "training_step", wrap))
+        self._undo.append(wrap_training_step(pl_module, wrap))
 
     def _detach(self) -> None:
         while self._undo:

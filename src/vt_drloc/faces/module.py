@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from vt_drloc.base.files import EARLIER_DEFAULTS
 from vt_drloc.base.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.core import DrLocLoss
 from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid
 from vt_drloc.data.info import data_info_of
-from vt_drloc.faces.objective import EARLIER_DEFAULTS, DrLocConfig, DrLocObjective, plain
+from vt_drloc.faces.objective import DrLocConfig, DrLocObjective, plain
 from vt_drloc.faces.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
 
 __all__ = ["DrLocModule", "DrLocModuleBase", "classification_loss", "warmup_cosine_factor", "weight_decay_groups"]

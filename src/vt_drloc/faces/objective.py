@@ -66,11 +66,6 @@ def plain(value: Any) -> Any:
     return omegaconf.OmegaConf.to_container(value, resolve=True)
 
 
-#: Options added after the first vt_drloc checkpoints were written, with the behaviour those runs had
-#: (docs/fidelity.md rows 3, 5, 6): a checkpoint whose hyper-parameters lack one was trained this way.
-EARLIER_DEFAULTS = {"tap_norm": "post", "head_init": "torch", "class_head": "fused"}
-
-
 @dataclass
 class DrLocConfig:
     """Every DRLoc option, checked on construction (before any model is built).

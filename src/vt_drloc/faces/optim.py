@@ -14,6 +14,7 @@ from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 
 from vt_drloc.core.errors import DrLocConfigError
+from vt_drloc.faces.lightning_private import nested_schedulers, scheduler_group_lists
 from vt_drloc.faces.objective import plain
 
 # set from the module's own arguments (optim.lr, optim.weight_decay) and its parameter groups
@@ -121,17 +122,12 @@ def weight_decay_groups(modules: Sequence[nn.Module], weight_decay: float) -> li
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# per-parameter-group lists of torch (and timm) LR schedulers
-_SCHEDULER_GROUP_LISTS = ("base_lrs", "lr_lambdas", "min_lrs", "max_lrs", "_last_lr", "base_values")
-
-
 def extend_scheduler(scheduler: Any, old_groups: int, added: int) -> None:
     """Give a scheduler built for ``old_groups`` parameter groups entries for ``added`` more (copies of group 0's)."""
-    for attr in _SCHEDULER_GROUP_LISTS:
-        values = getattr(scheduler, attr, None)
-        if isinstance(values, list) and len(values) == old_groups and values:
+    for _, values in scheduler_group_lists(scheduler):
+        if len(values) == old_groups and values:
             values.extend([values[0]] * added)
-    for child in getattr(scheduler, "_schedulers", None) or ():
+    for child in nested_schedulers(scheduler):
         extend_scheduler(child, old_groups, added)
 
 
