@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from vt_drloc.app.budget import check_min_train_steps, stretch_to_min_steps
 from vt_drloc.app.checkpoints import check_output_dir, check_resume_checkpoint, load_backbone_weights, resolve_resume_path
 from vt_drloc.app.config import (
     CONFIG_PATH,
@@ -108,6 +109,7 @@ def check(cfg: DictConfig) -> CheckedRun:
     run folder (no live run in it, nothing of an earlier run overwritten). Bad input: :class:`UserError`."""
     check_drloc_config(cfg.drloc)
     check_run_config(cfg)
+    check_min_train_steps(cfg.get("min_train_steps"))
     output_dir = Path(cfg.paths.output_dir)
     trust = bool(cfg.get("trust_checkpoint"))
     init_from = str(cfg.init_from) if cfg.get("init_from") else None
@@ -142,6 +144,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
         start = time.perf_counter()
         datamodule = build_datamodule(cfg)
+        budget = stretch_to_min_steps(cfg, datamodule)  # small data: more epochs, every schedule stretched alike
+        if budget["epoch_factor"] > 1:
+            log.info(
+                "min_train_steps=%d: %d steps per epoch, so every epoch setting x%d: %s",
+                budget["min_train_steps"],
+                budget["steps_per_epoch"],
+                budget["epoch_factor"],
+                ", ".join(f"{k} {a} -> {b}" for k, (a, b) in budget["stretched"].items()),
+            )
         callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
         drloc_callbacks = [cb for cb in callbacks if isinstance(cb, DrLocCallbackBase)]
         throughput, interrupt = Throughput(), InterruptCheckpoint(run.output_dir / "checkpoints")
@@ -172,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         fit_metrics, test_metrics = fit_and_test(cfg, run, trainer, model, datamodule, earlier_rows, interrupt, start)
         results = results_of(cfg, run, trainer, model, datamodule, drloc_callbacks, lambda_drloc, init_report, fit_metrics, test_metrics)
         results.update(wall_time_s=time.perf_counter() - start, images_per_s=throughput.images_per_second)
-        results.update(world_size=trainer.world_size, output_dir=str(run.output_dir))
+        results.update(world_size=trainer.world_size, output_dir=str(run.output_dir), budget=budget)
         if trainer.is_global_zero:
             path = write_results(run.output_dir, results)
             for lg in loggers:
