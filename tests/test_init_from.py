@@ -105,6 +105,18 @@ def test_app_init_from_runs_and_records_it(tmp_path):
         train(compose_cfg([*TINY, f"init_from={tmp_path / 'missing.pth'}"], tmp_path / "fourth"))
 
 
+def test_pretrain_on_five_classes_then_fine_tune_on_the_other_five(tmp_path, caplog):
+    """The fine-tuning cells' path through the app: data.classes, a weights-only checkpoint, a new classifier."""
+    first = compose_cfg([*TINY, "data.classes=[airplane,automobile,bird,cat,deer]"], tmp_path / "pre")
+    train(first)
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)  # Hydra's ListConfig must not reach the file
+    assert saved["data_info"]["class_names"] == ["airplane", "automobile", "bird", "cat", "deer"]
+    with caplog.at_level("INFO", logger="vt_drloc.train"):
+        results = train(compose_cfg([*TINY, "data.classes=[dog,frog,horse,ship,truck]", f"init_from={ckpt}"], tmp_path / "ft"))
+    assert results["init_from_loaded"] > 0 and "2 classifier tensors new (other classes: head.bias, head.weight)" in caplog.text
+
+
 def test_a_32px_checkpoint_fine_tunes_at_64px_with_resampled_position_embeddings(tmp_path, caplog):
     from timm.layers import resample_abs_pos_embed
 

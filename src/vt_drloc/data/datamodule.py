@@ -42,6 +42,11 @@ log = logging.getLogger("vt_drloc.data")
 VAL_SPLIT_CHOICES = ("auto", "val", "test", "holdout")
 
 
+def plain_list(value: Any) -> Any:
+    """A list-like hyper-parameter (a Hydra ``ListConfig``, a tuple) as a plain list; None and scalars as given."""
+    return None if value is None or isinstance(value, (str, bytes)) else [*value] if hasattr(value, "__iter__") else value
+
+
 class ImageDataModuleBase:
     """Image classification data with the small-data regime as one switch.
 
@@ -131,6 +136,9 @@ class ImageDataModuleBase:
         classes: list[str] | None = None,
     ) -> None:
         super().__init__()
+        # Hydra passes lists as ListConfig: plain lists in the hparams keep checkpoints loadable with
+        # torch.load(weights_only=True) (save_hyperparameters reads these locals)
+        classes, mean, std, scale = (plain_list(v) for v in (classes, mean, std, scale))
         self.save_hyperparameters()
         self.spec = get_spec(name)
         self.name = self.spec.name
