@@ -120,8 +120,8 @@ def test_lambda_horizon_and_interval_in_a_fit(tmp_path):
         lambda_decay_epochs=5,
         lambda_interval="epoch",
         lr=1e-3,
-        min_lr=0.0,
-        warmup_epochs=0,
+        lr_min=0.0,
+        lr_warmup_epochs=0,
         lr_decay_epochs=4,
         drloc_seed=0,
     )
@@ -196,7 +196,7 @@ def test_soft_targets_from_mixup_are_understood():
     "kwargs, message",
     [
         (dict(lambda_drloc=-0.1), "lambda_drloc=-0.1"),
-        (dict(sample_size=0), "sample_size=0"),
+        (dict(num_pairs=0), "num_pairs=0"),
         (dict(drloc_mode="l3"), "mode='l3'"),
         (dict(lambda_schedule="step"), "schedule='step'"),
         (dict(lr=0), "lr=0"),
@@ -278,7 +278,14 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
     from vt_drloc.faces.objective import DrLocConfig
 
     new = dict(
-        schedule="warmup_decay", warmup_epochs=3, decay_epochs=9, interval="epoch", seed=4, hidden_dims=[48], mode="l1", target="signed"
+        schedule="warmup_decay",
+        lambda_warmup_epochs=3,
+        lambda_decay_epochs=9,
+        interval="epoch",
+        seed=4,
+        hidden_dims=[48],
+        mode="l1",
+        target="signed",
     )
     old = dict(
         lambda_schedule="warmup_decay",
@@ -290,11 +297,10 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
         drloc_mode="l1",
         drloc_target="signed",
     )
-    # a top-level warmup_epochs is the optimizer's (as in conf/optim); λ's warm-up goes in drloc=
-    kwargs = {k: v for k, v in new.items() if k != "warmup_epochs"}
-    by_kwargs = tiny_module(**kwargs, drloc={"warmup_epochs": 3}, warmup_epochs=1)
+    # λ's warm-up is lambda_warmup_epochs, the learning rate's lr_warmup_epochs: both at the top level
+    by_kwargs = tiny_module(**new, lr_warmup_epochs=1)
     by_old, by_mapping = tiny_module(**old), tiny_module(drloc=new)
-    assert by_kwargs.hparams.warmup_epochs == 1
+    assert by_kwargs.hparams.lr_warmup_epochs == 1
     assert by_kwargs.drloc_config == by_old.drloc_config == by_mapping.drloc_config == DrLocConfig(lambda_drloc=0.5, **new)
     assert by_kwargs.hparams.drloc == DrLocConfig(lambda_drloc=0.5, **new).as_dict()
     with pytest.raises(TypeError, match="unknown DRLoc option 'lamda_schedule'"):

@@ -49,14 +49,14 @@ def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float, global_
     ``module._target_`` at their own class) with ``num_classes`` from the data and ``lambda_drloc``.
 
     With ``optim.lr_batch_scale`` set and the ``global_batch`` known, the module's ``lr`` and
-    ``min_lr`` are scaled together by global batch / ``lr_batch_scale``, as in the released code
+    ``lr_min`` are scaled together by global batch / ``lr_batch_scale``, as in the released code
     (its warm-up and floor scale too)."""
     overrides: dict[str, Any] = {}
     scale = cfg.optim.get("lr_batch_scale")
     if scale and global_batch and "lr" in cfg.module:
         overrides["lr"] = lr = cfg.optim.lr * global_batch / scale
-        if "min_lr" in cfg.module:
-            overrides["min_lr"] = min(cfg.optim.min_lr * global_batch / scale, lr)
+        if "lr_min" in cfg.module:
+            overrides["lr_min"] = min(cfg.optim.lr_min * global_batch / scale, lr)
     elif scale and global_batch:
         log.warning(
             "optim.lr_batch_scale=%s is set, but the module config (%s) has no lr key, so no learning rate was "
