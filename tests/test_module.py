@@ -301,7 +301,7 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
     by_kwargs = tiny_module(**new, lr_warmup_epochs=1)
     by_old, by_mapping = tiny_module(**old), tiny_module(drloc=new)
     assert by_kwargs.hparams.lr_warmup_epochs == 1
-    assert by_kwargs.drloc_config == by_old.drloc_config == by_mapping.drloc_config == DrLocConfig(lambda_drloc=0.5, **new)
+    assert by_kwargs.config == by_old.config == by_mapping.config == DrLocConfig(lambda_drloc=0.5, **new)
     assert by_kwargs.hparams.drloc == DrLocConfig(lambda_drloc=0.5, **new).as_dict()
     with pytest.raises(TypeError, match="unknown DRLoc option 'lamda_schedule'"):
         tiny_module(lamda_schedule="constant")
@@ -322,7 +322,7 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
     }
     torch.save({"state_dict": by_old.state_dict(), "hyper_parameters": legacy_hparams, "pytorch-lightning_version": pl.__version__}, path)
     restored = DrLocModule.load_from_checkpoint(path)
-    assert restored.drloc_config == by_old.drloc_config
+    assert restored.config == by_old.config
     assert all(torch.equal(v, by_old.state_dict()[k]) for k, v in restored.state_dict().items())
 
 
@@ -332,7 +332,7 @@ def test_checkpoint_older_than_tap_norm_and_class_head_warns_or_refuses_naming_t
     def save(module, drop):
         hparams = dict(module.hparams)
         hparams["drloc"] = {k: v for k, v in hparams["drloc"].items() if k not in drop}
-        path = tmp_path / f"{module.drloc_config.mode}.ckpt"
+        path = tmp_path / f"{module.config.mode}.ckpt"
         torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__}, path)
         return path
 
@@ -340,10 +340,10 @@ def test_checkpoint_older_than_tap_norm_and_class_head_warns_or_refuses_naming_t
     # default says so and how to keep it; asked for, it loads without a word
     path = save(tiny_module(tap_norm="post", head_init="torch"), drop={"tap_norm", "head_init", "class_head"})
     with pytest.warns(UserWarning, match=r"predates the option tap_norm.*load_from_checkpoint\(path, tap_norm='post'\)"):
-        assert DrLocModule.load_from_checkpoint(path).drloc_config.tap_norm == "pre"
+        assert DrLocModule.load_from_checkpoint(path).config.tap_norm == "pre"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert DrLocModule.load_from_checkpoint(path, tap_norm="post").drloc_config.tap_norm == "post"
+        assert DrLocModule.load_from_checkpoint(path, tap_norm="post").config.tap_norm == "post"
     # a 'ce' run from before class_head holds the fused head: refused before any key mismatch, with the fix
     fused = tiny_module(mode="ce", class_head="fused", tap_norm="post")
     path = save(fused, drop={"tap_norm", "class_head"})
@@ -394,6 +394,6 @@ def test_head_weight_decay_applies_to_the_head_weights_only(tmp_path):
     assert len(decay_of) == len(list(module.parameters()))
     assert decay_of[id(module.model.blocks[0].attn.qkv.weight)] == 0.05  # the backbone keeps the optimizer's
     assert all(decay_of[id(p)] == 0.0 for p in module.drloc.parameters())
-    assert tiny_module(head_weight_decay=0.3).drloc_config.head_weight_decay == 0.3
+    assert tiny_module(head_weight_decay=0.3).config.head_weight_decay == 0.3
     with pytest.raises(ValueError, match=r"head_weight_decay=-1 must be >= 0"):
         tiny_module(head_weight_decay=-1)

@@ -49,7 +49,7 @@ def test_warmup_epochs_keeps_its_old_meaning_on_each_face():
     DrLocCallback(warmup_epochs=) λ's: each old spelling still means what it meant, with a warning."""
     with pytest.warns(FutureWarning, match="'warmup_epochs' is now 'lr_warmup_epochs'"):
         m = module(lambda_drloc=0.1, warmup_epochs=5)
-    assert m.hparams.lr_warmup_epochs == 5 and m.drloc_config.lambda_warmup_epochs == 20
+    assert m.hparams.lr_warmup_epochs == 5 and m.config.lambda_warmup_epochs == 20
     with pytest.warns(FutureWarning, match="'warmup_epochs' is now 'lambda_warmup_epochs'"):
         cb = DrLocCallback(lambda_drloc=0.1, warmup_epochs=5)
     assert cb.config.lambda_warmup_epochs == 5
@@ -63,7 +63,7 @@ def test_both_faces_take_the_same_drloc_option_names():
         warnings.simplefilter("error", FutureWarning)
         m = module(lambda_drloc=0.1, **options)
         cb = DrLocCallback(lambda_drloc=0.1, **options)
-    assert m.drloc_config == cb.config
+    assert m.config == cb.config
 
 
 def test_a_checkpoint_written_before_the_rename_loads(tmp_path):
@@ -83,7 +83,7 @@ def test_a_checkpoint_written_before_the_rename_loads(tmp_path):
     torch.save(checkpoint, path)
     with pytest.warns(FutureWarning):
         loaded = DrLocModule.load_from_checkpoint(path, weights_only=False)
-    assert loaded.hparams.lr_warmup_epochs == 3 and loaded.drloc_config.num_pairs == 8
+    assert loaded.hparams.lr_warmup_epochs == 3 and loaded.config.num_pairs == 8
     for key, value in m.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
 
@@ -114,3 +114,16 @@ def test_an_old_key_on_the_command_line_composes_the_new_option(tmp_path):
     assert "num_pairs: 16" in run.stdout and "sample_size" not in run.stdout and "lr_min: 0" in run.stdout
     assert "drloc.sample_size is now drloc.num_pairs; the old key works until vt_drloc 0.3" in run.stderr
     assert "optim.min_lr is now optim.lr_min" in run.stderr
+
+
+def test_a_model_config_with_the_flat_drloc_keys_of_0_2_still_sets_them(tmp_path):
+    """A user's own model config written for vt_drloc 0.2 (drloc_tap_norm: post, ...) keeps its effect."""
+    from test_train import compose_cfg
+
+    from vt_drloc.app.config import check_run_config
+
+    cfg = compose_cfg(["model=vit_tiny_c32", "+model.drloc_tap_norm=post", "+model.drloc_grid_size=3"], tmp_path / "run")
+    assert (cfg.drloc.tap_norm, cfg.drloc.pool_target) == ("post", 3)
+    with pytest.warns(FutureWarning, match=r"model.drloc_tap_norm is now model.drloc.tap_norm"):
+        check_run_config(cfg)
+    assert DrLocConfig.build(cfg.drloc).tap_norm == "post"

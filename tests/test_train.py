@@ -84,7 +84,7 @@ def test_every_model_and_data_config_composes_and_instantiates():
                 assert module.grid_info is not None and min(module.grid_info.hw) >= 4
                 assert module.hparams.lambda_drloc == cfg.model.get("drloc_lambda", cfg.model.paper_lambda)
                 built[model] = module.drloc.reduced_hw
-                taps[model] = (module.grid_info.tap_norm, module.drloc_config.head_init)
+                taps[model] = (module.grid_info.tap_norm, module.config.head_init)
     # the paper's models as the released code fed DRLoc (docs/fidelity.md): Swin-T and ResNet-50
     # 7x7 as they are, ViT-B/16 its 14x14 grid unpooled, CvT-13 / T2T-ViT-14 14x14 pooled to 7x7;
     # pre-norm tokens except T2T-ViT; the head re-initialised with the model for Swin-T and T2T only
@@ -151,7 +151,7 @@ def test_paper_swin_t_composes_to_the_released_run():
     assert build_module(cfg, 10, 0.0).hparams.lr == 5e-4  # batch unknown: as configured
     assert module.grid_info.hw == module.drloc.reduced_hw == (7, 7) and module.grid_info.tap_norm == "pre"
     assert all(torch.count_nonzero(m.bias) == 0 for m in module.drloc.head.modules() if isinstance(m, torch.nn.Linear))
-    hp = module.drloc_config
+    hp = module.config
     lam = [
         drloc_lambda(
             hp.lambda_drloc,
@@ -412,7 +412,7 @@ def test_module_group_instantiates_the_users_own_class(tmp_path, monkeypatch):
     cfg = compose_cfg([*TINY, "module._target_=custom_module.TaggedModule", "+module.tag=lab"], tmp_path / "run")
     module = build_module(cfg, 10, 0.1)
     assert type(module).__name__ == "TaggedModule" and module.tag == "lab"
-    assert module.drloc_config.num_pairs == 8 and module.hparams.lr == cfg.optim.lr  # model / drloc / optim reach it
+    assert module.config.num_pairs == 8 and module.hparams.lr == cfg.optim.lr  # model / drloc / optim reach it
     results = train(cfg)
     assert results["module"] == "custom_module.TaggedModule" and results["global_step"] == 2
     assert "custom_module" in sys.modules

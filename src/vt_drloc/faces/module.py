@@ -22,7 +22,7 @@ from vt_drloc.core import DrLocLoss
 from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid
 from vt_drloc.data.info import data_info_of
-from vt_drloc.faces.objective import EARLIER_DEFAULTS, DrLocConfig, DrLocObjective, plain, warn_renamed
+from vt_drloc.faces.objective import EARLIER_DEFAULTS, DrLocConfig, DrLocObjective, log_step, plain, warn_renamed
 from vt_drloc.faces.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
 
 # vt_drloc 0.2 argument -> the learning rate's option (warmup_epochs was the LR's here, λ's in DrLocConfig)
@@ -161,11 +161,29 @@ class DrLocModuleBase:
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
         # class names and eval preprocessing (vt_drloc.data.info), saved in checkpoints for export / predict
         self.data_info: dict[str, Any] = {}
+        self._batch_idx = 0  # the training batch λ is at (current_lambda)
+
+    # the same public names as DrLocCallback's: config, loss, lambda_drloc, current_lambda, num_head_params
+    @property
+    def config(self) -> DrLocConfig:
+        """The DRLoc options this module trains with."""
+        return self.objective.config
 
     @property
     def drloc_config(self) -> DrLocConfig:
-        """The DRLoc options this module trains with."""
+        """Deprecated name of :attr:`config` (the callback's name), kept until vt_drloc 0.3."""
+        warnings.warn("DrLocModule.drloc_config is now DrLocModule.config", DeprecationWarning, stacklevel=2)
         return self.objective.config
+
+    @property
+    def loss(self) -> DrLocLoss | None:
+        """The DRLoc loss (owning the head), or None without DRLoc; registered as the submodule ``drloc``,
+        the name its weights have in checkpoints."""
+        return self.drloc
+
+    @property
+    def lambda_drloc(self) -> float:
+        return self.objective.config.lambda_drloc
 
     @staticmethod
     def _check_args(model_name, num_classes, lr, weight_decay, lr_warmup_epochs, lr_min, label_smoothing) -> None:
@@ -215,20 +233,21 @@ class DrLocModuleBase:
     @property
     def current_lambda(self) -> float:
         """λ in effect for the current training step (0 without DRLoc)."""
-        return 0.0 if self.drloc is None else self.objective.current_lambda(self._trainer)
+        return 0.0 if self.drloc is None else self.objective.current_lambda(self._trainer, self._batch_idx)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
-        self.objective.batch_idx = batch_idx
+        self._batch_idx = batch_idx
         logits, grid = self.forward_with_grid(x)
         ce = classification_loss(logits, y, self.hparams.label_smoothing)
         loss = ce
         self.loss_terms = {"ce": ce.detach()}  # read by vt_drloc.app.reliability.NonFiniteLossGuard
         if grid is not None:
-            drloc, lam = self.objective.step(grid, self, self._trainer)
-            loss = ce + lam * drloc
-            self.loss_terms["drloc"] = drloc.detach()
+            step = self.objective.step(grid, self._trainer, batch_idx)
+            log_step(self, step)
+            loss = ce + step.lam * step.drloc
+            self.loss_terms["drloc"] = step.drloc.detach()
         self.log("train/ce", ce, on_step=True, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         if self._trainer is not None and self._trainer.optimizers:
@@ -263,7 +282,7 @@ class DrLocModuleBase:
         modules = [self.model] + ([self.drloc] if self.drloc is not None else [])
         # checkpoints of vt_drloc <= 0.2 carry no optimizer: AdamW with their betas, as they trained
         spec = hp.get("optimizer") or optimizer_spec(None, hp.betas)
-        head_decay = self.drloc_config.head_weight_decay
+        head_decay = self.config.head_weight_decay
         if self.drloc is not None and head_decay is not None:  # the head's own weight decay
             groups = weight_decay_groups([self.model], hp.weight_decay) + weight_decay_groups([self.drloc], head_decay)
         else:
@@ -304,7 +323,7 @@ class DrLocModuleBase:
         if hparams is None or self.drloc is None:
             return
         recorded = {**dict(hparams), **dict(hparams.get("drloc") or {})}
-        config = self.drloc_config
+        config = self.config
         keys = ("tap_norm", "class_head") if config.mode in ("ce", "cbr") else ("tap_norm",)  # only ce/cbr have a class head
         differ = {key: EARLIER_DEFAULTS[key] for key in keys if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]}
         if not differ:

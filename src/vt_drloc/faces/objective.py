@@ -1,9 +1,10 @@
 """The DRLoc objective that both faces train with: options, loss + head, λ schedule, pair sampler,
-checkpoint state and logging, written once.
+checkpoint state and the metrics of a step, written once.
 
 :class:`~vt_drloc.faces.module.DrLocModule` and :class:`~vt_drloc.faces.callback.DrLocCallback` differ only in
 how they reach the grid (their own forward vs. a hook in the user's module) and where the head
-lives; each calls :meth:`DrLocObjective.step` with the grid of the training forward.
+lives; each calls :meth:`DrLocObjective.step` with the grid of the training forward and its batch index,
+adds λ·L_drloc to its loss and logs the step's metrics (:func:`log_step`).
 
 Options carry one name everywhere: :class:`DrLocConfig`'s fields are the keyword arguments of
 both faces and the keys of ``conf/drloc``. The names of vt_drloc 0.1 (``drloc_mode``,
@@ -222,12 +223,14 @@ class DrLocObjective:
     >>> loss = objective.build_loss(channels=16, grid_hw=(8, 8))
     >>> objective.lambda_at(epoch=0, batch_idx=0, num_batches=10, max_epochs=30)
     1.0
+    >>> step = objective.step(torch.randn(2, 16, 8, 8), trainer=None, batch_idx=0)
+    >>> step.lam, sorted(step.metrics)
+    (1.0, ['train/drloc', 'train/lambda'])
     """
 
     def __init__(self, config: DrLocConfig):
         self.config = config
         self.loss: DrLocLoss | None = None
-        self.batch_idx = 0
         self._generator: torch.Generator | None = None
         self._generator_state: Tensor | None = None
         self._pending_head_state: Mapping[str, Tensor] | None = None
@@ -276,12 +279,12 @@ class DrLocObjective:
         if state:
             self.task_ratio, self.anneal_from = state.get("task_ratio"), state.get("anneal_from")
 
-    def current_lambda(self, trainer: Any | None) -> float:
-        """λ for the trainer's current step (the schedule's start without a trainer)."""
+    def current_lambda(self, trainer: Any | None, batch_idx: int = 0) -> float:
+        """λ at batch ``batch_idx`` of the trainer's current epoch (the schedule's start without a trainer)."""
         if trainer is None:
             return self.lambda_at(0, 0, None, None)
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        return self.lambda_at(trainer.current_epoch, self.batch_idx, trainer.num_training_batches, max_epochs)
+        return self.lambda_at(trainer.current_epoch, batch_idx, trainer.num_training_batches, max_epochs)
 
     # ------------------------------------------------------------------ sampler
     def sampler(self, device: torch.device, rank: int = 0) -> torch.Generator:
@@ -326,18 +329,41 @@ class DrLocObjective:
         self.load_schedule_state(state.get("schedule_state"))
 
     # ------------------------------------------------------------------ the step
-    def step(self, grid: Tensor, module: Any, trainer: Any | None) -> tuple[Tensor, float]:
-        """L_drloc of ``grid`` (B, C, H, W) and λ for this step; logs ``train/drloc`` and ``train/lambda``
-        through ``module.log``. The caller adds ``λ · L_drloc`` to its loss."""
+    def step(self, grid: Tensor, trainer: Any | None, batch_idx: int) -> DrLocStep:
+        """L_drloc of ``grid`` (B, C, H, W) at batch ``batch_idx`` of the trainer's epoch, λ for it, and the
+        metrics to log (see :func:`log_step`). The caller adds ``λ · L_drloc`` to its loss."""
         assert self.loss is not None, "build_loss() first"
         rank = trainer.global_rank if trainer is not None else 0
         drloc = self.loss(grid, generator=self.sampler(grid.device, rank))
-        lam = self.current_lambda(trainer)
-        module.log("train/drloc", drloc, on_step=True, on_epoch=True, sync_dist=True)
-        module.log("train/lambda", lam, on_step=True, on_epoch=False)
+        lam = self.current_lambda(trainer, batch_idx)
+        metrics: dict[str, Tensor | float] = {"train/drloc": drloc, "train/lambda": lam}
         if self.config.schedule == "adaptive":
             # each rank decides from its own loss (their running means agree closely)
-            epoch = 0.0 if trainer is None else epoch_progress(trainer.current_epoch, self.batch_idx, trainer.num_training_batches)
+            epoch = 0.0 if trainer is None else epoch_progress(trainer.current_epoch, batch_idx, trainer.num_training_batches)
             self.observe(float(drloc.detach()), epoch)
-            module.log("train/drloc_over_chance", self.task_ratio, on_step=True, on_epoch=False)
-        return drloc, lam
+            assert self.task_ratio is not None
+            metrics["train/drloc_over_chance"] = self.task_ratio
+        return DrLocStep(drloc, lam, metrics)
+
+
+@dataclass(frozen=True)
+class DrLocStep:
+    """What :meth:`DrLocObjective.step` returns: L_drloc (unweighted), λ, and the metrics a face logs."""
+
+    drloc: Tensor
+    lam: float
+    metrics: dict[str, Tensor | float]
+
+
+# how each metric of a step is logged: L_drloc per step and epoch (averaged over ranks), the others per step
+LOG_OPTIONS = {
+    "train/drloc": {"on_step": True, "on_epoch": True, "sync_dist": True},
+    "train/lambda": {"on_step": True, "on_epoch": False},
+    "train/drloc_over_chance": {"on_step": True, "on_epoch": False},
+}
+
+
+def log_step(module: Any, step: DrLocStep) -> None:
+    """Log a step's metrics through the LightningModule ``module`` (both faces call this)."""
+    for name, value in step.metrics.items():
+        module.log(name, value, **LOG_OPTIONS[name])
