@@ -36,7 +36,7 @@ SCRIPTS = ROOT / "tests" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from callback_models import VIT, Classifier, random_loader  # noqa: E402
 
-FAST = dict(lambda_schedule="constant", drloc_seed=0, head_hidden_dims=[64], sample_size=16)
+FAST = dict(lambda_schedule="constant", drloc_seed=0, head_hidden_dims=[64], num_pairs=16)
 
 
 def callback(kind: str = "timm", lambda_drloc: float = 0.5, **kwargs) -> DrLocCallback:

@@ -82,7 +82,7 @@ def test_every_model_and_data_config_composes_and_instantiates():
             if model not in built:  # one module per model config (a 224-px probe forward each)
                 module = build_module(cfg, 10, float(cfg.drloc.lambda_drloc))
                 assert module.grid_info is not None and min(module.grid_info.hw) >= 4
-                assert module.hparams.lambda_drloc == cfg.model.get("drloc_lambda", cfg.model.paper_lambda)
+                assert module.hparams.lambda_drloc == OmegaConf.select(cfg.model, "drloc.lambda_drloc", default=cfg.model.paper_lambda)
                 built[model] = module.drloc.reduced_hw
                 taps[model] = (module.grid_info.tap_norm, module.config.head_init)
     # the paper's models as the released code fed DRLoc (docs/fidelity.md): Swin-T and ResNet-50

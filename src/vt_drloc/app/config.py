@@ -92,6 +92,24 @@ def prepare_data_checked(datamodule: Any, stage: str) -> None:
         raise UserError(text) from None
 
 
+# a model config's flat DRLoc keys of vt_drloc 0.2 -> its `drloc:` mapping's (conf/drloc still reads the flat ones)
+MODEL_DRLOC_KEYS = {
+    "drloc_tap_norm": "tap_norm",
+    "drloc_grid_size": "pool_target",
+    "drloc_head_init": "head_init",
+    "drloc_lambda": "lambda_drloc",
+}
+
+
+def warn_flat_model_drloc_keys(model: Mapping[str, Any] | None) -> None:
+    """One FutureWarning per flat ``drloc_*`` key of a model config (a user's own, written for vt_drloc 0.2)."""
+    import warnings
+
+    for old, new in MODEL_DRLOC_KEYS.items():
+        if model is not None and old in model:
+            warnings.warn(f"model.{old} is now model.drloc.{new}; the old key works until vt_drloc 0.3", FutureWarning, stacklevel=2)
+
+
 # command-line keys of vt_drloc 0.2 -> today's (issue 27, one meaning per name): rewritten, with one warning
 # each, until vt_drloc 0.3. drloc.* are the DRLoc options' (objective.RENAMED_OPTIONS), optim.* the learning rate's.
 OLD_CLI_KEYS = {
@@ -100,6 +118,7 @@ OLD_CLI_KEYS = {
     "optim.decay_epochs": "optim.lr_decay_epochs",
     "optim.min_lr": "optim.lr_min",
     "optim.warmup_prefix": "optim.lr_warmup_prefix",
+    **{f"model.{old}": f"model.drloc.{new}" for old, new in MODEL_DRLOC_KEYS.items()},
 }
 
 
@@ -203,6 +222,7 @@ def check_run_config(cfg: DictConfig) -> None:
     """The user-facing keys that Lightning / the module would accept silently or fail on late and
     cryptically (ZeroDivisionError, a run that trains nothing). Run before anything is built."""
     problems: list[str] = []
+    warn_flat_model_drloc_keys(cfg.get("model"))
 
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
