@@ -42,9 +42,9 @@ warnings.filterwarnings("ignore")
 STUDY_VARIANTS = {
     "released": [],
     "head2c": ["drloc.hidden_dims=[{2c},{2c}]"],
-    "m16": ["drloc.sample_size=16"],
-    "m32": ["drloc.sample_size=32"],
-    "head2c_m16": ["drloc.hidden_dims=[{2c},{2c}]", "drloc.sample_size=16"],
+    "m16": ["drloc.num_pairs=16"],
+    "m32": ["drloc.num_pairs=32"],
+    "head2c_m16": ["drloc.hidden_dims=[{2c},{2c}]", "drloc.num_pairs=16"],
 }
 
 

@@ -32,8 +32,8 @@ def config(**trainer):
         {
             "min_train_steps": 450,
             "trainer": {"max_epochs": 30, "check_val_every_n_epoch": 5, **trainer},
-            "optim": {"warmup_epochs": 3, "decay_epochs": None},
-            "drloc": {"warmup_epochs": 6, "decay_epochs": None},
+            "optim": {"lr_warmup_epochs": 3, "lr_decay_epochs": None},
+            "drloc": {"lambda_warmup_epochs": 6, "lambda_decay_epochs": None},
         }
     )
 
@@ -52,8 +52,8 @@ def test_every_epoch_setting_is_stretched_alike_and_null_ones_follow():
     record = stretch_to_min_steps(cfg, Data(batches=3))  # 25/class of CIFAR-10 at batch 64: 3 steps per epoch
     assert record["epoch_factor"] == 5 and record["steps_per_epoch"] == 3
     assert (cfg.trainer.max_epochs, cfg.trainer.check_val_every_n_epoch) == (150, 25)
-    assert (cfg.optim.warmup_epochs, cfg.drloc.warmup_epochs) == (15, 30)
-    assert cfg.optim.decay_epochs is None and cfg.drloc.decay_epochs is None  # null: the run's end, stretched already
+    assert (cfg.optim.lr_warmup_epochs, cfg.drloc.lambda_warmup_epochs) == (15, 30)
+    assert cfg.optim.lr_decay_epochs is None and cfg.drloc.lambda_decay_epochs is None  # null: the run's end, stretched already
     enough = config()
     assert stretch_to_min_steps(enough, Data(batches=15))["epoch_factor"] == 1 and enough.trainer.max_epochs == 30
     # a run that fixes its own length in steps or batches is left alone; 2 devices halve the steps per epoch
@@ -66,8 +66,8 @@ def test_every_epoch_setting_is_stretched_alike_and_null_ones_follow():
 def test_a_small_run_reaches_the_floor_and_records_it(tmp_path):
     overrides = [o for o in TINY if not o.startswith(("trainer.limit_train_batches", "trainer.max_epochs"))]
     # 40 images at batch 8: 5 steps per epoch; 2 epochs = 10 steps, the floor 25 needs 3x: 6 epochs, 30 steps
-    results = train(compose_cfg([*overrides, "trainer.max_epochs=2", "min_train_steps=25", "optim.warmup_epochs=1"], tmp_path / "run"))
+    results = train(compose_cfg([*overrides, "trainer.max_epochs=2", "min_train_steps=25", "optim.lr_warmup_epochs=1"], tmp_path / "run"))
     assert results["global_step"] == 30 and results["epochs"] == 6
-    assert results["budget"]["epoch_factor"] == 3 and results["budget"]["stretched"]["optim.warmup_epochs"] == [1, 3]
+    assert results["budget"]["epoch_factor"] == 3 and results["budget"]["stretched"]["optim.lr_warmup_epochs"] == [1, 3]
     with pytest.raises(UserError, match=r"min_train_steps=0 is invalid: use an integer >= 1"):
         train(compose_cfg([*TINY, "min_train_steps=0"], tmp_path / "bad"))

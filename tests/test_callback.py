@@ -36,7 +36,7 @@ SCRIPTS = ROOT / "tests" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from callback_models import VIT, Classifier, random_loader  # noqa: E402
 
-FAST = dict(lambda_schedule="constant", drloc_seed=0, head_hidden_dims=[64], sample_size=16)
+FAST = dict(lambda_schedule="constant", drloc_seed=0, head_hidden_dims=[64], num_pairs=16)
 
 
 def callback(kind: str = "timm", lambda_drloc: float = 0.5, **kwargs) -> DrLocCallback:
@@ -433,7 +433,7 @@ def test_too_small_grid_is_refused():
         (dict(lambda_drloc=-1.0), "lambda_drloc=-1.0"),
         (dict(grid_format="CHW"), "grid_format='CHW'"),
         (dict(drloc_mode="l3"), "mode='l3'"),
-        (dict(sample_size=0), "sample_size=0"),
+        (dict(num_pairs=0), "num_pairs=0"),
         (dict(lambda_schedule="step"), "schedule='step'"),
         (dict(prefix_tokens=-1), "prefix_tokens=-1"),
     ],
@@ -506,13 +506,13 @@ def test_callbacks_drloc_honours_drloc_overrides(tmp_path):
         tmp_path,
         "drloc.lambda_drloc=0.7",
         "drloc.schedule=constant",
-        "drloc.sample_size=8",
+        "drloc.num_pairs=8",
         "drloc.hidden_dims=[32]",
         "drloc.tap_norm=post",
     )
     (cb,) = [cb for cb in instantiate_all(cfg.callbacks) if isinstance(cb, DrLocCallback)]
     c = cb.config
-    assert (c.lambda_drloc, c.schedule, c.sample_size, c.hidden_dims, c.tap_norm) == (0.7, "constant", 8, [32], "post")
+    assert (c.lambda_drloc, c.schedule, c.num_pairs, c.hidden_dims, c.tap_norm) == (0.7, "constant", 8, [32], "post")
     with pytest.raises(Exception, match="schedule='cosine'"):
         instantiate_all(compose_callbacks_drloc(tmp_path, "drloc.schedule=cosine").callbacks)
 

@@ -225,7 +225,7 @@ def test_vt_drlocs_own_cvt_exports_and_loads_in_timm_after_import(tmp_path):
 
     torch.manual_seed(0)
     kwargs = dict(img_size=32, embed_dims=[16, 32, 64], depths=[1, 1, 1], num_heads=[1, 1, 2])
-    module = DrLocModule("cvt_13_c32", num_classes=3, lambda_drloc=0.1, model_kwargs=kwargs, hidden_dims=[16], sample_size=8)
+    module = DrLocModule("cvt_13_c32", num_classes=3, lambda_drloc=0.1, model_kwargs=kwargs, hidden_dims=[16], num_pairs=8)
     info = dict(dataset="folder", class_names=["a", "b", "c"], img_size=32, mean=[0.5] * 3, std=[0.25] * 3)
     path = tmp_path / "cvt.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "data_info": info}, path)

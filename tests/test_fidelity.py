@@ -159,7 +159,7 @@ def test_paper_model_configs_match_the_released_models():
     def model_cfg(name):
         return OmegaConf.load(str(files("vt_drloc.conf") / "model" / f"{name}.yaml"))
 
-    released = {  # tap, grid_size (pooling target), head init, as the released code fed DRLoc
+    released = {  # tap, pool_target, head init, as the released code fed DRLoc
         "swin_t": ("pre", 7, "released"),
         "vit_b16": ("pre", None, "torch"),
         "cvt_13_drloc": ("pre", 7, "torch"),
@@ -168,7 +168,7 @@ def test_paper_model_configs_match_the_released_models():
     }
     for name, expected in released.items():
         cfg = model_cfg(name)
-        assert (cfg.drloc_tap_norm, cfg.drloc_grid_size, cfg.drloc_head_init) == expected, name
+        assert (cfg.drloc.tap_norm, cfg.drloc.pool_target, cfg.drloc.head_init) == expected, name
     vit = model_cfg("vit_b16").kwargs
     assert (vit.proj_drop_rate, vit.drop_path_rate, vit.qkv_bias) == (0.1, 0.0, False)
     assert model_cfg("t2t_vit_14").kwargs.drop_path_rate == 0.0 and model_cfg("swin_t").kwargs.drop_path_rate == 0.2

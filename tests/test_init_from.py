@@ -22,7 +22,7 @@ VIT = dict(img_size=32, patch_size=4, depth=1, embed_dim=32, num_heads=2)
 
 def module(num_classes: int = 10, seed: int = 0) -> DrLocModule:
     torch.manual_seed(seed)
-    return DrLocModule(NAME, num_classes=num_classes, lambda_drloc=0.5, model_kwargs=VIT, hidden_dims=[16], sample_size=8)
+    return DrLocModule(NAME, num_classes=num_classes, lambda_drloc=0.5, model_kwargs=VIT, hidden_dims=[16], num_pairs=8)
 
 
 @pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped"])
@@ -124,7 +124,7 @@ def test_a_32px_checkpoint_fine_tunes_at_64px_with_resampled_position_embeddings
     path = tmp_path / "small.ckpt"
     torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, path)
     torch.manual_seed(4)
-    large = DrLocModule(NAME, num_classes=10, lambda_drloc=0.5, model_kwargs={**VIT, "img_size": 64}, hidden_dims=[16], sample_size=8)
+    large = DrLocModule(NAME, num_classes=10, lambda_drloc=0.5, model_kwargs={**VIT, "img_size": 64}, hidden_dims=[16], num_pairs=8)
     assert tuple(large.model.pos_embed.shape) == (1, 257, 32)
     with caplog.at_level("INFO", logger="vt_drloc.init_from"):
         report = load_backbone_weights(large.model, path)

@@ -18,7 +18,7 @@ from vt_drloc.core.errors import DrLocConfigError
 
 PACKAGES = ["pytorch_lightning", "lightning.pytorch"]
 TINY_VIT = dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2)  # 4x4 grid
-FAST = dict(schedule="constant", seed=0, hidden_dims=[32], sample_size=8)
+FAST = dict(schedule="constant", seed=0, hidden_dims=[32], num_pairs=8)
 
 
 def faces(package: str):
@@ -181,7 +181,7 @@ def test_callback_without_any_size_source_names_the_fix():
         ("DrLocCallback", dict(lambda_drloc=-1.0)),
         ("DrLocCallback", dict(grid_format="CHW")),
         ("DrLocCallback", dict(prefix_tokens=-1)),
-        ("DrLocCallback", dict(sample_size=0)),
+        ("DrLocCallback", dict(num_pairs=0)),
         ("DrLocCallback", dict(bogus_option=1)),
         ("DrLocModule", dict(model_name="vit_tiny_patch16_224", num_classes=10, lambda_drloc=-1.0)),
         ("DrLocModule", dict(model_name="no_such_model", num_classes=10)),

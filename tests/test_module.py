@@ -120,8 +120,8 @@ def test_lambda_horizon_and_interval_in_a_fit(tmp_path):
         lambda_decay_epochs=5,
         lambda_interval="epoch",
         lr=1e-3,
-        min_lr=0.0,
-        warmup_epochs=0,
+        lr_min=0.0,
+        lr_warmup_epochs=0,
         lr_decay_epochs=4,
         drloc_seed=0,
     )
@@ -196,7 +196,7 @@ def test_soft_targets_from_mixup_are_understood():
     "kwargs, message",
     [
         (dict(lambda_drloc=-0.1), "lambda_drloc=-0.1"),
-        (dict(sample_size=0), "sample_size=0"),
+        (dict(num_pairs=0), "num_pairs=0"),
         (dict(drloc_mode="l3"), "mode='l3'"),
         (dict(lambda_schedule="step"), "schedule='step'"),
         (dict(lr=0), "lr=0"),
@@ -278,7 +278,14 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
     from vt_drloc.faces.objective import DrLocConfig
 
     new = dict(
-        schedule="warmup_decay", warmup_epochs=3, decay_epochs=9, interval="epoch", seed=4, hidden_dims=[48], mode="l1", target="signed"
+        schedule="warmup_decay",
+        lambda_warmup_epochs=3,
+        lambda_decay_epochs=9,
+        interval="epoch",
+        seed=4,
+        hidden_dims=[48],
+        mode="l1",
+        target="signed",
     )
     old = dict(
         lambda_schedule="warmup_decay",
@@ -290,12 +297,11 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
         drloc_mode="l1",
         drloc_target="signed",
     )
-    # a top-level warmup_epochs is the optimizer's (as in conf/optim); λ's warm-up goes in drloc=
-    kwargs = {k: v for k, v in new.items() if k != "warmup_epochs"}
-    by_kwargs = tiny_module(**kwargs, drloc={"warmup_epochs": 3}, warmup_epochs=1)
+    # λ's warm-up is lambda_warmup_epochs, the learning rate's lr_warmup_epochs: both at the top level
+    by_kwargs = tiny_module(**new, lr_warmup_epochs=1)
     by_old, by_mapping = tiny_module(**old), tiny_module(drloc=new)
-    assert by_kwargs.hparams.warmup_epochs == 1
-    assert by_kwargs.drloc_config == by_old.drloc_config == by_mapping.drloc_config == DrLocConfig(lambda_drloc=0.5, **new)
+    assert by_kwargs.hparams.lr_warmup_epochs == 1
+    assert by_kwargs.config == by_old.config == by_mapping.config == DrLocConfig(lambda_drloc=0.5, **new)
     assert by_kwargs.hparams.drloc == DrLocConfig(lambda_drloc=0.5, **new).as_dict()
     with pytest.raises(TypeError, match="unknown DRLoc option 'lamda_schedule'"):
         tiny_module(lamda_schedule="constant")
@@ -316,7 +322,7 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
     }
     torch.save({"state_dict": by_old.state_dict(), "hyper_parameters": legacy_hparams, "pytorch-lightning_version": pl.__version__}, path)
     restored = DrLocModule.load_from_checkpoint(path)
-    assert restored.drloc_config == by_old.drloc_config
+    assert restored.config == by_old.config
     assert all(torch.equal(v, by_old.state_dict()[k]) for k, v in restored.state_dict().items())
 
 
@@ -326,7 +332,7 @@ def test_checkpoint_older_than_tap_norm_and_class_head_warns_or_refuses_naming_t
     def save(module, drop):
         hparams = dict(module.hparams)
         hparams["drloc"] = {k: v for k, v in hparams["drloc"].items() if k not in drop}
-        path = tmp_path / f"{module.drloc_config.mode}.ckpt"
+        path = tmp_path / f"{module.config.mode}.ckpt"
         torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__}, path)
         return path
 
@@ -334,10 +340,10 @@ def test_checkpoint_older_than_tap_norm_and_class_head_warns_or_refuses_naming_t
     # default says so and how to keep it; asked for, it loads without a word
     path = save(tiny_module(tap_norm="post", head_init="torch"), drop={"tap_norm", "head_init", "class_head"})
     with pytest.warns(UserWarning, match=r"predates the option tap_norm.*load_from_checkpoint\(path, tap_norm='post'\)"):
-        assert DrLocModule.load_from_checkpoint(path).drloc_config.tap_norm == "pre"
+        assert DrLocModule.load_from_checkpoint(path).config.tap_norm == "pre"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert DrLocModule.load_from_checkpoint(path, tap_norm="post").drloc_config.tap_norm == "post"
+        assert DrLocModule.load_from_checkpoint(path, tap_norm="post").config.tap_norm == "post"
     # a 'ce' run from before class_head holds the fused head: refused before any key mismatch, with the fix
     fused = tiny_module(mode="ce", class_head="fused", tap_norm="post")
     path = save(fused, drop={"tap_norm", "class_head"})
@@ -388,6 +394,6 @@ def test_head_weight_decay_applies_to_the_head_weights_only(tmp_path):
     assert len(decay_of) == len(list(module.parameters()))
     assert decay_of[id(module.model.blocks[0].attn.qkv.weight)] == 0.05  # the backbone keeps the optimizer's
     assert all(decay_of[id(p)] == 0.0 for p in module.drloc.parameters())
-    assert tiny_module(head_weight_decay=0.3).drloc_config.head_weight_decay == 0.3
+    assert tiny_module(head_weight_decay=0.3).config.head_weight_decay == 0.3
     with pytest.raises(ValueError, match=r"head_weight_decay=-1 must be >= 0"):
         tiny_module(head_weight_decay=-1)

@@ -11,7 +11,7 @@ from vt_drloc.faces.objective import DrLocConfig, DrLocObjective
 
 
 def adaptive(threshold: float = 0.3, warmup: float = 2) -> DrLocObjective:
-    objective = DrLocObjective(DrLocConfig(lambda_drloc=2.0, schedule="adaptive", warmup_epochs=warmup, task_threshold=threshold))
+    objective = DrLocObjective(DrLocConfig(lambda_drloc=2.0, schedule="adaptive", lambda_warmup_epochs=warmup, task_threshold=threshold))
     objective.build_loss(channels=8, grid_hw=(8, 8))
     return objective
 
@@ -54,7 +54,7 @@ def test_adaptive_state_survives_a_checkpoint():
     kwargs = dict(
         model_kwargs=dict(img_size=32, patch_size=4, depth=1, embed_dim=32, num_heads=2),
         hidden_dims=[16],
-        drloc=dict(schedule="adaptive", warmup_epochs=1),
+        drloc=dict(schedule="adaptive", lambda_warmup_epochs=1),
     )
     module = DrLocModule("vit_tiny_patch16_224", num_classes=10, lambda_drloc=1.0, **kwargs)
     module.objective.task_ratio, module.objective.anneal_from = 0.2, 7.5

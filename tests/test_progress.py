@@ -53,6 +53,6 @@ def test_warns_once_when_the_head_stays_near_chance_after_the_warm_up(tmp_path, 
 
 def test_no_warning_during_the_warm_up_or_without_drloc(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="vt_drloc.app.progress")
-    train(compose_cfg([*TINY, NO_BAR, "drloc.lambda_drloc=0.001", "drloc.warmup_epochs=5"], tmp_path / "warm"))
+    train(compose_cfg([*TINY, NO_BAR, "drloc.lambda_drloc=0.001", "drloc.lambda_warmup_epochs=5"], tmp_path / "warm"))
     train(compose_cfg([*TINY, NO_BAR, "drloc.lambda_drloc=0"], tmp_path / "none"))
     assert not [r for r in caplog.records if "not learning" in r.getMessage()]

@@ -37,7 +37,7 @@ def test_paper_vs_released_table_is_the_one_in_docs_fidelity():
     fidelity = (README.parent / "docs" / "fidelity.md").read_text()
     glance = fidelity[fidelity.index("## Options at a glance") : fidelity.index("## Every difference")]
     assert len(rows) >= 12 and rows == [line for line in glance.splitlines() if line.startswith("|")]
-    for option in ("tap_norm", "head_init", "class_head", "decay_epochs", "interval", "grid_size"):
+    for option in ("tap_norm", "head_init", "class_head", "lambda_decay_epochs", "interval", "pool_target"):
         assert f"| `{option}`" in section, option
 
 

@@ -227,8 +227,8 @@ def test_optuna_search_composes():
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and sweeper.direction == "maximize"
-    assert set(sweeper.params) == {"drloc.lambda_drloc", "drloc.sample_size"}
-    assert sweeper.params["drloc.lambda_drloc"].startswith("interval(") and sweeper.params["drloc.sample_size"].startswith("choice(")
+    assert set(sweeper.params) == {"drloc.lambda_drloc", "drloc.num_pairs"}
+    assert sweeper.params["drloc.lambda_drloc"].startswith("interval(") and sweeper.params["drloc.num_pairs"].startswith("choice(")
     assert sweeper.max_failure_rate == 1.0 and sweeper.sampler.seed == cfg.seed
     assert cfg.task_name == "quickstart"  # the experiment still applies
     assert cfg.hydra.callbacks.sweep_summary._target_ == "vt_drloc.report.SweepSummary"
@@ -375,10 +375,10 @@ def test_failing_and_nan_jobs_are_recorded_and_the_sweep_goes_on(tmp_path, cifar
 def test_optuna_search_runs_and_maximises_val_acc1(tmp_path, cifar10_tar):
     sweep_dir = tmp_path / "optuna"
     args = [
-        *without(TINY, "drloc.sample_size"),
+        *without(TINY, "drloc.num_pairs"),
         "hparams_search=drloc_optuna",
         "hydra.sweeper.n_trials=2",
-        "drloc.sample_size=choice(4,8)",
+        "drloc.num_pairs=choice(4,8)",
         f"hydra.sweep.dir={sweep_dir}",
     ]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")

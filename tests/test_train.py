@@ -30,7 +30,7 @@ TINY = [
     "model.kwargs.depth=1",
     "model.kwargs.embed_dim=32",
     "model.kwargs.num_heads=2",
-    "drloc.sample_size=8",
+    "drloc.num_pairs=8",
     "drloc.hidden_dims=[32]",
     "data.samples_per_class=4",
     "data.batch_size=8",
@@ -82,9 +82,9 @@ def test_every_model_and_data_config_composes_and_instantiates():
             if model not in built:  # one module per model config (a 224-px probe forward each)
                 module = build_module(cfg, 10, float(cfg.drloc.lambda_drloc))
                 assert module.grid_info is not None and min(module.grid_info.hw) >= 4
-                assert module.hparams.lambda_drloc == cfg.model.get("drloc_lambda", cfg.model.paper_lambda)
+                assert module.hparams.lambda_drloc == OmegaConf.select(cfg.model, "drloc.lambda_drloc", default=cfg.model.paper_lambda)
                 built[model] = module.drloc.reduced_hw
-                taps[model] = (module.grid_info.tap_norm, module.drloc_config.head_init)
+                taps[model] = (module.grid_info.tap_norm, module.config.head_init)
     # the paper's models as the released code fed DRLoc (docs/fidelity.md): Swin-T and ResNet-50
     # 7x7 as they are, ViT-B/16 its 14x14 grid unpooled, CvT-13 / T2T-ViT-14 14x14 pooled to 7x7;
     # pre-norm tokens except T2T-ViT; the head re-initialised with the model for Swin-T and T2T only
@@ -129,7 +129,7 @@ def test_every_experiment_composes():
         assert cfg.task_name == exp
     paper = compose_cfg(["experiment=paper_swin_t_cifar10"])
     assert paper.data.img_size == 224 and paper.trainer.max_epochs == 100 and paper.data.mixup_alpha == 0.8
-    assert paper.drloc.lambda_drloc == 0.5 and paper.optim.warmup_epochs == 20 and paper.model.kwargs.drop_path_rate == 0.2
+    assert paper.drloc.lambda_drloc == 0.5 and paper.optim.lr_warmup_epochs == 20 and paper.model.kwargs.drop_path_rate == 0.2
     assert paper.trainer.gradient_clip_val == 5.0 and paper.data.auto_augment == "rand-m9-mstd0.5-inc1"
 
 
@@ -140,25 +140,26 @@ def test_paper_swin_t_composes_to_the_released_run():
     cfg = compose_cfg(["experiment=paper_swin_t_cifar10"])
     OmegaConf.resolve(cfg)
     d, o = cfg.drloc, cfg.optim
-    assert (d.lambda_drloc, d.schedule, d.warmup_epochs, d.decay_epochs, d.interval) == (0.5, "warmup_decay", 20, 300, "epoch")
-    assert (d.tap_norm, d.grid_size, d.head_init, d.target, d.hidden_dims, d.sample_size) == ("pre", 7, "released", "abs", "released", 64)
-    assert cfg.trainer.max_epochs == 100 and (o.decay_epochs, o.warmup_prefix, o.warmup_epochs) == (300, False, 20)
-    assert (o.lr, o.min_lr, o.lr_batch_scale, cfg.data.batch_size) == (5e-4, 5e-6, 512, 128)
+    schedule = (d.lambda_drloc, d.schedule, d.lambda_warmup_epochs, d.lambda_decay_epochs, d.interval)
+    assert schedule == (0.5, "warmup_decay", 20, 300, "epoch")
+    assert (d.tap_norm, d.pool_target, d.head_init, d.target, d.hidden_dims, d.num_pairs) == ("pre", 7, "released", "abs", "released", 64)
+    assert cfg.trainer.max_epochs == 100 and (o.lr_decay_epochs, o.lr_warmup_prefix, o.lr_warmup_epochs) == (300, False, 20)
+    assert (o.lr, o.lr_min, o.lr_batch_scale, cfg.data.batch_size) == (5e-4, 5e-6, 512, 128)
     module = build_module(cfg, 10, float(d.lambda_drloc), global_batch=128)
-    # the released scaling: lr and min_lr by global batch / 512, passed to the module at construction
-    assert module.hparams.lr == pytest.approx(1.25e-4) and module.hparams.min_lr == pytest.approx(1.25e-6)
+    # the released scaling: lr and lr_min by global batch / 512, passed to the module at construction
+    assert module.hparams.lr == pytest.approx(1.25e-4) and module.hparams.lr_min == pytest.approx(1.25e-6)
     assert build_module(cfg, 10, 0.0).hparams.lr == 5e-4  # batch unknown: as configured
     assert module.grid_info.hw == module.drloc.reduced_hw == (7, 7) and module.grid_info.tap_norm == "pre"
     assert all(torch.count_nonzero(m.bias) == 0 for m in module.drloc.head.modules() if isinstance(m, torch.nn.Linear))
-    hp = module.drloc_config
+    hp = module.config
     lam = [
         drloc_lambda(
             hp.lambda_drloc,
             epoch_progress(e, 100, 390, hp.interval),
             cfg.trainer.max_epochs,
             hp.schedule,
-            hp.warmup_epochs,
-            hp.decay_epochs,
+            hp.lambda_warmup_epochs,
+            hp.lambda_decay_epochs,
         )
         for e in (0, 1, 20, 50, 99)
     ]
@@ -353,7 +354,7 @@ def test_wheel_ships_its_configs(tmp_path):
     "overrides, message",
     [
         (["drloc.lambda_drloc=-0.5"], "drloc.lambda_drloc=-0.5"),
-        (["drloc.sample_size=0"], "drloc.sample_size=0"),
+        (["drloc.num_pairs=0"], "drloc.num_pairs=0"),
         (["drloc.mode=l2"], "drloc.mode='l2'"),
         (["model.kwargs.patch_size=32"], "1x1 grid"),
         (["test_ckpt=middle"], "test_ckpt='middle'"),
@@ -434,12 +435,12 @@ def test_module_group_instantiates_the_users_own_class(tmp_path, monkeypatch):
     cfg = compose_cfg([*TINY, "module._target_=custom_module.TaggedModule", "+module.tag=lab"], tmp_path / "run")
     module = build_module(cfg, 10, 0.1)
     assert type(module).__name__ == "TaggedModule" and module.tag == "lab"
-    assert module.drloc_config.sample_size == 8 and module.hparams.lr == cfg.optim.lr  # model / drloc / optim reach it
+    assert module.config.num_pairs == 8 and module.hparams.lr == cfg.optim.lr  # model / drloc / optim reach it
     results = train(cfg)
     assert results["module"] == "custom_module.TaggedModule" and results["global_step"] == 2
     assert "custom_module" in sys.modules
-    with pytest.raises(UserError, match=r"module config \(vt_drloc.faces.module.DrLocModule\): .*sample_size"):
-        build_module(compose_cfg([*TINY, "drloc.sample_size=0"]), 10, 0.1)
+    with pytest.raises(UserError, match=r"module config \(vt_drloc.faces.module.DrLocModule\): .*num_pairs"):
+        build_module(compose_cfg([*TINY, "drloc.num_pairs=0"]), 10, 0.1)
 
 
 def test_optim_group_builds_the_optimizer_it_names(tmp_path):

@@ -23,10 +23,10 @@ from vt_drloc.app.config import UserError
 EPOCH_KEYS = (
     "trainer.max_epochs",
     "trainer.check_val_every_n_epoch",
-    "optim.warmup_epochs",
-    "optim.decay_epochs",
-    "drloc.warmup_epochs",
-    "drloc.decay_epochs",
+    "optim.lr_warmup_epochs",
+    "optim.lr_decay_epochs",
+    "drloc.lambda_warmup_epochs",
+    "drloc.lambda_decay_epochs",
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vt_drloc.faces.objective import DrLocConfig
+from vt_drloc.faces.objective import RENAMED_OPTIONS, DrLocConfig
 
 CONFIG_PACKAGE = "vt_drloc.conf"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
@@ -100,9 +100,57 @@ def prepare_data_checked(datamodule: Any, stage: str, test: bool = False) -> Non
         raise UserError(text) from None
 
 
+# a model config's flat DRLoc keys of vt_drloc 0.2 -> its `drloc:` mapping's (conf/drloc still reads the flat ones)
+MODEL_DRLOC_KEYS = {
+    "drloc_tap_norm": "tap_norm",
+    "drloc_grid_size": "pool_target",
+    "drloc_head_init": "head_init",
+    "drloc_lambda": "lambda_drloc",
+}
+
+
+def warn_flat_model_drloc_keys(model: Mapping[str, Any] | None) -> None:
+    """One FutureWarning per flat ``drloc_*`` key of a model config (a user's own, written for vt_drloc 0.2)."""
+    import warnings
+
+    for old, new in MODEL_DRLOC_KEYS.items():
+        if model is not None and old in model:
+            warnings.warn(f"model.{old} is now model.drloc.{new}; the old key works until vt_drloc 0.3", FutureWarning, stacklevel=2)
+
+
+# command-line keys of vt_drloc 0.2 -> today's (issue 27, one meaning per name): rewritten, with one warning
+# each, until vt_drloc 0.3. drloc.* are the DRLoc options' (objective.RENAMED_OPTIONS), optim.* the learning rate's.
+OLD_CLI_KEYS = {
+    **{f"drloc.{old}": f"drloc.{new}" for old, new in RENAMED_OPTIONS.items()},
+    "optim.warmup_epochs": "optim.lr_warmup_epochs",
+    "optim.decay_epochs": "optim.lr_decay_epochs",
+    "optim.min_lr": "optim.lr_min",
+    "optim.warmup_prefix": "optim.lr_warmup_prefix",
+    **{f"model.{old}": f"model.drloc.{new}" for old, new in MODEL_DRLOC_KEYS.items()},
+}
+
+
+def rewrite_old_cli_keys(argv: list[str]) -> list[str]:
+    """``argv`` with each old key of :data:`OLD_CLI_KEYS` (``drloc.sample_size=16``, ``+optim.min_lr=0``, ...)
+    spelled by its new name, and one FutureWarning per old key."""
+    import warnings
+
+    rewritten = []
+    for arg in argv:
+        match = re.fullmatch(r"([+~]*)([\w.]+)(=.*)?", arg, flags=re.S)
+        if match and match.group(2) in OLD_CLI_KEYS:
+            old, new = match.group(2), OLD_CLI_KEYS[match.group(2)]
+            warnings.warn(f"{old} is now {new}; the old key works until vt_drloc 0.3", FutureWarning, stacklevel=2)
+            arg = f"{match.group(1)}{new}{match.group(3) or ''}"
+        rewritten.append(arg)
+    return rewritten
+
+
 def run_cli(hydra_main, argv: list[str] | None = None) -> None:
-    """Check group choices in ``argv``, then run ``hydra_main``; bad input exits with code 2."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Rewrite old keys and check group choices in ``argv``, then run ``hydra_main``; bad input exits with code 2."""
+    if argv is None:
+        sys.argv[1:] = rewrite_old_cli_keys(sys.argv[1:])  # Hydra reads sys.argv
+        argv = sys.argv[1:]
     exit_on_user_error(check_group_choices)(argv)
     hydra_main()
 
@@ -158,7 +206,7 @@ def check_drloc_config(drloc: Mapping[str, Any]) -> None:
         DrLocConfig.build(drloc)
     except (TypeError, ValueError) as err:
         message = str(err)
-        # the rules name the option first ("sample_size=0 must be >= 1 ..."): spell it as on the CLI
+        # the rules name the option first ("num_pairs=0 must be >= 1 ..."): spell it as on the CLI
         message = f"drloc.{message}" if re.match(r"\w+=", message) else f"drloc config: {message}"
         raise UserError(
             f"{message}. Set it as drloc.<option>=<value>; the options and their defaults are in "
@@ -182,6 +230,7 @@ def check_run_config(cfg: DictConfig) -> None:
     """The user-facing keys that Lightning / the module would accept silently or fail on late and
     cryptically (ZeroDivisionError, a run that trains nothing). Run before anything is built."""
     problems: list[str] = []
+    warn_flat_model_drloc_keys(cfg.get("model"))
 
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
@@ -194,12 +243,16 @@ def check_run_config(cfg: DictConfig) -> None:
     optim, trainer = cfg.get("optim"), cfg.get("trainer")
     for key, rule in (
         ("lr_batch_scale", "use a batch size > 0 (the paper: 512), or null to use lr as given"),
-        ("decay_epochs", "use the epoch at which the cosine reaches min_lr (a number > 0), or null for trainer.max_epochs"),
+        ("lr_decay_epochs", "use the epoch at which the cosine reaches lr_min (a number > 0), or null for trainer.max_epochs"),
     ):
         if optim is not None and key in optim:
             need(_positive_or_null(optim[key]), f"optim.{key}", rule)
-    if optim is not None and "warmup_prefix" in optim:
-        need(isinstance(optim.warmup_prefix, bool), "optim.warmup_prefix", "use true (cosine after the warm-up) or false (timm / released)")
+    if optim is not None and "lr_warmup_prefix" in optim:
+        need(
+            isinstance(optim.lr_warmup_prefix, bool),
+            "optim.lr_warmup_prefix",
+            "use true (cosine after the warm-up) or false (timm / released)",
+        )
     if trainer is not None:
         epochs = trainer.get("max_epochs")
         need(

@@ -104,7 +104,7 @@ class RunProgress(pl.Callback):
         if config.mode != "l1" or config.lambda_drloc <= 0:
             return None
         ratio = float(value) / chance_l1(*objective.loss.reduced_hw, config.target)
-        warmup = config.warmup_epochs if config.schedule != "constant" else 0.0
+        warmup = config.lambda_warmup_epochs if config.schedule != "constant" else 0.0
         if self.warned or trainer.current_epoch + 1 < max(1.0, warmup) or ratio < self.not_learning_ratio:
             return ratio
         self.warned = True

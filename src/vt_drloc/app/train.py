@@ -41,6 +41,7 @@ from vt_drloc.app.results import Throughput, metric, non_finite_metrics, write_r
 from vt_drloc.app.run_folder import RunLock, check_not_in_use, prepend_metric_rows, read_metric_rows, write_hydra_files
 from vt_drloc.core import task_record
 from vt_drloc.faces.callback import DrLocCallbackBase
+from vt_drloc.faces.module import DrLocModuleBase
 
 log = logging.getLogger("vt_drloc.train")
 
@@ -50,14 +51,14 @@ def build_module(cfg: DictConfig, num_classes: int, lambda_drloc: float, global_
     ``module._target_`` at their own class) with ``num_classes`` from the data and ``lambda_drloc``.
 
     With ``optim.lr_batch_scale`` set and the ``global_batch`` known, the module's ``lr`` and
-    ``min_lr`` are scaled together by global batch / ``lr_batch_scale``, as in the released code
+    ``lr_min`` are scaled together by global batch / ``lr_batch_scale``, as in the released code
     (its warm-up and floor scale too)."""
     overrides: dict[str, Any] = {}
     scale = cfg.optim.get("lr_batch_scale")
     if scale and global_batch and "lr" in cfg.module:
         overrides["lr"] = lr = cfg.optim.lr * global_batch / scale
-        if "min_lr" in cfg.module:
-            overrides["min_lr"] = min(cfg.optim.min_lr * global_batch / scale, lr)
+        if "lr_min" in cfg.module:
+            overrides["lr_min"] = min(cfg.optim.lr_min * global_batch / scale, lr)
     elif scale and global_batch:
         log.warning(
             "optim.lr_batch_scale=%s is set, but the module config (%s) has no lr key, so no learning rate was "
@@ -219,11 +220,22 @@ def log_init_report(init_from: str | None, report: dict[str, list[str]]) -> None
     )
 
 
+def drloc_face(model: Any, drloc_callbacks: list[Any]) -> DrLocCallbackBase | DrLocModuleBase | None:
+    """What adds DRLoc to the run: the DrLocCallback, else the module if it is a DrLocModule (a module of the
+    user's own class, module._target_, need not be one), else None. Both faces offer the same names."""
+    if drloc_callbacks:
+        return drloc_callbacks[0]
+    return model if isinstance(model, DrLocModuleBase) else None
+
+
 def parameter_counts(model: Any, drloc_callbacks: list[Any]) -> dict[str, int]:
-    """Backbone and DRLoc head parameters (the head: the module's, or each DrLocCallback's once set up)."""
-    # a module of the user's own class (module._target_) need not offer DrLocModule's attributes
-    head_params = getattr(model, "num_head_params", 0) + sum(getattr(cb, "num_head_params", 0) for cb in drloc_callbacks)
-    backbone_params = getattr(model, "num_backbone_params", None) or sum(p.numel() for p in model.parameters()) - head_params
+    """Backbone and DRLoc head parameters (the head: the module's, or the DrLocCallback's once set up)."""
+    face = drloc_face(model, drloc_callbacks)
+    head_params = face.num_head_params if face is not None else 0
+    if isinstance(face, DrLocModuleBase):
+        backbone_params = face.num_backbone_params
+    else:  # the callback's head is a submodule of the user's module once set up
+        backbone_params = sum(p.numel() for p in model.parameters()) - head_params
     return {"backbone_params": backbone_params, "head_params": head_params}
 
 
@@ -298,8 +310,7 @@ def results_of(
 ) -> dict[str, Any]:
     """What a finished run records in results.json of its config, DRLoc objective, sizes and metrics."""
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    module_drloc = getattr(model, "drloc_config", None)
-    drloc_config = drloc_callbacks[0].config if drloc_callbacks else module_drloc
+    face = drloc_face(model, drloc_callbacks)
     sizes = parameter_counts(model, drloc_callbacks)  # the callback builds its head at fit's setup: count it now
     return {
         "status": "ok",
@@ -310,7 +321,7 @@ def results_of(
         "lambda_drloc": float(drloc_callbacks[0].lambda_drloc) if drloc_callbacks else lambda_drloc,
         "drloc_via": "callback" if drloc_callbacks else ("module" if lambda_drloc > 0 else "none"),
         # the options the DRLoc objective ran with (the callback's, or the module's)
-        "drloc": drloc_config.as_dict() if drloc_config is not None else None,
+        "drloc": face.config.as_dict() if face is not None else None,
         "module": f"{type(model).__module__}.{type(model).__qualname__}",
         "init_from": run.init_from,
         "init_from_loaded": None if init_report is None else len(init_report["loaded"]),
@@ -330,9 +341,7 @@ def results_of(
         **sizes,
         "lr": float(model.hparams["lr"]) if "lr" in model.hparams else None,
         # the head's task: its grid, chance L1 and the last epoch's training DRLoc loss / chance
-        **task_record(
-            drloc_callbacks[0].loss if drloc_callbacks else getattr(model, "drloc", None), metric(fit_metrics, "train/drloc_epoch")
-        ),
+        **task_record(face.loss if face is not None else None, metric(fit_metrics, "train/drloc_epoch")),
     }
 
 

@@ -71,7 +71,7 @@ from vt_drloc.core.tap import (
     probe_input,
 )
 from vt_drloc.faces.lightning_private import drop_state_dict_metadata, training_dataset, wrap_training_step
-from vt_drloc.faces.objective import DrLocConfig, DrLocObjective, plain
+from vt_drloc.faces.objective import DrLocConfig, DrLocObjective, log_step, plain
 from vt_drloc.faces.optim import add_param_groups
 
 __all__ = ["GRID_FORMATS", "HEAD_ATTR", "DrLocCallback", "DrLocCallbackBase", "find_timm_models", "is_timm_model"]
@@ -135,6 +135,8 @@ class DrLocCallbackBase:
         self.input_size = plain(input_size)
         self.in_chans = in_chans
         self._module: Any = None
+        self._trainer: Any = None  # the trainer of the fit the callback is attached to (current_lambda)
+        self._batch_idx = 0  # the training batch λ is at
         self._undo: list[Callable[[], None]] = []
         self._warned: set[str] = set()
         self.grid_source: GridSource | None = None
@@ -165,9 +167,10 @@ class DrLocCallbackBase:
         """Parameters of the DRLoc head (0 before the first ``setup``)."""
         return self.objective.num_head_params
 
-    def current_lambda(self, trainer: Any) -> float:
-        """λ for the current training step."""
-        return self.objective.current_lambda(trainer)
+    @property
+    def current_lambda(self) -> float:
+        """λ in effect for the current training step (the schedule's start outside ``fit``), as on DrLocModule."""
+        return self.objective.current_lambda(self._trainer, self._batch_idx)
 
     def _error(self, message: str) -> Exception:
         return DrLocConfigError(message)
@@ -422,7 +425,7 @@ class DrLocCallbackBase:
 
     # ------------------------------------------------------------------ training step
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.objective.batch_idx = batch_idx
+        self._trainer, self._batch_idx = trainer, batch_idx
 
     def _training_step(self, trainer: Any, pl_module: Any, original: Callable, *args: Any, **kwargs: Any) -> Any:
         out, raw = self.capture.capture(original, *args, **kwargs)
@@ -448,8 +451,9 @@ class DrLocCallbackBase:
                 f"DrLocCallback: training_step ran the {self.capture.name} {self.capture.calls} times; DRLoc uses the grid "
                 "of the first forward that requires grad."
             )
-        drloc, lam = self.objective.step(self.capture.to_grid(raw), pl_module, trainer)
-        total = loss + lam * drloc
+        step = self.objective.step(self.capture.to_grid(raw), trainer, self._batch_idx)
+        log_step(pl_module, step)
+        total = loss + step.lam * step.drloc
         return total if isinstance(out, Tensor) else {**out, "loss": total}
 
     # ------------------------------------------------------------------ optimizer

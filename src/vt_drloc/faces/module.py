@@ -23,8 +23,11 @@ from vt_drloc.core import DrLocLoss
 from vt_drloc.core.errors import DrLocConfigError
 from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid
 from vt_drloc.data.info import data_info_of
-from vt_drloc.faces.objective import DrLocConfig, DrLocObjective, plain
+from vt_drloc.faces.objective import DrLocConfig, DrLocObjective, log_step, plain, warn_renamed
 from vt_drloc.faces.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
+
+# vt_drloc 0.2 argument -> the learning rate's option (warmup_epochs was the LR's here, λ's in DrLocConfig)
+LR_RENAMED = {"warmup_epochs": "lr_warmup_epochs", "min_lr": "lr_min", "warmup_prefix": "lr_warmup_prefix"}
 
 __all__ = ["DrLocModule", "DrLocModuleBase", "classification_loss", "warmup_cosine_factor", "weight_decay_groups"]
 
@@ -52,22 +55,21 @@ class DrLocModuleBase:
         model_kwargs: extra ``timm.create_model`` arguments (``img_size``, ``patch_size``,
             ``drop_path_rate``, ...).
         drloc: the DRLoc options, a :class:`~vt_drloc.faces.objective.DrLocConfig` or a mapping of its
-            fields (``mode``, ``sample_size``, ``target``, ``hidden_dims``, ``head_init``,
-            ``class_head``, ``grid_size``, ``tap_norm``, ``schedule``, ``warmup_epochs``,
-            ``decay_epochs``, ``interval``, ``seed``: the keys of ``conf/drloc``). The same fields
-            may be given as keyword arguments (``DrLocModule(..., schedule="constant")``) except
-            ``warmup_epochs``, which at the top level is the optimizer's, as in ``conf/optim``. The
-            names of vt_drloc 0.1 (``drloc_mode``, ``lambda_schedule``, ...) are still accepted.
-        lr, weight_decay, warmup_epochs, min_lr: per-step linear warm-up and cosine decay to
-            ``min_lr``; weight decay on weights only (not norms, biases, position embeddings).
+            fields (``mode``, ``num_pairs``, ``target``, ``hidden_dims``, ``head_init``,
+            ``class_head``, ``pool_target``, ``tap_norm``, ``schedule``, ``lambda_warmup_epochs``,
+            ``lambda_decay_epochs``, ``interval``, ``seed``: the keys of ``conf/drloc``). The same fields
+            may be given as keyword arguments (``DrLocModule(..., schedule="constant")``), as to
+            :class:`~vt_drloc.faces.callback.DrLocCallback`. Older names are still accepted, with a warning.
+        lr, weight_decay, lr_warmup_epochs, lr_min: per-step linear warm-up and cosine decay to
+            ``lr_min``; weight decay on weights only (not norms, biases, position embeddings).
         optimizer: the optimizer class and its other settings: ``None`` (AdamW with ``betas``), a
             mapping ``{"_target_": "torch.optim.SGD", "momentum": 0.9}``, a ``functools.partial``
             of the class (Hydra's ``_partial_: true``, as ``conf/optim`` builds it) or the class;
             see :func:`vt_drloc.faces.optim.optimizer_spec`.
         betas: AdamW's, used when ``optimizer`` is ``None``.
-        lr_decay_epochs: the epoch the cosine reaches ``min_lr`` (``None`` = ``max_epochs``; the
+        lr_decay_epochs: the epoch the cosine reaches ``lr_min`` (``None`` = ``max_epochs``; the
             released runs: 300 with 100 trained).
-        warmup_prefix: ``True`` (default): the cosine starts after the warm-up; ``False``: it is
+        lr_warmup_prefix: ``True`` (default): the cosine starts after the warm-up; ``False``: it is
             laid out from step 0 (timm's and the released code's default); see
             :func:`warmup_cosine_factor`.
         label_smoothing: for hard labels; soft (mixup/cutmix) targets are used as given.
@@ -91,28 +93,38 @@ class DrLocModuleBase:
         drloc: DrLocConfig | Mapping[str, Any] | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.05,
-        warmup_epochs: float = 0,
-        min_lr: float = 1e-6,
+        lr_warmup_epochs: float = 0,
+        lr_min: float = 1e-6,
         betas: Sequence[float] = (0.9, 0.999),
         label_smoothing: float = 0.1,
         input_size: Sequence[int] | int | None = None,
         lr_decay_epochs: float | None = None,
-        warmup_prefix: bool = True,
+        lr_warmup_prefix: bool = True,
         optimizer: Any = None,
         **drloc_options: Any,
     ):
         super().__init__()
+        # vt_drloc <= 0.2 (and its checkpoints' hyper-parameters) named the learning rate's options without lr_
+        for old, new in LR_RENAMED.items():
+            if old in drloc_options:
+                warn_renamed(old, new, "DrLocModule argument")
+                if new == "lr_warmup_epochs":
+                    lr_warmup_epochs = drloc_options.pop(old)
+                elif new == "lr_min":
+                    lr_min = drloc_options.pop(old)
+                else:
+                    lr_warmup_prefix = drloc_options.pop(old)
         model_kwargs = dict(plain(model_kwargs) or {})
         input_size = plain(input_size)
         betas = tuple(plain(betas))
         if lambda_drloc is not None:
             drloc_options["lambda_drloc"] = lambda_drloc
         config = DrLocConfig.build(drloc, **drloc_options)
-        self._check_args(model_name, num_classes, lr, weight_decay, warmup_epochs, min_lr, label_smoothing)
+        self._check_args(model_name, num_classes, lr, weight_decay, lr_warmup_epochs, lr_min, label_smoothing)
         optimizer = optimizer_spec(plain(optimizer), betas)
         if lr_decay_epochs is not None and not lr_decay_epochs > 0:
             raise DrLocConfigError(
-                f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches min_lr), or None for max_epochs"
+                f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches lr_min), or None for max_epochs"
             )
         self.save_hyperparameters(
             {
@@ -123,13 +135,13 @@ class DrLocModuleBase:
                 "drloc": config.as_dict(),
                 "lr": lr,
                 "weight_decay": weight_decay,
-                "warmup_epochs": warmup_epochs,
-                "min_lr": min_lr,
+                "lr_warmup_epochs": lr_warmup_epochs,
+                "lr_min": lr_min,
                 "betas": list(betas),
                 "label_smoothing": label_smoothing,
                 "input_size": input_size,
                 "lr_decay_epochs": lr_decay_epochs,
-                "warmup_prefix": warmup_prefix,
+                "lr_warmup_prefix": lr_warmup_prefix,
                 "optimizer": optimizer,
             }
         )
@@ -150,14 +162,32 @@ class DrLocModuleBase:
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
         # class names and eval preprocessing (vt_drloc.data.info), saved in checkpoints for export / predict
         self.data_info: dict[str, Any] = {}
+        self._batch_idx = 0  # the training batch λ is at (current_lambda)
 
+    # the same public names as DrLocCallback's: config, loss, lambda_drloc, current_lambda, num_head_params
     @property
-    def drloc_config(self) -> DrLocConfig:
+    def config(self) -> DrLocConfig:
         """The DRLoc options this module trains with."""
         return self.objective.config
 
+    @property
+    def drloc_config(self) -> DrLocConfig:
+        """Deprecated name of :attr:`config` (the callback's name), kept until vt_drloc 0.3."""
+        warnings.warn("DrLocModule.drloc_config is now DrLocModule.config", DeprecationWarning, stacklevel=2)
+        return self.objective.config
+
+    @property
+    def loss(self) -> DrLocLoss | None:
+        """The DRLoc loss (owning the head), or None without DRLoc; registered as the submodule ``drloc``,
+        the name its weights have in checkpoints."""
+        return self.drloc
+
+    @property
+    def lambda_drloc(self) -> float:
+        return self.objective.config.lambda_drloc
+
     @staticmethod
-    def _check_args(model_name, num_classes, lr, weight_decay, warmup_epochs, min_lr, label_smoothing) -> None:
+    def _check_args(model_name, num_classes, lr, weight_decay, lr_warmup_epochs, lr_min, label_smoothing) -> None:
         if not timm.is_model(model_name.split(".")[0]):
             import difflib
 
@@ -168,8 +198,8 @@ class DrLocModuleBase:
             (num_classes >= 1, f"num_classes={num_classes} must be >= 1"),
             (lr > 0, f"lr={lr} must be > 0"),
             (weight_decay >= 0, f"weight_decay={weight_decay} must be >= 0"),
-            (warmup_epochs >= 0, f"warmup_epochs={warmup_epochs} must be >= 0"),
-            (0 <= min_lr <= lr, f"min_lr={min_lr} must lie in [0, lr={lr}]"),
+            (lr_warmup_epochs >= 0, f"lr_warmup_epochs={lr_warmup_epochs} must be >= 0"),
+            (0 <= lr_min <= lr, f"lr_min={lr_min} must lie in [0, lr={lr}]"),
             (0 <= label_smoothing < 1, f"label_smoothing={label_smoothing} must lie in [0, 1)"),
         ]
         for ok, message in checks:
@@ -204,20 +234,21 @@ class DrLocModuleBase:
     @property
     def current_lambda(self) -> float:
         """λ in effect for the current training step (0 without DRLoc)."""
-        return 0.0 if self.drloc is None else self.objective.current_lambda(self._trainer)
+        return 0.0 if self.drloc is None else self.objective.current_lambda(self._trainer, self._batch_idx)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
-        self.objective.batch_idx = batch_idx
+        self._batch_idx = batch_idx
         logits, grid = self.forward_with_grid(x)
         ce = classification_loss(logits, y, self.hparams.label_smoothing)
         loss = ce
         self.loss_terms = {"ce": ce.detach()}  # read by vt_drloc.app.reliability.NonFiniteLossGuard
         if grid is not None:
-            drloc, lam = self.objective.step(grid, self, self._trainer)
-            loss = ce + lam * drloc
-            self.loss_terms["drloc"] = drloc.detach()
+            step = self.objective.step(grid, self._trainer, batch_idx)
+            log_step(self, step)
+            loss = ce + step.lam * step.drloc
+            self.loss_terms["drloc"] = step.drloc.detach()
         self.log("train/ce", ce, on_step=True, on_epoch=True)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         if self._trainer is not None and self._trainer.optimizers:
@@ -252,7 +283,7 @@ class DrLocModuleBase:
         modules = [self.model] + ([self.drloc] if self.drloc is not None else [])
         # checkpoints of vt_drloc <= 0.2 carry no optimizer: AdamW with their betas, as they trained
         spec = hp.get("optimizer") or optimizer_spec(None, hp.betas)
-        head_decay = self.drloc_config.head_weight_decay
+        head_decay = self.config.head_weight_decay
         if self.drloc is not None and head_decay is not None:  # the head's own weight decay
             groups = weight_decay_groups([self.model], hp.weight_decay) + weight_decay_groups([self.drloc], head_decay)
         else:
@@ -261,12 +292,12 @@ class DrLocModuleBase:
         train_steps = max(1, int(self.trainer.estimated_stepping_batches))
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         steps_per_epoch = train_steps / max_epochs
-        warmup_steps = int(round(hp.warmup_epochs * steps_per_epoch))
+        warmup_steps = int(round(hp.lr_warmup_epochs * steps_per_epoch))
         decay_epochs = hp.lr_decay_epochs
         # the cosine's horizon may lie past the end of training (the released runs: 300 of 100 epochs)
         total_steps = train_steps if decay_epochs is None else max(1, int(round(decay_epochs * steps_per_epoch)))
-        min_factor = hp.min_lr / hp.lr
-        warmup_prefix = bool(hp.warmup_prefix)
+        min_factor = hp.lr_min / hp.lr
+        warmup_prefix = bool(hp.lr_warmup_prefix)
 
         def factor(step: int) -> float:
             return warmup_cosine_factor(step, total_steps, warmup_steps, min_factor, warmup_prefix)
@@ -293,7 +324,7 @@ class DrLocModuleBase:
         if hparams is None or self.drloc is None:
             return
         recorded = {**dict(hparams), **dict(hparams.get("drloc") or {})}
-        config = self.drloc_config
+        config = self.config
         keys = ("tap_norm", "class_head") if config.mode in ("ce", "cbr") else ("tap_norm",)  # only ce/cbr have a class head
         differ = {key: EARLIER_DEFAULTS[key] for key in keys if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]}
         if not differ:

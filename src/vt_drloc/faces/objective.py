@@ -1,9 +1,10 @@
 """The DRLoc objective that both faces train with: options, loss + head, λ schedule, pair sampler,
-checkpoint state and logging, written once.
+checkpoint state and the metrics of a step, written once.
 
 :class:`~vt_drloc.faces.module.DrLocModule` and :class:`~vt_drloc.faces.callback.DrLocCallback` differ only in
 how they reach the grid (their own forward vs. a hook in the user's module) and where the head
-lives; each calls :meth:`DrLocObjective.step` with the grid of the training forward.
+lives; each calls :meth:`DrLocObjective.step` with the grid of the training forward and its batch index,
+adds λ·L_drloc to its loss and logs the step's metrics (:func:`log_step`).
 
 Options carry one name everywhere: :class:`DrLocConfig`'s fields are the keyword arguments of
 both faces and the keys of ``conf/drloc``. The names of vt_drloc 0.1 (``drloc_mode``,
@@ -41,11 +42,24 @@ LEGACY_NAMES = {
     "drloc_target": "target",
     "head_hidden_dims": "hidden_dims",
     "lambda_schedule": "schedule",
-    "lambda_warmup_epochs": "warmup_epochs",
-    "lambda_decay_epochs": "decay_epochs",
     "lambda_interval": "interval",
     "drloc_seed": "seed",
 }
+# vt_drloc 0.2 name -> DrLocConfig field (issue 27: one meaning per name): accepted until vt_drloc 0.3, each
+# with one FutureWarning. warmup_epochs / decay_epochs were λ's here but the learning rate's in conf/optim.
+RENAMED_OPTIONS = {
+    "sample_size": "num_pairs",
+    "grid_size": "pool_target",
+    "warmup_epochs": "lambda_warmup_epochs",
+    "decay_epochs": "lambda_decay_epochs",
+}
+
+
+def warn_renamed(old: str, new: str, what: str = "DRLoc option") -> None:
+    """The one warning of an old name: FutureWarning, so that it shows in scripts and on the command line."""
+    import warnings
+
+    warnings.warn(f"{what} {old!r} is now {new!r}; the old name works until vt_drloc 0.3", FutureWarning, stacklevel=4)
 
 
 def _is_real(value: Any) -> bool:
@@ -73,12 +87,15 @@ class DrLocConfig:
     Attributes:
         lambda_drloc: λ, the weight of the DRLoc loss (paper: 0.5 Swin-T, 0.1 CvT-13 / T2T-ViT-14;
             ``0`` = no DRLoc).
-        mode, sample_size, target, hidden_dims, head_init, class_head, grid_size: the loss and its
-            head, see :class:`vt_drloc.core.DrLocLoss`.
+        num_pairs: m, the pairs of cells sampled per image (the loss's ``sample_size``).
+        pool_target: k, the side the final grid is average-pooled towards: a grid of side >= 2k is
+            halved until it is smaller (``None``: never pooled); the loss's ``grid_size``.
+        mode, target, hidden_dims, head_init, class_head: the loss and its head, see
+            :class:`vt_drloc.core.DrLocLoss`.
         tap_norm: ``"pre"`` / ``"post"``: read the grid before / after the backbone's final norm
             (:mod:`vt_drloc.core.tap`).
-        schedule, warmup_epochs, decay_epochs: λ over training, see :func:`vt_drloc.core.drloc_lambda`
-            (``decay_epochs=None``: λ reaches 0 at ``max_epochs``).
+        schedule, lambda_warmup_epochs, lambda_decay_epochs: λ over training, see
+            :func:`vt_drloc.core.drloc_lambda` (``lambda_decay_epochs=None``: λ reaches 0 at ``max_epochs``).
         task_threshold: ``schedule="adaptive"`` only: λ is held at its peak until the head's
             training L1 (a running mean over ~10 steps) falls below this fraction of chance
             (:func:`vt_drloc.core.chance_l1`), then falls linearly to 0 at the horizon.
@@ -98,16 +115,16 @@ class DrLocConfig:
 
     lambda_drloc: float = 0.1
     mode: str = "l1"
-    sample_size: int = 64
+    num_pairs: int = 64
     target: str = "abs"
     hidden_dims: Any = "released"
     head_init: str = "released"
     class_head: str = "released"
-    grid_size: int | None = 7
+    pool_target: int | None = 7
     tap_norm: str = "pre"
     schedule: str = "warmup_decay"
-    warmup_epochs: float = 20
-    decay_epochs: float | None = None
+    lambda_warmup_epochs: float = 20
+    lambda_decay_epochs: float | None = None
     interval: str = "step"
     seed: int | None = None
     task_threshold: float = 0.3
@@ -118,16 +135,24 @@ class DrLocConfig:
         self.hidden_dims = hidden if isinstance(hidden, str) else [int(d) for d in hidden]
         if not (_is_real(self.lambda_drloc) and math.isfinite(self.lambda_drloc) and self.lambda_drloc >= 0):
             raise DrLocConfigError(f"lambda_drloc={self.lambda_drloc!r} must be a number >= 0 (0 = baseline without DRLoc)")
-        if not _is_integer(self.sample_size):
-            raise DrLocConfigError(f"sample_size={self.sample_size!r} must be an integer >= 1 (the paper uses 64)")
+        if not (_is_integer(self.num_pairs) and self.num_pairs >= 1):
+            raise DrLocConfigError(f"num_pairs={self.num_pairs!r} must be an integer >= 1 (the paper uses 64)")
+        if self.pool_target is not None and not (_is_integer(self.pool_target) and self.pool_target >= 2):
+            raise DrLocConfigError(f"pool_target={self.pool_target!r} must be an integer >= 2, or None to never pool the grid")
+        decay = self.lambda_decay_epochs
+        if decay is not None and not (_is_real(decay) and math.isfinite(decay) and decay > 0):
+            raise DrLocConfigError(
+                f"lambda_decay_epochs={decay!r} must be a number > 0 (the epoch at which λ reaches 0), or None for max_epochs"
+            )
         self.lambda_drloc = float(self.lambda_drloc)
-        self.sample_size = int(self.sample_size)
+        self.num_pairs = int(self.num_pairs)
         check_tap_norm(self.tap_norm)
         resolve_hidden_dims(self.hidden_dims)
-        drloc_lambda(self.lambda_drloc, 0.0, None, self.schedule, self.warmup_epochs, self.decay_epochs)
+        drloc_lambda(self.lambda_drloc, 0.0, None, self.schedule, self.lambda_warmup_epochs, self.lambda_decay_epochs)
         epoch_progress(0, 0, None, self.interval)
-        if not (_is_real(self.warmup_epochs) and math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
-            raise DrLocConfigError(f"warmup_epochs={self.warmup_epochs!r} must be a number >= 0 (the released runs: 20)")
+        warmup = self.lambda_warmup_epochs
+        if not (_is_real(warmup) and math.isfinite(warmup) and warmup >= 0):
+            raise DrLocConfigError(f"lambda_warmup_epochs={warmup!r} must be a number >= 0 (the released runs: 20)")
         if self.seed is not None and not (_is_integer(self.seed) and self.seed >= 0):
             raise DrLocConfigError(f"seed={self.seed!r} must be an integer >= 0, or None to derive it from the run's seed")
         if self.head_weight_decay is not None and not (math.isfinite(float(self.head_weight_decay)) and self.head_weight_decay >= 0):
@@ -136,7 +161,7 @@ class DrLocConfig:
             raise DrLocConfigError(f"task_threshold={self.task_threshold} must lie in (0, 1] (a fraction of the chance L1)")
         if self.schedule == "adaptive" and self.mode != "l1":
             raise DrLocConfigError(f"schedule='adaptive' reads the head's L1 against chance: it needs mode='l1', not mode={self.mode!r}")
-        # the loss's own checks (sample_size, grid_size, mode x target) on a dummy grid; its head's
+        # the loss's own checks (mode x target, ...) on a dummy grid; its head's
         # initialisation must not move the global RNG (the backbone built next draws from it)
         with torch.random.fork_rng(devices=[]):
             DrLocLoss(1, **self.loss_kwargs(), grid_hw=(2, 2))
@@ -145,10 +170,10 @@ class DrLocConfig:
         """The :class:`~vt_drloc.core.DrLocLoss` arguments among the options."""
         return {
             "mode": self.mode,
-            "sample_size": self.sample_size,
+            "sample_size": self.num_pairs,
             "target": self.target,
             "hidden_dims": self.hidden_dims,
-            "grid_size": self.grid_size,
+            "grid_size": self.pool_target,
             "head_init": self.head_init,
             "class_head": self.class_head,
         }
@@ -159,7 +184,8 @@ class DrLocConfig:
     @classmethod
     def build(cls, drloc: DrLocConfig | Mapping[str, Any] | None = None, **options: Any) -> DrLocConfig:
         """A config from a ``DrLocConfig`` or mapping (e.g. ``cfg.drloc``) updated by keyword options;
-        vt_drloc 0.1 names are accepted; an unknown name raises."""
+        vt_drloc 0.1 names are accepted, the names of 0.2 (:data:`RENAMED_OPTIONS`) with a warning; an unknown
+        name raises."""
         valid = {f.name for f in fields(cls)}
         merged: dict[str, Any] = {}
         sources = [drloc.as_dict() if isinstance(drloc, DrLocConfig) else dict(plain(drloc) or {}), options]
@@ -169,6 +195,9 @@ class DrLocConfig:
                 if key == "_target_":
                     continue
                 name = LEGACY_NAMES.get(key, key)
+                if key in RENAMED_OPTIONS:
+                    name = RENAMED_OPTIONS[key]
+                    warn_renamed(key, name)
                 if name not in valid:
                     raise DrLocOptionError(f"unknown DRLoc option {key!r}; valid options: {', '.join(sorted(valid))}")
                 if name in seen:
@@ -189,12 +218,14 @@ class DrLocObjective:
     >>> loss = objective.build_loss(channels=16, grid_hw=(8, 8))
     >>> objective.lambda_at(epoch=0, batch_idx=0, num_batches=10, max_epochs=30)
     1.0
+    >>> step = objective.step(torch.randn(2, 16, 8, 8), trainer=None, batch_idx=0)
+    >>> step.lam, sorted(step.metrics)
+    (1.0, ['train/drloc', 'train/lambda'])
     """
 
     def __init__(self, config: DrLocConfig):
         self.config = config
         self.loss: DrLocLoss | None = None
-        self.batch_idx = 0
         self._generator: torch.Generator | None = None
         self._generator_state: Tensor | None = None
         self._pending_head_state: Mapping[str, Tensor] | None = None
@@ -210,7 +241,7 @@ class DrLocObjective:
         """The loss for a (channels, H, W) grid; the current one is kept when it fits (a second fit, or
         a resumed head), and a head state loaded before the loss existed is applied now."""
         loss = self.loss
-        if loss is None or loss.head.in_dim != channels or loss.reduced_hw != reduced_grid_hw(grid_hw, self.config.grid_size):
+        if loss is None or loss.head.in_dim != channels or loss.reduced_hw != reduced_grid_hw(grid_hw, self.config.pool_target):
             loss = DrLocLoss(int(channels), **self.config.loss_kwargs(), grid_hw=(int(grid_hw[0]), int(grid_hw[1])))
         if self._pending_head_state is not None:
             loss.load_state_dict(self._pending_head_state)
@@ -220,10 +251,12 @@ class DrLocObjective:
 
     # ------------------------------------------------------------------ λ
     def lambda_at(self, epoch: int, batch_idx: int, num_batches: int | float | None, max_epochs: int | None) -> float:
-        """λ at batch ``batch_idx`` of ``epoch`` (``max_epochs``: the decay horizon when ``decay_epochs`` is None)."""
+        """λ at batch ``batch_idx`` of ``epoch`` (``max_epochs``: the decay horizon when ``lambda_decay_epochs`` is None)."""
         c = self.config
         progress = epoch_progress(epoch, batch_idx, num_batches, c.interval)
-        return drloc_lambda(c.lambda_drloc, progress, max_epochs, c.schedule, c.warmup_epochs, c.decay_epochs, self.anneal_from)
+        return drloc_lambda(
+            c.lambda_drloc, progress, max_epochs, c.schedule, c.lambda_warmup_epochs, c.lambda_decay_epochs, self.anneal_from
+        )
 
     def observe(self, drloc: float, epoch: float) -> None:
         """``schedule="adaptive"``: track the head's L1 / chance and start annealing once it is below
@@ -231,7 +264,7 @@ class DrLocObjective:
         assert self.loss is not None and self.loss.reduced_hw is not None, "observe() runs after build_loss()"
         ratio = drloc / chance_l1(*self.loss.reduced_hw, self.config.target)
         self.task_ratio = ratio if self.task_ratio is None else 0.9 * self.task_ratio + 0.1 * ratio
-        if self.anneal_from is None and epoch >= self.config.warmup_epochs and self.task_ratio < self.config.task_threshold:
+        if self.anneal_from is None and epoch >= self.config.lambda_warmup_epochs and self.task_ratio < self.config.task_threshold:
             self.anneal_from = float(epoch)
 
     def schedule_state(self) -> dict[str, float | None]:
@@ -241,12 +274,12 @@ class DrLocObjective:
         if state:
             self.task_ratio, self.anneal_from = state.get("task_ratio"), state.get("anneal_from")
 
-    def current_lambda(self, trainer: Any | None) -> float:
-        """λ for the trainer's current step (the schedule's start without a trainer)."""
+    def current_lambda(self, trainer: Any | None, batch_idx: int = 0) -> float:
+        """λ at batch ``batch_idx`` of the trainer's current epoch (the schedule's start without a trainer)."""
         if trainer is None:
             return self.lambda_at(0, 0, None, None)
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        return self.lambda_at(trainer.current_epoch, self.batch_idx, trainer.num_training_batches, max_epochs)
+        return self.lambda_at(trainer.current_epoch, batch_idx, trainer.num_training_batches, max_epochs)
 
     # ------------------------------------------------------------------ sampler
     def sampler(self, device: torch.device, rank: int = 0) -> torch.Generator:
@@ -291,18 +324,41 @@ class DrLocObjective:
         self.load_schedule_state(state.get("schedule_state"))
 
     # ------------------------------------------------------------------ the step
-    def step(self, grid: Tensor, module: Any, trainer: Any | None) -> tuple[Tensor, float]:
-        """L_drloc of ``grid`` (B, C, H, W) and λ for this step; logs ``train/drloc`` and ``train/lambda``
-        through ``module.log``. The caller adds ``λ · L_drloc`` to its loss."""
+    def step(self, grid: Tensor, trainer: Any | None, batch_idx: int) -> DrLocStep:
+        """L_drloc of ``grid`` (B, C, H, W) at batch ``batch_idx`` of the trainer's epoch, λ for it, and the
+        metrics to log (see :func:`log_step`). The caller adds ``λ · L_drloc`` to its loss."""
         assert self.loss is not None, "build_loss() first"
         rank = trainer.global_rank if trainer is not None else 0
         drloc = self.loss(grid, generator=self.sampler(grid.device, rank))
-        lam = self.current_lambda(trainer)
-        module.log("train/drloc", drloc, on_step=True, on_epoch=True, sync_dist=True)
-        module.log("train/lambda", lam, on_step=True, on_epoch=False)
+        lam = self.current_lambda(trainer, batch_idx)
+        metrics: dict[str, Tensor | float] = {"train/drloc": drloc, "train/lambda": lam}
         if self.config.schedule == "adaptive":
             # each rank decides from its own loss (their running means agree closely)
-            epoch = 0.0 if trainer is None else epoch_progress(trainer.current_epoch, self.batch_idx, trainer.num_training_batches)
+            epoch = 0.0 if trainer is None else epoch_progress(trainer.current_epoch, batch_idx, trainer.num_training_batches)
             self.observe(float(drloc.detach()), epoch)
-            module.log("train/drloc_over_chance", self.task_ratio, on_step=True, on_epoch=False)
-        return drloc, lam
+            assert self.task_ratio is not None
+            metrics["train/drloc_over_chance"] = self.task_ratio
+        return DrLocStep(drloc, lam, metrics)
+
+
+@dataclass(frozen=True)
+class DrLocStep:
+    """What :meth:`DrLocObjective.step` returns: L_drloc (unweighted), λ, and the metrics a face logs."""
+
+    drloc: Tensor
+    lam: float
+    metrics: dict[str, Tensor | float]
+
+
+# how each metric of a step is logged: L_drloc per step and epoch (averaged over ranks), the others per step
+LOG_OPTIONS = {
+    "train/drloc": {"on_step": True, "on_epoch": True, "sync_dist": True},
+    "train/lambda": {"on_step": True, "on_epoch": False},
+    "train/drloc_over_chance": {"on_step": True, "on_epoch": False},
+}
+
+
+def log_step(module: Any, step: DrLocStep) -> None:
+    """Log a step's metrics through the LightningModule ``module`` (both faces call this)."""
+    for name, value in step.metrics.items():
+        module.log(name, value, **LOG_OPTIONS[name])
