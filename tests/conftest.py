@@ -37,3 +37,13 @@ def flowers102_tar(data_root: Path) -> Path:
     path = data_root / "flowers102.tar"
     assert path.is_file(), f"missing {path}"
     return path
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Each test sees the environment the session started with: ``seed_everything`` in one test sets
+    ``PL_GLOBAL_SEED``, which would reseed every rank of a later test's DDP subprocess alike."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
