@@ -28,22 +28,22 @@ def _check_header(store: ImageStore, i: int) -> None:
     """The cheap check: an image format's first bytes, and an end where the format says it ends.
 
     Only a file that fails either is decoded here, so a truncated image is found before training
-    rather than mid-run, at about one extra small read per file.
+    rather than mid-run, at one small extra read per file.
     """
     try:
-        head = store.read_bytes(i, 32)
-        tail = store.read_tail(i, 16)
+        ends = store.read_ends(i, 32, 16)
     except OSError as exc:
         raise CorruptImageError(f"cannot read {store.where(i)}: {exc}") from exc
-    if head is None or tail is None:
+    if ends is None:
         return
+    head, tail, size = ends
     if not has_image_magic(head):
         probe_image(store.read_bytes(i), store.where(i))
-    elif not looks_complete(head, tail[0], tail[1]):
+    elif not looks_complete(head, tail, size):
         try:
             store.load(i)
         except CorruptImageError as exc:
-            raise CorruptImageError(f"truncated image {store.where(i)} ({tail[1]:,} bytes): {exc.__cause__ or exc}") from exc
+            raise CorruptImageError(f"truncated image {store.where(i)} ({size:,} bytes): {exc.__cause__ or exc}") from exc
 
 
 def verify_samples(store: ImageStore, indices: np.ndarray, mode: str, skip_corrupt: bool) -> tuple[np.ndarray, list[str]]:

@@ -287,8 +287,9 @@ class ImageStore:
         """Encoded bytes of sample ``i`` (the first ``n`` only, if given); ``None`` for arrays."""
         return None
 
-    def read_tail(self, i: int, n: int) -> tuple[bytes, int] | None:
-        """The last ``n`` encoded bytes of sample ``i`` and its size in bytes; ``None`` for arrays."""
+    def read_ends(self, i: int, head: int, tail: int) -> tuple[bytes, bytes, int] | None:
+        """The first ``head`` and last ``tail`` encoded bytes of sample ``i`` and its size in bytes, in one
+        access (the cheap check reads both for every file); ``None`` for arrays."""
         return None
 
     def load(self, i: int) -> Image.Image:
@@ -352,10 +353,10 @@ class TarStore(ImageStore):
             raise CorruptImageError(f"short read of {self.where(i)}: got {len(data)} of {size} bytes")
         return data
 
-    def read_tail(self, i: int, n: int) -> tuple[bytes, int]:
-        size = int(self.sizes[i])
-        k = min(n, size)
-        return os.pread(self._handle(), k, int(self.offsets[i]) + size - k), size
+    def read_ends(self, i: int, head: int, tail: int) -> tuple[bytes, bytes, int]:
+        size, offset, fd = int(self.sizes[i]), int(self.offsets[i]), self._handle()
+        k = min(tail, size)
+        return os.pread(fd, min(head, size), offset), os.pread(fd, k, offset + size - k), size
 
     def where(self, i: int) -> str:
         return f"{self.path}:{self.member_prefix}{self.keys[i]}"
@@ -385,11 +386,12 @@ class DirStore(ImageStore):
         with open(os.path.join(self.root, self.keys[i]), "rb") as f:
             return f.read() if n is None else f.read(n)
 
-    def read_tail(self, i: int, n: int) -> tuple[bytes, int]:
+    def read_ends(self, i: int, head: int, tail: int) -> tuple[bytes, bytes, int]:
         with open(os.path.join(self.root, self.keys[i]), "rb") as f:
+            first = f.read(head)
             size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - n))
-            return f.read(), size
+            f.seek(max(0, size - tail))
+            return first, f.read(), size
 
     def where(self, i: int) -> str:
         return os.path.join(self.root, self.keys[i])
@@ -437,8 +439,8 @@ class SubsetStore(ImageStore):
     def read_bytes(self, i: int, n: int | None = None) -> bytes | None:
         return self.base.read_bytes(int(self.indices[i]), n)
 
-    def read_tail(self, i: int, n: int) -> tuple[bytes, int] | None:
-        return self.base.read_tail(int(self.indices[i]), n)
+    def read_ends(self, i: int, head: int, tail: int) -> tuple[bytes, bytes, int] | None:
+        return self.base.read_ends(int(self.indices[i]), head, tail)
 
     def load(self, i: int) -> Image.Image:
         return self.base.load(int(self.indices[i]))
