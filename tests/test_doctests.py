@@ -20,6 +20,7 @@ import pytest
         "vt_drloc.core.tap",
         "vt_drloc.app.pos_embed",
         "vt_drloc.app.checkpoints",
+        "vt_drloc.report.markdown",
     ],
 )
 def test_docstring_examples(name):

@@ -24,10 +24,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from vt_drloc.report.figures import new_figure
+from vt_drloc.report.markdown import markdown_table
 from vt_drloc.report.stats import mean_std
 from vt_drloc.report.sweep import SweepError
-from vt_drloc.report.tables import md_cell, task_text
+from vt_drloc.report.tables import delta_text, task_text
 
 GAIN_CURVE_SPEC = "gain_curve.json"
 
@@ -86,16 +89,23 @@ def gain_curve_markdown(points: list[dict[str, Any]], title: str) -> str:
         "Δ = paired test top-1 difference DRLoc − baseline (same seed), percentage points, mean ± std over seeds, "
         "n = seeds; head = the DRLoc runs' last-epoch training L1 / chance.",
         "",
-        "| axis | policy | x | Δ test acc1 | head L1 / chance | λ | row |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for p in points:
-        mean, std, n = mean_std(p["diffs"])
-        delta = "–" if mean is None else f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" (n={n})"
-        x = f"{p['x']:g}"
-        lines.append(
-            f"| {md_cell(p['panel'])} | {md_cell(p['series'])} | {x} | {delta} | {task_text(p['row'].drloc)} | {p['row'].lam} | {md_cell(p['row'].label)} |"
-        )
+    table = pd.DataFrame(
+        [
+            {
+                "axis": p["panel"],
+                "policy": p["series"],
+                "x": f"{p['x']:g}",
+                "Δ test acc1": delta_text(mean_std(p["diffs"]), scale=1.0),  # diffs are in points already
+                "head L1 / chance": task_text(p["row"].drloc),
+                "λ": p["row"].lam,
+                "row": p["row"].label,
+            }
+            for p in points
+        ],
+        columns=["axis", "policy", "x", "Δ test acc1", "head L1 / chance", "λ", "row"],
+    )
+    lines += markdown_table(table)
     lines.append("")
     return "\n".join(lines)
 

@@ -28,9 +28,10 @@ import pandas as pd
 from vt_drloc.base.files import EARLIER_DEFAULTS, write_atomic
 from vt_drloc.report.figures import new_figure, png_bytes
 from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec, plot_gain_curve
+from vt_drloc.report.markdown import markdown_table
 from vt_drloc.report.stats import mean_std, paired_delta, paired_differences
 from vt_drloc.report.sweep import LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, find_job_dirs, load_sweep, natural_key
-from vt_drloc.report.tables import delta_text, md_cell, pct_text, records_task, task_text
+from vt_drloc.report.tables import delta_text, pct_text, records_task, task_text
 
 STUDY_FILES = ("study.csv", "study.md", "study.png")
 # The files of a job worth keeping beside a write-up: what ran and what it scored (no checkpoints,
@@ -190,10 +191,31 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
+def study_cells(row: StudyRow, with_task: bool) -> dict[str, str]:
+    """One row of ``study.md`` as text cells, keyed by the table's header."""
+    v = row.values()
+    cells = {
+        "cell": row.label,
+        "model": f"`{v['model']}`",
+        "params": f"{_params(v['backbone_params'])} ({_params(v['head_params'])})",
+        "train imgs": f"{v['train_size']:,}" if isinstance(v["train_size"], int) else "–",
+        "epochs": str(v["epochs"] or "–"),
+        "λ": row.lam,
+        "DRLoc options": v["drloc_options"],
+        "baseline test acc1": pct_text(*row.baseline.stats("test_acc1")[:2]),
+        "DRLoc test acc1": pct_text(*row.drloc.stats("test_acc1")[:2]),
+        "Δ test acc1": delta_text(paired_delta(row.drloc, row.baseline, "test_acc1")),
+        "Δ val acc1": delta_text(paired_delta(row.drloc, row.baseline, "val_acc1")),
+    }
+    if with_task:
+        cells[TASK_TITLE] = task_text(row.drloc)
+    cells["wall s / run"] = f"{_seconds(v['baseline_wall_s'])} / {_seconds(v['drloc_wall_s'])}"
+    return cells
+
+
 def study_markdown(rows: list[StudyRow], title: str) -> str:
     # the head-task column appears once a row recorded it (runs before it existed show "–")
     with_task = records_task([job for row in rows for job in row.drloc.jobs])
-    task_head = f" {TASK_TITLE} |" if with_task else ""
     lines = [
         f"# Study `{title}`",
         "",
@@ -203,38 +225,14 @@ def study_markdown(rows: list[StudyRow], title: str) -> str:
         f"{OLDER_DEFAULT_MARK} = produced by the default before docs/fidelity.md (post-norm tap, PyTorch head init), "
         "not yet re-run with today's. Params: backbone (DRLoc head). Wall: seconds per run, baseline / DRLoc.",
         "",
-        "| cell | model | params | train imgs | epochs | λ | DRLoc options | baseline test acc1 | DRLoc test acc1 "
-        f"| Δ test acc1 | Δ val acc1 |{task_head} wall s / run |",
-        "|" + "|".join(["---"] * (13 if with_task else 12)) + "|",
     ]
     if with_task:
         lines[2] += (
             f" {TASK_TITLE}: the DRLoc runs' last-epoch training DRLoc loss over chance_l1 (near 1: the head "
             "did not learn to localise; – = not recorded by runs before it existed)."
         )
-    for row in rows:
-        v = row.values()
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    md_cell(row.label),
-                    f"`{v['model']}`",
-                    f"{_params(v['backbone_params'])} ({_params(v['head_params'])})",
-                    f"{v['train_size']:,}" if isinstance(v["train_size"], int) else "–",
-                    str(v["epochs"] or "–"),
-                    row.lam,
-                    md_cell(v["drloc_options"]),
-                    pct_text(*row.baseline.stats("test_acc1")[:2]),
-                    pct_text(*row.drloc.stats("test_acc1")[:2]),
-                    delta_text(paired_delta(row.drloc, row.baseline, "test_acc1")),
-                    delta_text(paired_delta(row.drloc, row.baseline, "val_acc1")),
-                    *([task_text(row.drloc)] if with_task else []),
-                    f"{_seconds(v['baseline_wall_s'])} / {_seconds(v['drloc_wall_s'])}",
-                ]
-            )
-            + " |"
-        )
+    table = pd.DataFrame([study_cells(row, with_task) for row in rows], dtype=object)
+    lines += markdown_table(table)
     lines += ["", "Per-cell tables and figures: `<cell>/summary.md`, `<cell>/summary.png`, `<cell>/curves.png`; figure: `study.png`.", ""]
     return "\n".join(lines)
 

@@ -10,7 +10,6 @@ files (:mod:`vt_drloc.report.summary`) are drawn from it.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from vt_drloc.report.stats import mean_std
@@ -102,14 +102,15 @@ def read_curve(job_dir: Path, metric: str = CURVE_METRIC) -> list[tuple[int, flo
     files = sorted(job_dir.rglob("metrics.csv"))
     if not files:
         return []
-    by_epoch: dict[int, float] = {}
-    with files[0].open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            text, epoch = row.get(metric), row.get("epoch")
-            if text in (None, "") or epoch in (None, ""):
-                continue
-            by_epoch[int(float(epoch))] = float(text)
-    return sorted(by_epoch.items())
+    try:  # as text, converted by Python's float(): pandas' own float parser may differ in the last bit
+        frame = pd.read_csv(files[0], dtype=str, usecols=lambda column: column in ("epoch", metric))
+    except pd.errors.EmptyDataError:
+        return []
+    if metric not in frame or "epoch" not in frame:
+        return []
+    logged = frame.dropna().astype(float)
+    last = logged.groupby(logged["epoch"].astype(int))[metric].last()
+    return [(int(epoch), float(value)) for epoch, value in last.items()]
 
 
 @dataclass

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from vt_drloc.report.markdown import markdown_table
 from vt_drloc.report.stats import paired_delta
 from vt_drloc.report.sweep import (
     CURVE_METRIC,
@@ -62,15 +63,39 @@ def pct_text(mean: float | None, std: float | None) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
-def delta_text(delta: tuple[float | None, float | None, int]) -> str:
+def delta_text(delta: tuple[float | None, float | None, int], scale: float = 100.0) -> str:
+    """A paired difference as ``+m ± s (n=k)`` in points (``scale`` 100 turns fractions into points)."""
     mean, std, n = delta
     if mean is None:
         return "–"
-    return f"{100 * mean:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "") + f" (n={n})"
+    return f"{scale * mean:+.2f}" + (f" ± {scale * std:.2f}" if std is not None else "") + f" (n={n})"
 
 
-def md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def settings_frame(sweep: Sweep, settings: Sequence[Setting], with_task: bool) -> pd.DataFrame:
+    """The per-setting table of ``summary.md`` as text cells: setting values, jobs ok, mean ± std of
+    each metric, the paired Δ vs the λ=0 baseline (when λ is swept), the head's task ratio, wall time."""
+    has_delta = LAMBDA_KEY in sweep.setting_keys
+    rows = []
+    for setting in settings:
+        row = {f"`{k}`": setting.values[k] for k in sweep.setting_keys}
+        row["jobs ok"] = f"{len(setting.ok_jobs)}/{len(setting.jobs)}"
+        row.update({title: pct_text(*setting.stats(key)[:2]) for key, title in SUMMARY_METRICS})
+        if has_delta:
+            baseline = sweep.baseline_of(setting, settings)
+            for key, title in DELTA_METRICS:
+                if baseline is setting:
+                    row[title] = "baseline"
+                else:
+                    row[title] = "–" if baseline is None else delta_text(paired_delta(setting, baseline, key))
+        if with_task:
+            row[TASK_TITLE] = task_text(setting)
+        wall = setting.stats("wall_time_s")[0]
+        row["wall s / job"] = "–" if wall is None else f"{wall:.1f}"
+        rows.append(row)
+    header = [*(f"`{k}`" for k in sweep.setting_keys), "jobs ok", *(t for _, t in SUMMARY_METRICS)]
+    header += [t for _, t in DELTA_METRICS] if has_delta else []
+    header += [TASK_TITLE] if with_task else []
+    return pd.DataFrame(rows, columns=[*header, "wall s / job"], dtype=object)
 
 
 def summary_markdown(sweep: Sweep) -> str:
@@ -103,33 +128,19 @@ def summary_markdown(sweep: Sweep) -> str:
             f"{TASK_TITLE}: the last epoch's training DRLoc loss over the loss of a head that predicts the best "
             "constant offset (chance_l1); near 1 = the head did not learn to localise."
         )
-    header = [*(f"`{k}`" for k in sweep.setting_keys), "jobs ok", *(t for _, t in SUMMARY_METRICS)]
-    if has_delta:
-        header += [t for _, t in DELTA_METRICS]
-    if with_task:
-        header.append(TASK_TITLE)
-    header.append("wall s / job")
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for setting in settings:
-        row = [md_cell(setting.values[k]) for k in sweep.setting_keys]
-        row.append(f"{len(setting.ok_jobs)}/{len(setting.jobs)}")
-        row += [pct_text(*setting.stats(key)[:2]) for key, _ in SUMMARY_METRICS]
-        if has_delta:
-            baseline = sweep.baseline_of(setting, settings)
-            is_base = baseline is setting
-            for key, _ in DELTA_METRICS:
-                row.append("baseline" if is_base else ("–" if baseline is None else delta_text(paired_delta(setting, baseline, key))))
-        if with_task:
-            row.append(task_text(setting))
-        wall = setting.stats("wall_time_s")[0]
-        row.append("–" if wall is None else f"{wall:.1f}")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", *markdown_table(settings_frame(sweep, settings, with_task))]
     if sweep.failed:
-        lines += ["", "## Failed jobs", "", "| job | overrides | error |", "|---|---|---|"]
-        for job in sweep.failed:
-            swept = " ".join(f"{k}={job.overrides.get(k, '')}" for k in sweep.swept)
-            error = job.error.splitlines()[0][:200] if job.error else job.status
-            lines.append(f"| {job.name} | `{md_cell(swept)}` | {md_cell(error)} |")
+        failed = pd.DataFrame(
+            [
+                {
+                    "job": job.name,
+                    "overrides": "`" + " ".join(f"{k}={job.overrides.get(k, '')}" for k in sweep.swept) + "`",
+                    "error": job.error.splitlines()[0][:200] if job.error else job.status,
+                }
+                for job in sweep.failed
+            ]
+        )
+        lines += ["", "## Failed jobs", "", *markdown_table(failed)]
     if sweep.optuna and "best_params" in sweep.optuna:
         best = ", ".join(f"`{k}={v}`" for k, v in sweep.optuna["best_params"].items())
         lines += ["", f"Optuna best: {best} → {sweep.optuna.get('best_value')}"]
@@ -138,6 +149,5 @@ def summary_markdown(sweep: Sweep) -> str:
 
 
 def settings_table(sweep: Sweep) -> str:
-    """The per-setting table of ``summary.md`` (the lines starting with ``|`` before the failed jobs)."""
-    text = summary_markdown(sweep).split("## Failed jobs")[0]
-    return "\n".join(line for line in text.splitlines() if line.startswith("|"))
+    """The per-setting table of ``summary.md`` alone (printed at the end of a multirun)."""
+    return "\n".join(markdown_table(settings_frame(sweep, sweep.settings(), records_task(sweep.jobs))))
