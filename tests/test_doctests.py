@@ -16,6 +16,7 @@ import pytest
         "vt_drloc.core.head",
         "vt_drloc.core.sampling",
         "vt_drloc.core.schedule",
+        "vt_drloc.core.stages",
         "vt_drloc.faces.module",
         "vt_drloc.core.tap",
         "vt_drloc.app.pos_embed",

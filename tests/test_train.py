@@ -356,6 +356,8 @@ def test_wheel_ships_its_configs(tmp_path):
         (["drloc.lambda_drloc=-0.5"], "drloc.lambda_drloc=-0.5"),
         (["drloc.num_pairs=0"], "drloc.num_pairs=0"),
         (["drloc.mode=l2"], "drloc.mode='l2'"),
+        (["drloc.stages=middle"], "drloc.stages='middle' is not valid; choose 'last'"),
+        (["drloc.stages=[0,5]"], "vit_tiny_patch16_224 has 1 stage.s. with a grid, so index 5 does not exist"),
         (["model.kwargs.patch_size=32"], "1x1 grid"),
         (["test_ckpt=middle"], "test_ckpt='middle'"),
         (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is invalid: use an integer >= 1"),

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from vt_drloc.core import chance_l1
 from vt_drloc.faces.objective import DrLocObjective
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,10 @@ class RunProgress(pl.Callback):
         config = objective.config
         if config.mode != "l1" or config.lambda_drloc <= 0:
             return None
-        ratio = float(value) / chance_l1(*objective.loss.reduced_hw, config.target)
+        chance = objective.loss.chance_l1()
+        if not chance:
+            return None
+        ratio = float(value) / chance
         warmup = config.lambda_warmup_epochs if config.schedule != "constant" else 0.0
         if self.warned or trainer.current_epoch + 1 < max(1.0, warmup) or ratio < self.not_learning_ratio:
             return ratio

@@ -4,7 +4,8 @@ Liu et al., "Efficient Training of Visual Transformers with Small Datasets", Neu
 
 * ``sampling``: which cell pairs DRLoc compares and their offset targets;
 * ``head``: the MLP that predicts a pair's offset; ``loss``: ``DrLocLoss`` (owns the head);
-* ``grid``: pooling the final grid; ``schedule``: λ over training;
+* ``grid``: pooling the final grid; ``schedule``: λ over training; ``stages``: multi-scale DRLoc
+  (a loss per stage of a hierarchical backbone, summed);
 * ``tap``: the final grid of a timm model from the forward that gives the logits; ``discover``: the
   final grid of any model by what runs (the callback's route); ``errors``: ``DrLocConfigError``.
 
@@ -27,6 +28,7 @@ from vt_drloc.core.sampling import (
     sample_cell_pairs,
 )
 from vt_drloc.core.schedule import LAMBDA_INTERVALS, SCHEDULES, drloc_lambda, epoch_progress
+from vt_drloc.core.stages import STAGE_CHOICES, MultiScaleDrLocLoss
 from vt_drloc.core.tap import GridInfo, GridTapError, probe_grid, tap_grid
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "HEAD_PRESETS",
     "LAMBDA_INTERVALS",
     "SCHEDULES",
+    "STAGE_CHOICES",
     "TARGETS",
     "DrLocConfigError",
     "DrLocHead",
@@ -45,6 +48,7 @@ __all__ = [
     "GridReading",
     "GridSource",
     "GridTapError",
+    "MultiScaleDrLocLoss",
     "chance_l1",
     "check_choice",
     "drloc_lambda",

@@ -89,7 +89,8 @@ class GridSource:
 
     Attributes:
         module: dotted path of the module, relative to the LightningModule (``""``: the module itself).
-        point: ``"output"`` (the module's output) or ``"input"`` (the input of a final norm).
+        point: ``"output"`` (the module's output), ``"input"`` (the input of a final norm) or ``"stage"``
+            (multi-scale: the input of the module that downsamples an earlier stage's grid).
         layout: ``"BNC"``, ``"NBC"``, ``"NCHW"`` or ``"NHWC"`` (see :data:`LAYOUTS`).
         prefix_tokens: class / distillation / register tokens dropped (tokens layouts; else 0).
         grid: (H, W) of the grid, k x k for a square input.
@@ -107,7 +108,10 @@ class GridSource:
     found: str = "discovered"
 
     def __str__(self) -> str:
-        where = f"input of {self.module!r} (before the final norm)" if self.point == "input" else f"output of {self.module!r}"
+        where = {
+            "input": f"input of {self.module!r} (before the final norm)",
+            "stage": f"input of {self.module!r} (an earlier stage's grid)",
+        }.get(self.point, f"output of {self.module!r}")
         reading = GridReading(self.layout, self.prefix_tokens, *self.grid, self.channels).describe()
         return f"{where}, {reading} [{self.found}]"
 
@@ -216,11 +220,20 @@ class _Output:
     norm_input: Tensor | None = None
 
 
-class ForwardRecord:
-    """The outputs of every module of ``root`` during one forward of ``runner`` (hooks removed after)."""
+@dataclass
+class _Input:
+    name: str
+    tensor: Tensor | None
+    after_block: bool  # the first transformer block had finished when this module started
 
-    def __init__(self, root: nn.Module, runner: nn.Module, x: Tensor, skip: Sequence[str] = ()):
+
+class ForwardRecord:
+    """The outputs of every module of ``root`` during one forward of ``runner`` (hooks removed after);
+    with ``inputs=True`` also every module's first positional input (multi-scale DRLoc's stages)."""
+
+    def __init__(self, root: nn.Module, runner: nn.Module, x: Tensor, skip: Sequence[str] = (), inputs: bool = False):
         self.outputs: list[_Output] = []
+        self.inputs: list[_Input] = []
         blocks = {id(m) for m in root.modules() if any(is_attention(s) for s in m.modules())}
         # modules inside a transformer block (a post-norm block's own norm is not the model's final norm)
         self.block_names = [
@@ -237,6 +250,8 @@ class ForwardRecord:
             handles.append(module.register_forward_hook(self._hook(name, module, id(module) in blocks, norm_inputs)))
             if is_norm(module):
                 handles.append(module.register_forward_pre_hook(self._pre_hook(module, norm_inputs)))
+            if inputs:
+                handles.append(module.register_forward_pre_hook(self._input_hook(name)))
         try:
             with torch.no_grad():
                 runner(x)
@@ -248,6 +263,13 @@ class ForwardRecord:
         def hook(_module: nn.Module, args: tuple) -> None:
             if args and isinstance(args[0], Tensor):
                 norm_inputs[id(module)] = args[0]
+
+        return hook
+
+    def _input_hook(self, name: str) -> Any:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            tensor = args[0] if args and isinstance(args[0], Tensor) else None
+            self.inputs.append(_Input(name, tensor, self.first_block is not None))
 
         return hook
 

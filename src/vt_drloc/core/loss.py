@@ -30,6 +30,7 @@ option              released code (default)                            paper tex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,18 +59,20 @@ CBR_LOG_VAR_WEIGHT = 1e-3
 _CBR_EPS = 1e-8
 
 
-def task_record(loss: DrLocLoss | None, final_loss: float | None) -> dict[str, object]:
+def task_record(loss: Any, final_loss: float | None) -> dict[str, object]:
     """Did the head learn its task? The grid the loss ran on (after pooling), its :func:`chance_l1`
     and ``final_loss`` (e.g. the last epoch's mean training DRLoc loss) as a fraction of it.
 
     Chance and fraction are ``None`` for the ``ce`` / ``cbr`` modes (chance is defined for ``l1``)
     and without DRLoc. A fraction near 1 means the head predicted no better than a constant.
     """
-    hw = None if loss is None else loss.reduced_hw
-    chance = chance_l1(*hw, loss.target) if loss is not None and hw is not None and loss.mode == "l1" else None
+    hws = [] if loss is None else [hw for _, hw in loss.spec]
+    chance = None if loss is None else loss.chance_l1()
     ratio = final_loss / chance if chance and final_loss is not None else None
+    grids = [None if hw is None else list(hw) for hw in hws]
     return {
-        "drloc_grid": None if hw is None else list(hw),
+        # one stage: its [H, W]; multi-scale (a DrLocLoss per stage, losses summed): a list of them, chance summed
+        "drloc_grid": (grids[0] if len(grids) == 1 else grids) if grids else None,
         "drloc_chance_l1": chance,
         "drloc_final_loss": final_loss,
         "drloc_final_over_chance": ratio,
@@ -149,6 +152,16 @@ class DrLocLoss(nn.Module):
                 raise DrLocConfigError(f"mode={mode!r} needs grid_hw=(H, W) to size its offset classes")
             num_classes = num_offset_classes(max(self.reduced_hw), target)
         self.head = DrLocHead(in_dim, hidden_dims, num_classes=num_classes, init=head_init, class_head=class_head)
+
+    @property
+    def spec(self) -> tuple[tuple[int, tuple[int, int] | None], ...]:
+        """``((channels, pooled (H, W)),)``: what the loss was built for (one entry per grid it reads)."""
+        return ((self.head.in_dim, self.reduced_hw),)
+
+    def chance_l1(self) -> float | None:
+        """:func:`chance_l1` of the pooled grid (the L1 of the best constant prediction), or None outside
+        ``mode="l1"`` or before the grid size is known."""
+        return chance_l1(*self.reduced_hw, self.target) if self.reduced_hw is not None and self.mode == "l1" else None
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, sample_size={self.sample_size}, target={self.target!r}, grid_size={self.grid_size}"

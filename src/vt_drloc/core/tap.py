@@ -192,6 +192,24 @@ def _read_grid(model: nn.Module, x: Tensor, tap_norm: str) -> tuple[str, Tensor,
     return "features", tokens_to_grid(_features_and_tokens(model, x, tap_norm)[1], model, prefix), {}, prefix
 
 
+def zero_batch(model: nn.Module, input_size: tuple[int, int] | int | None = None, in_chans: int | None = None, batch: int = 2) -> Tensor:
+    """A zero image batch for ``model`` on its device and in its dtype: ``input_size`` (default: the size the
+    model was built for, :func:`model_input_size`), ``in_chans`` (default :func:`model_in_chans`)."""
+    if input_size is None:
+        input_hw = model_input_size(model)
+    else:
+        input_hw = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[-2]), int(input_size[-1]))
+    param = next(model.parameters(), None)
+    floating = param is not None and param.is_floating_point()
+    return torch.zeros(
+        batch,
+        in_chans or model_in_chans(model),
+        *input_hw,
+        device=param.device if param is not None else None,
+        dtype=param.dtype if param is not None and floating else None,
+    )
+
+
 def probe_grid(
     model: nn.Module,
     input_size: tuple[int, int] | int | None = None,
@@ -208,20 +226,8 @@ def probe_grid(
     """
     name = name or type(model).__name__
     check_tap_norm(tap_norm)
-    if input_size is None:
-        input_hw = model_input_size(model)
-    else:
-        input_hw = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[-2]), int(input_size[-1]))
-    in_chans = in_chans or model_in_chans(model)
-    param = next(model.parameters(), None)
-    floating = param is not None and param.is_floating_point()
-    x = torch.zeros(
-        2,
-        in_chans,
-        *input_hw,
-        device=param.device if param is not None else None,
-        dtype=param.dtype if param is not None and floating else None,
-    )
+    x = zero_batch(model, input_size, in_chans, batch=2)
+    input_hw = (int(x.shape[-2]), int(x.shape[-1]))
     was_training = model.training
     model.eval()
     try:

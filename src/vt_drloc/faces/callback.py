@@ -58,6 +58,7 @@ from vt_drloc.core.discover import (
     named_prefix_tokens,
 )
 from vt_drloc.core.errors import DrLocConfigError
+from vt_drloc.core.stages import MultiScaleDrLocLoss, StageCapture, probe_stage_grids
 from vt_drloc.core.tap import (
     GRID_FORMATS,
     MIN_GRID,
@@ -107,7 +108,9 @@ class DrLocCallbackBase:
             ``forward_features`` (``"pre"``: the input of its final ``norm``, ``"post"``: its output)
             and is ignored with ``tap=`` (the named module's output is the grid).
 
-    Logs ``train/drloc`` (L_drloc, unweighted) and ``train/lambda``. Refuses manual optimisation
+    Logs ``train/drloc`` (L_drloc, unweighted; multi-scale: the sum over stages, each stage also as
+    ``train/drloc_stage<i>`` per epoch) and ``train/lambda``. With ``stages`` other than ``"last"`` the
+    earlier stages are found by what runs (:mod:`vt_drloc.core.stages`) and listed in ``stage_sources``. Refuses manual optimisation
     and sharded strategies (FSDP, DeepSpeed, ModelParallel).
     """
 
@@ -140,6 +143,10 @@ class DrLocCallbackBase:
         self._undo: list[Callable[[], None]] = []
         self._warned: set[str] = set()
         self.grid_source: GridSource | None = None
+        # multi-scale (drloc stages): the earlier stages' grids, and whether the final grid is one of the stages
+        self.stage_sources: list[GridSource] = []
+        self.final_is_stage = True
+        self.stage_capture = StageCapture()
         self._head_groups = 0  # parameter groups on_fit_start appended to the user's optimizer
 
     # ------------------------------------------------------------------ public helpers
@@ -153,13 +160,16 @@ class DrLocCallbackBase:
         return self.objective.config.lambda_drloc
 
     @property
-    def loss(self) -> DrLocLoss | None:
+    def loss(self) -> DrLocLoss | MultiScaleDrLocLoss | None:
         """The DRLoc loss (owning the head), or None before the first ``setup``."""
         return self.objective.loss
 
     @property
     def head(self) -> nn.Module | None:
-        """The offset-prediction MLP (``self.loss.head``), or None before the first ``setup``."""
+        """The offset-prediction MLP (``self.loss.head``; multi-scale: a ``ModuleList`` of the stages' heads),
+        or None before the first ``setup``."""
+        if isinstance(self.loss, MultiScaleDrLocLoss):
+            return nn.ModuleList(stage.head for stage in self.loss.stages)
         return None if self.loss is None else self.loss.head
 
     @property
@@ -387,14 +397,47 @@ class DrLocCallbackBase:
             self._undo.append(capture.detach)
             self.grid_source = GridSource(path, point, reading.layout, reading.prefix_tokens, (height, width), channels, found)
         self.lightning.rank_zero_info(f"DrLocCallback reads the DRLoc grid from the {self.grid_source}")
+        specs = self._attach_stages(trainer, pl_module, backbone, backbone_name if timm_route else root_name, (height, width))
+        specs += [(channels, (height, width))] if self.final_is_stage else []
 
         param = next(iter(pl_module.parameters()), None)
-        loss = self.objective.build_loss(channels, (height, width)).to(param.device if param is not None else "cpu")
+        loss = self.objective.build_losses(specs).to(param.device if param is not None else "cpu")
         self.objective.loss = loss
         pl_module.add_module(HEAD_ATTR, loss)
         self._undo.append(lambda: delattr(pl_module, HEAD_ATTR) if hasattr(pl_module, HEAD_ATTR) else None)
         self._keep_head_out_of_state_dict(pl_module)
         self._wrap_training_step(trainer, pl_module)
+
+    def _attach_stages(
+        self, trainer: Any, pl_module: Any, backbone: nn.Module | None, within: str, final_hw: tuple[int, int]
+    ) -> list[tuple[int, tuple[int, int]]]:
+        """Multi-scale (``stages``): find the earlier stages' grids by what runs, hook their inputs, and return
+        their ``(channels, (H, W))``; nothing for ``stages="last"``."""
+        self.stage_sources, self.final_is_stage = [], True
+        if self.config.stages == "last":
+            return []
+        runner = backbone if backbone is not None else self._runners(pl_module, None)[0]
+        x = self._probe_batch(trainer, pl_module, runner)
+        earlier, self.final_is_stage = probe_stage_grids(
+            runner,
+            x,
+            final_hw,
+            self.config.stages,
+            type(pl_module).__name__,
+            root=pl_module,
+            layouts=FORMAT_LAYOUTS[self.capture.grid_format],
+            within=within,
+            skip=(HEAD_ATTR,),
+        )
+        self.stage_capture.attach(pl_module, earlier)
+        self._undo.append(self.stage_capture.detach)
+        for stage in earlier:
+            r = stage.reading
+            self.stage_sources.append(GridSource(stage.module, "stage", r.layout, r.prefix_tokens, (r.height, r.width), r.channels))
+        listed = "; ".join(str(source) for source in self.stage_sources) or "none"
+        final = "and the final grid" if self.final_is_stage else "without the final grid"
+        self.lightning.rank_zero_info(f"DrLocCallback multi-scale stages={self.config.stages!r}: {listed}; {final}")
+        return [(r.channels, (r.height, r.width)) for r in (stage.reading for stage in earlier)]
 
     def _keep_head_out_of_state_dict(self, pl_module: Any) -> None:
         """The head lives in the callback's state: the module's state_dict neither holds nor needs it."""
@@ -428,6 +471,7 @@ class DrLocCallbackBase:
         self._trainer, self._batch_idx = trainer, batch_idx
 
     def _training_step(self, trainer: Any, pl_module: Any, original: Callable, *args: Any, **kwargs: Any) -> Any:
+        self.stage_capture.start()
         out, raw = self.capture.capture(original, *args, **kwargs)
         if out is None:  # the user skipped this batch
             return out
@@ -451,7 +495,16 @@ class DrLocCallbackBase:
                 f"DrLocCallback: training_step ran the {self.capture.name} {self.capture.calls} times; DRLoc uses the grid "
                 "of the first forward that requires grad."
             )
-        step = self.objective.step(self.capture.to_grid(raw), trainer, self._batch_idx)
+        grid = self.capture.to_grid(raw)
+        if self.stage_sources:
+            stages = self.stage_capture.grids()
+            if stages is None:
+                raise RuntimeError(
+                    f"DrLocCallback: {type(pl_module).__name__}.training_step did not run every DRLoc stage "
+                    f"({', '.join(repr(s.module) for s in self.stage_sources)}) with gradients enabled."
+                )
+            grid = stages + ([grid] if self.final_is_stage else [])
+        step = self.objective.step(grid, trainer, self._batch_idx)
         log_step(pl_module, step)
         total = loss + step.lam * step.drloc
         return total if isinstance(out, Tensor) else {**out, "loss": total}

@@ -21,7 +21,8 @@ from vt_drloc.base.files import EARLIER_DEFAULTS
 from vt_drloc.base.lightning_api import PYTORCH_LIGHTNING
 from vt_drloc.core import DrLocLoss
 from vt_drloc.core.errors import DrLocConfigError
-from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid
+from vt_drloc.core.stages import MultiScaleDrLocLoss, StageCapture, StageGrid, probe_stage_grids
+from vt_drloc.core.tap import GridInfo, probe_grid, tap_grid, zero_batch
 from vt_drloc.data.info import data_info_of
 from vt_drloc.faces.objective import DrLocConfig, DrLocObjective, log_step, plain, warn_renamed
 from vt_drloc.faces.optim import build_optimizer, optimizer_spec, warmup_cosine_factor, weight_decay_groups
@@ -149,12 +150,21 @@ class DrLocModuleBase:
         self.model = timm.create_model(model_name, num_classes=num_classes, **model_kwargs)
         self.objective = DrLocObjective(config)
         self.grid_info: GridInfo | None = None
-        self.drloc: DrLocLoss | None = None
+        self.drloc: DrLocLoss | MultiScaleDrLocLoss | None = None
+        self.stage_grids: list[StageGrid] = []
+        self.final_is_stage = True
+        self.stage_capture = StageCapture()
         if config.lambda_drloc > 0:
             if input_size is None and "img_size" in model_kwargs:
                 input_size = model_kwargs["img_size"]
             self.grid_info = probe_grid(self.model, input_size, name=model_name, tap_norm=config.tap_norm)
-            self.drloc = self.objective.build_loss(self.grid_info.channels, self.grid_info.hw)
+            # multi-scale (config.stages): the earlier stages' grids, read by pre-hooks in the same forward
+            x = zero_batch(self.model, input_size)
+            self.stage_grids, self.final_is_stage = probe_stage_grids(self.model, x, self.grid_info.hw, config.stages, model_name)
+            specs = [(s.reading.channels, (s.reading.height, s.reading.width)) for s in self.stage_grids]
+            specs += [(self.grid_info.channels, self.grid_info.hw)] if self.final_is_stage else []
+            self.drloc = self.objective.build_losses(specs)
+            self.stage_capture.attach(self.model, self.stage_grids)
         top_k = min(5, num_classes)
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
@@ -177,7 +187,7 @@ class DrLocModuleBase:
         return self.objective.config
 
     @property
-    def loss(self) -> DrLocLoss | None:
+    def loss(self) -> DrLocLoss | MultiScaleDrLocLoss | None:
         """The DRLoc loss (owning the head), or None without DRLoc; registered as the submodule ``drloc``,
         the name its weights have in checkpoints."""
         return self.drloc
@@ -214,12 +224,20 @@ class DrLocModuleBase:
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def forward_with_grid(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Logits and the final grid (None without DRLoc) from a single backbone forward."""
+    def forward_with_grid(self, x: Tensor) -> tuple[Tensor, Tensor | list[Tensor] | None]:
+        """Logits and the final grid (None without DRLoc; multi-scale: the stages' grids, finest first) from a
+        single backbone forward."""
         if self.grid_info is None:
             return self.model(x), None
+        self.stage_capture.start()
         features, grid = tap_grid(self.model, x, self.grid_info)
-        return self.model.forward_head(features), grid
+        logits = self.model.forward_head(features)
+        if not self.stage_grids:
+            return logits, grid
+        stages = self.stage_capture.grids()
+        if stages is None:  # a no-grad forward: the stages' inputs are not kept
+            return logits, None
+        return logits, stages + ([grid] if self.final_is_stage else [])
 
     # ------------------------------------------------------------------ parameters
     @property

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -26,7 +26,6 @@ from torch import Tensor
 
 from vt_drloc.core import (
     DrLocLoss,
-    chance_l1,
     drloc_lambda,
     epoch_progress,
     pair_generator,
@@ -34,6 +33,7 @@ from vt_drloc.core import (
     resolve_hidden_dims,
 )
 from vt_drloc.core.errors import DrLocConfigError, DrLocOptionError
+from vt_drloc.core.stages import MultiScaleDrLocLoss, check_stages
 from vt_drloc.core.tap import check_tap_norm
 
 # vt_drloc 0.1 keyword -> DrLocConfig field
@@ -104,6 +104,9 @@ class DrLocConfig:
         seed: pair-sampler seed (``None``: derived from the run's seed), plus the rank.
         head_weight_decay: weight decay of the head's weights (its biases never decay); ``None``:
             the optimizer's, as the released code (one AdamW over backbone and head).
+        stages: ``"last"`` (the final grid, the paper's DRLoc), ``"all"`` (multi-scale: every stage of a
+            hierarchical backbone, a head each, losses summed, as the released Swin option) or a list of
+            stage indices (0 = the finest, -1 = the final grid); see :mod:`vt_drloc.core.stages`.
 
     >>> DrLocConfig(lambda_drloc=1.0, schedule="constant").schedule
     'constant'
@@ -129,8 +132,10 @@ class DrLocConfig:
     seed: int | None = None
     task_threshold: float = 0.3
     head_weight_decay: float | None = None
+    stages: Any = "last"
 
     def __post_init__(self) -> None:
+        self.stages = check_stages(plain(self.stages))
         hidden = plain(self.hidden_dims)
         self.hidden_dims = hidden if isinstance(hidden, str) else [int(d) for d in hidden]
         if not (_is_real(self.lambda_drloc) and math.isfinite(self.lambda_drloc) and self.lambda_drloc >= 0):
@@ -225,7 +230,7 @@ class DrLocObjective:
 
     def __init__(self, config: DrLocConfig):
         self.config = config
-        self.loss: DrLocLoss | None = None
+        self.loss: DrLocLoss | MultiScaleDrLocLoss | None = None
         self._generator: torch.Generator | None = None
         self._generator_state: Tensor | None = None
         self._pending_head_state: Mapping[str, Tensor] | None = None
@@ -237,12 +242,23 @@ class DrLocObjective:
     def num_head_params(self) -> int:
         return 0 if self.loss is None else sum(p.numel() for p in self.loss.parameters())
 
-    def build_loss(self, channels: int, grid_hw: tuple[int, int]) -> DrLocLoss:
-        """The loss for a (channels, H, W) grid; the current one is kept when it fits (a second fit, or
-        a resumed head), and a head state loaded before the loss existed is applied now."""
+    def build_loss(self, channels: int, grid_hw: tuple[int, int]) -> DrLocLoss | MultiScaleDrLocLoss:
+        """The loss for one (channels, H, W) grid; see :meth:`build_losses`."""
+        return self.build_losses([(channels, grid_hw)])
+
+    def build_losses(self, specs: Sequence[tuple[int, tuple[int, int]]]) -> DrLocLoss | MultiScaleDrLocLoss:
+        """The loss for the grids ``specs`` (``(channels, (H, W))`` each, finest first): a
+        :class:`~vt_drloc.core.DrLocLoss` for one grid, a :class:`~vt_drloc.core.stages.MultiScaleDrLocLoss`
+        for several. The current one is kept when it fits (a second fit, or a resumed head), and a head state
+        loaded before the loss existed is applied now."""
+        wanted = tuple((int(c), reduced_grid_hw((int(h), int(w)), self.config.pool_target)) for c, (h, w) in specs)
         loss = self.loss
-        if loss is None or loss.head.in_dim != channels or loss.reduced_hw != reduced_grid_hw(grid_hw, self.config.pool_target):
-            loss = DrLocLoss(int(channels), **self.config.loss_kwargs(), grid_hw=(int(grid_hw[0]), int(grid_hw[1])))
+        if loss is None or loss.spec != wanted:
+            if len(specs) == 1:
+                channels, (height, width) = specs[0]
+                loss = DrLocLoss(int(channels), **self.config.loss_kwargs(), grid_hw=(int(height), int(width)))
+            else:
+                loss = MultiScaleDrLocLoss(specs, **self.config.loss_kwargs())
         if self._pending_head_state is not None:
             loss.load_state_dict(self._pending_head_state)
             self._pending_head_state = None
@@ -261,8 +277,9 @@ class DrLocObjective:
     def observe(self, drloc: float, epoch: float) -> None:
         """``schedule="adaptive"``: track the head's L1 / chance and start annealing once it is below
         ``task_threshold`` (after the warm-up)."""
-        assert self.loss is not None and self.loss.reduced_hw is not None, "observe() runs after build_loss()"
-        ratio = drloc / chance_l1(*self.loss.reduced_hw, self.config.target)
+        chance = None if self.loss is None else self.loss.chance_l1()
+        assert chance is not None, "observe() runs after build_loss(), in mode='l1'"
+        ratio = drloc / chance
         self.task_ratio = ratio if self.task_ratio is None else 0.9 * self.task_ratio + 0.1 * ratio
         if self.anneal_from is None and epoch >= self.config.lambda_warmup_epochs and self.task_ratio < self.config.task_threshold:
             self.anneal_from = float(epoch)
@@ -324,14 +341,25 @@ class DrLocObjective:
         self.load_schedule_state(state.get("schedule_state"))
 
     # ------------------------------------------------------------------ the step
-    def step(self, grid: Tensor, trainer: Any | None, batch_idx: int) -> DrLocStep:
-        """L_drloc of ``grid`` (B, C, H, W) at batch ``batch_idx`` of the trainer's epoch, λ for it, and the
-        metrics to log (see :func:`log_step`). The caller adds ``λ · L_drloc`` to its loss."""
+    def step(self, grid: Tensor | Sequence[Tensor], trainer: Any | None, batch_idx: int) -> DrLocStep:
+        """L_drloc of ``grid`` (B, C, H, W; multi-scale: one per stage, finest first) at batch ``batch_idx``
+        of the trainer's epoch, λ for it, and the metrics to log (see :func:`log_step`). The caller adds
+        ``λ · L_drloc`` to its loss."""
         assert self.loss is not None, "build_loss() first"
+        grids = [grid] if isinstance(grid, Tensor) else list(grid)
         rank = trainer.global_rank if trainer is not None else 0
-        drloc = self.loss(grid, generator=self.sampler(grid.device, rank))
+        generator = self.sampler(grids[0].device, rank)
+        stage_losses: list[Tensor] = []
+        if isinstance(self.loss, MultiScaleDrLocLoss):
+            stage_losses = self.loss.stage_losses(grids, generator=generator)
+            drloc = torch.stack(stage_losses).sum()
+        else:
+            if len(grids) != 1:
+                raise DrLocConfigError(f"this DRLoc loss reads one grid, got {len(grids)}")
+            drloc = self.loss(grids[0], generator=generator)
         lam = self.current_lambda(trainer, batch_idx)
         metrics: dict[str, Tensor | float] = {"train/drloc": drloc, "train/lambda": lam}
+        metrics.update({f"train/drloc_stage{i}": value.detach() for i, value in enumerate(stage_losses)})
         if self.config.schedule == "adaptive":
             # each rank decides from its own loss (their running means agree closely)
             epoch = 0.0 if trainer is None else epoch_progress(trainer.current_epoch, batch_idx, trainer.num_training_batches)
@@ -358,7 +386,11 @@ LOG_OPTIONS = {
 }
 
 
+# multi-scale: each stage's L_drloc, per epoch (``train/drloc`` is their sum)
+STAGE_LOG_OPTIONS = {"on_step": False, "on_epoch": True, "sync_dist": True}
+
+
 def log_step(module: Any, step: DrLocStep) -> None:
     """Log a step's metrics through the LightningModule ``module`` (both faces call this)."""
     for name, value in step.metrics.items():
-        module.log(name, value, **LOG_OPTIONS[name])
+        module.log(name, value, **LOG_OPTIONS.get(name, STAGE_LOG_OPTIONS))
