@@ -41,12 +41,17 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
             if options.get("mode", "l1") != "l1":
                 continue  # chance_l1 is the chance level of the l1 loss only
             chance = chance_l1(grid, grid, options.get("target", "abs"))
+            label = row.label
+            recorded = row.drloc.ok_jobs[0].results.get("drloc_chance_l1") if row.drloc.ok_jobs else None
+            if options.get("stages", "last") != "last" and recorded:
+                # multi-scale: the loss is a sum over stages, so its chance is the sum the run recorded
+                chance, label = float(recorded), f"{row.label} (chance: sum over stages)"
             last = [c[-1] for c in curves]
             learned = [next((i + 1 for i, v in enumerate(c) if v < LEARNED_FRACTION * chance), None) for c in curves]
             rows.append(
                 {
                     "study": study_dir.name,
-                    "cell": row.label,
+                    "cell": label,
                     "lambda": row.lam,
                     "target": options.get("target"),
                     "seeds": len(curves),
