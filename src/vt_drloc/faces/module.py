@@ -124,7 +124,8 @@ class DrLocModuleBase:
         optimizer = optimizer_spec(plain(optimizer), betas)
         if lr_decay_epochs is not None and not lr_decay_epochs > 0:
             raise DrLocConfigError(
-                f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches lr_min), or None for max_epochs"
+                f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches lr_min), or None for "
+                "max_epochs"
             )
         self.save_hyperparameters(
             {
@@ -314,7 +315,9 @@ class DrLocModuleBase:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_options_the_checkpoint_predates(checkpoint.get("hyper_parameters"))
         self.data_info = dict(checkpoint.get("data_info") or {})
-        self.objective.load_checkpoint_state({key[len("drloc_") :]: value for key, value in checkpoint.items() if key.startswith("drloc_")})
+        self.objective.load_checkpoint_state(
+            {key[len("drloc_") :]: value for key, value in checkpoint.items() if key.startswith("drloc_")}
+        )
 
     def _check_options_the_checkpoint_predates(self, hparams: Mapping[str, Any] | None) -> None:
         """A checkpoint whose hyper-parameters lack an option of :data:`EARLIER_DEFAULTS` was trained
@@ -325,12 +328,21 @@ class DrLocModuleBase:
             return
         recorded = {**dict(hparams), **dict(hparams.get("drloc") or {})}
         config = self.config
-        keys = ("tap_norm", "class_head") if config.mode in ("ce", "cbr") else ("tap_norm",)  # only ce/cbr have a class head
-        differ = {key: EARLIER_DEFAULTS[key] for key in keys if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]}
+        keys = (
+            ("tap_norm", "class_head") if config.mode in ("ce", "cbr") else ("tap_norm",)
+        )  # only ce/cbr have a class head
+        differ = {
+            key: EARLIER_DEFAULTS[key]
+            for key in keys
+            if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]
+        }
         if not differ:
             return
         fix = ", ".join(f"{key}={earlier!r}" for key, earlier in differ.items())
-        how = f"DrLocModule.load_from_checkpoint(path, {fix}) (or DrLocModule(..., {fix}) before Trainer.fit(ckpt_path=...))"
+        how = (
+            f"DrLocModule.load_from_checkpoint(path, {fix}) (or DrLocModule(..., {fix}) before "
+            "Trainer.fit(ckpt_path=...))"
+        )
         if "class_head" in differ:
             raise DrLocConfigError(
                 f"this checkpoint predates the option class_head and holds the earlier fused '{config.mode}' head, "
