@@ -71,7 +71,9 @@ def model_rate(batch_size: int, steps: int, img_size: int = 32) -> dict:
     """Training images/s of ViT-Tiny (img_size 32, patch 4, depth 12): fwd + bwd + AdamW step."""
     import timm
 
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=img_size, patch_size=4, depth=12, num_classes=10)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=img_size, patch_size=4, depth=12, num_classes=10
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     x = torch.randn(batch_size, 3, img_size, img_size)
     y = torch.randint(0, 10, (batch_size,))
@@ -111,7 +113,10 @@ def main() -> None:
             for cache in (False, True):
                 row = loader_rate(name, size, workers, cache, args.batch_size, args.batches)
                 rows.append(row)
-                print(f"  measured {name} {size}px workers={workers} cache={cache}: {row['images_per_s']} img/s", flush=True)
+                print(
+                    f"  measured {name} {size}px workers={workers} cache={cache}: {row['images_per_s']} img/s",
+                    flush=True,
+                )
     model = model_rate(args.batch_size, args.model_steps)
 
     train_rate = model["images_per_s"]

@@ -76,16 +76,21 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.root) if args.root else default_data_root()
     rows = [measure(root / name, args.reps) for name in ("cifar10.tar", "flowers102.tar") if (root / name).is_file()]
-    print("| archive | MB | images | SHA-256 s | index s | first bytes s | header (default) s | header / first bytes | full decode s |")
+    print(
+        "| archive | MB | images | SHA-256 s | index s | first bytes s | header (default) s | header / first bytes | "
+        "full decode s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['archive']} | {r['bytes'] / 1e6:.1f} | {r['images']:,} | {r['sha256_s']:.3f} | {r['index_s']:.3f} | "
-            f"{r['first_bytes_s']:.3f} | {r['header_s']:.3f} | {r['header_s'] / r['first_bytes_s']:.2f}x | {r['full_s']:.2f} |"
+            f"{r['first_bytes_s']:.3f} | {r['header_s']:.3f} | {r['header_s'] / r['first_bytes_s']:.2f}x | "
+            f"{r['full_s']:.2f} |"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
-        json.dumps({"machine": platform.processor() or platform.machine(), "reps": args.reps, "rows": rows}, indent=2) + "\n"
+        json.dumps({"machine": platform.processor() or platform.machine(), "reps": args.reps, "rows": rows}, indent=2)
+        + "\n"
     )
     print(f"wrote {RESULTS}")
 

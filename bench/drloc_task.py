@@ -67,16 +67,16 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
 
 def markdown(rows: list[dict], grid: int) -> str:
     lines = [
-        f"| study | cell | λ | target | seeds | DRLoc loss, epoch 1 | DRLoc loss, last epoch | chance ({grid}×{grid}) | last / chance "
-        "| epoch < chance / 2, per seed |",
+        f"| study | cell | λ | target | seeds | DRLoc loss, epoch 1 | DRLoc loss, last epoch | chance ({grid}×{grid}) "
+        "| last / chance | epoch < chance / 2, per seed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = "–" if r["last_over_chance"] is None else f"{r['last_over_chance']:.2f}"
         lines.append(
-            f"| {r['study']} | {r['cell']} | {r['lambda']} | {r['target']} | {r['seeds']} | {_mean_std(r['first_epoch'])} "
-            f"| {_mean_std(r['last_epoch'])} | {r['chance']:.3f} | {ratio} "
-            f"| {', '.join('–' if e is None else str(e) for e in r['learned_epoch'])} |"
+            f"| {r['study']} | {r['cell']} | {r['lambda']} | {r['target']} | {r['seeds']} | "
+            f"{_mean_std(r['first_epoch'])} | {_mean_std(r['last_epoch'])} | {r['chance']:.3f} | {ratio} | "
+            f"{', '.join('–' if e is None else str(e) for e in r['learned_epoch'])} |"
         )
     return "\n".join(lines)
 
@@ -84,7 +84,9 @@ def markdown(rows: list[dict], grid: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study_dirs", nargs="+", type=Path)
-    parser.add_argument("--grid", type=int, default=8, help="side of the grid the loss was computed on (the study models: 8)")
+    parser.add_argument(
+        "--grid", type=int, default=8, help="side of the grid the loss was computed on (the study models: 8)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drloc_task.json"))
     args = parser.parse_args()
     rows = task_rows(args.study_dirs, args.grid)

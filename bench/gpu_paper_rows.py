@@ -46,7 +46,10 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 PAPER_LAMBDA = 0.5  # the paper's λ for Swin-T
 SWIN_T = ("swin_tiny_patch4_window7_224", {})
-TINY_SWIN = ("swin_tiny_patch4_window7_224", dict(img_size=32, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2)))
+TINY_SWIN = (
+    "swin_tiny_patch4_window7_224",
+    dict(img_size=32, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2)),
+)
 
 
 class StepTimer(pl.Callback):
@@ -251,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if not (args.data_root / "flowers102.tar").is_file():
-        print(f"gpu_paper_rows: no flowers102.tar in {args.data_root}; make it with bench/make_flowers_subset.py.", file=sys.stderr)
+        print(
+            f"gpu_paper_rows: no flowers102.tar in {args.data_root}; make it with bench/make_flowers_subset.py.",
+            file=sys.stderr,
+        )
         return 2
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_paper_rows: no CUDA device visible; run it on a GPU machine, or pass --dry-run.", file=sys.stderr)
@@ -259,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = settings(args.dry_run)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    print(f"device={device} torch={torch.__version__} lightning={pl.__version__} budget={args.budget_s:.0f}s", flush=True)
+    print(
+        f"device={device} torch={torch.__version__} lightning={pl.__version__} budget={args.budget_s:.0f}s", flush=True
+    )
 
     smoke = run_smoke(args, cfg)
     print("smoke", smoke, flush=True)
@@ -275,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"device: {device}; precision {cfg['precision']}; {time.perf_counter() - start:.0f} s in all",
         "",
-        f"smoke ({smoke['strategy']}, 1 device): {smoke['images_per_s']} img/s, {smoke['s_per_step']} s/step, peak {smoke['peak_mem_gb']} GB, loss finite: {smoke['loss_finite']}",
-        f"DRLoc step ratio, {ratio['model']} at {ratio['img']} px, batch {ratio['batch']}: {ratio['on_s']} / {ratio['off_s']} s = {ratio['ratio']}",
+        f"smoke ({smoke['strategy']}, 1 device): {smoke['images_per_s']} img/s, {smoke['s_per_step']} s/step, peak "
+        f"{smoke['peak_mem_gb']} GB, loss finite: {smoke['loss_finite']}",
+        f"DRLoc step ratio, {ratio['model']} at {ratio['img']} px, batch {ratio['batch']}: {ratio['on_s']} / "
+        f"{ratio['off_s']} s = {ratio['ratio']}",
         "",
         "| row | λ | epochs | test acc1 | test acc5 | DRLoc L1 / chance | train s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -284,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         over = r.get("drloc_final_over_chance")
         lines.append(
-            f"| {r['row']} | {r['lambda_drloc']:g} | {r['epochs']} | {100 * r['test_acc1']:.2f} | {100 * r['test_acc5']:.2f} | "
-            f"{'–' if over is None else f'{over:.2f}'} | {r['train_s']} |"
+            f"| {r['row']} | {r['lambda_drloc']:g} | {r['epochs']} | {100 * r['test_acc1']:.2f} | "
+            f"{100 * r['test_acc5']:.2f} | {'–' if over is None else f'{over:.2f}'} | {r['train_s']} |"
         )
     table = "\n".join(lines) + "\n"
     (args.out / "table.md").write_text(table)

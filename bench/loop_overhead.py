@@ -71,7 +71,9 @@ def bare_loop(dm: ImageDataModule, epochs: int) -> tuple[float, int]:
     model = module(0.0).model.train()
     total = (epochs + 1) * len(dm.train_dataloader())
     optimizer = torch.optim.AdamW(weight_decay_groups([model], 0.05), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, total, 0, 1e-6 / 1e-3))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine_factor(step, total, 0, 1e-6 / 1e-3)
+    )
     images, start = 0, 0.0
     for epoch in range(epochs + 1):
         if epoch == 1:
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "images_per_s": median,
         "lightning_over_bare": median["lightning"] / median["bare"],
-        "drloc_on_over_off_wall": statistics.median(seconds["lightning_drloc"]) / statistics.median(seconds["lightning"]),
+        "drloc_on_over_off_wall": statistics.median(seconds["lightning_drloc"])
+        / statistics.median(seconds["lightning"]),
         "runs": {"rates": rates, "seconds": seconds},
         "setup": {
             "model": "vit_study",
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in median.items():
         print(f"{key:<18} {value:>18.1f}")
     print(
-        f"lightning / bare images/s: {result['lightning_over_bare']:.3f}   DRLoc on / off wall time: {result['drloc_on_over_off_wall']:.3f}"
+        f"lightning / bare images/s: {result['lightning_over_bare']:.3f}   DRLoc on / off wall time: "
+        f"{result['drloc_on_over_off_wall']:.3f}"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -40,7 +40,9 @@ def shrink(data: bytes, short_side: int, quality: int) -> bytes:
     return out.getvalue()
 
 
-def make_subset(src: Path, out_dir: Path, short_side: int = 112, quality: int = 65, per_class: int | None = None) -> Path:
+def make_subset(
+    src: Path, out_dir: Path, short_side: int = 112, quality: int = 65, per_class: int | None = None
+) -> Path:
     """Write ``out_dir/flowers102.tar`` and ``out_dir/SHA256SUMS`` from ``src``; returns the archive path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / NAME
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "data")
     parser.add_argument("--short-side", type=int, default=112)
     parser.add_argument("--quality", type=int, default=65)
-    parser.add_argument("--per-class", type=int, default=None, help="keep this many images per class and split (dry runs)")
+    parser.add_argument(
+        "--per-class", type=int, default=None, help="keep this many images per class and split (dry runs)"
+    )
     parser.add_argument("--max-mb", type=float, default=40.0)
     args = parser.parse_args(argv)
     src = args.src or default_source()

@@ -50,7 +50,9 @@ STUDY_VARIANTS = {
 
 def paper_builder(name: str) -> Callable[[str], DrLocModule]:
     def build(variant: str) -> DrLocModule:
-        return DrLocModule(name, num_classes=100, lambda_drloc=0.0 if variant == "off" else 0.5, schedule="constant", seed=0)
+        return DrLocModule(
+            name, num_classes=100, lambda_drloc=0.0 if variant == "off" else 0.5, schedule="constant", seed=0
+        )
 
     return build
 
@@ -65,7 +67,9 @@ def study_builder(model: str) -> Callable[[str], DrLocModule]:
     def cfg(overrides: list[str]):
         GlobalHydra.instance().clear()
         with initialize_config_module(config_module="vt_drloc.conf", version_base="1.3"):
-            return compose("train", overrides=["experiment=study_cifar10", f"model={model}", "drloc.schedule=constant", *overrides])
+            return compose(
+                "train", overrides=["experiment=study_cifar10", f"model={model}", "drloc.schedule=constant", *overrides]
+            )
 
     channels = build_module(cfg(["drloc.lambda_drloc=1"]), 10, 1.0).grid_info.channels
 
@@ -91,7 +95,14 @@ def sync(device: str) -> None:
 
 
 def bench_model(
-    label: str, build: Callable[[str], DrLocModule], variants: list[str], batch: int, img: int, steps: int, warmup: int, device: str
+    label: str,
+    build: Callable[[str], DrLocModule],
+    variants: list[str],
+    batch: int,
+    img: int,
+    steps: int,
+    warmup: int,
+    device: str,
 ) -> list[dict]:
     modules = {}
     for variant in ["off", *variants]:
@@ -165,12 +176,19 @@ def main() -> None:
         variants = ["released"]
         batch, img, builders = args.batch or 16, args.img or 224, {m: paper_builder(m) for m in models}
         out = Path(args.out or Path(__file__).parent / "results" / "overhead.json")
-    rows = [r for m in models for r in bench_model(m, builders[m], variants, batch, img, args.steps, args.warmup, args.device)]
+    rows = [
+        r
+        for m in models
+        for r in bench_model(m, builders[m], variants, batch, img, args.steps, args.warmup, args.device)
+    ]
     header = (
         f"{'model':30} {'variant':>10} {'loss grid':>9} {'head':>9} {'m':>3} {'head/backbone':>13} {'off s/step':>10} "
         f"{'on s/step':>10} {'ratio':>6} {'ratio min':>9} {'paired':>7}"
     )
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} batch={batch} img={img} steps={args.steps}")
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} batch={batch} img={img} "
+        f"steps={args.steps}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -181,7 +199,12 @@ def main() -> None:
             f"{r['step_s_on']:>10.3f} {r['ratio']:>6.3f} {r['ratio_min']:>9.3f} {r['ratio_paired']:>7.3f}"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform()}
+    meta = {
+        "device": args.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out}")
 

@@ -22,7 +22,9 @@ from vt_drloc.data import tar_folder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.tar"))
+    parser.add_argument(
+        "--archive", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10.tar")
+    )
     parser.add_argument("--reads", type=int, default=5000)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "tar_reader.json"))
     args = parser.parse_args()
@@ -32,7 +34,9 @@ def main() -> None:
     index = tar_folder.read_tar_index(args.archive)
     ours_index_s = time.perf_counter() - t0
     members = [i for i, name in enumerate(index.names) if name.endswith(".jpg")]
-    store = tar_folder.TarStore(args.archive, [index.names[i] for i in members], index.offsets[members], index.sizes[members])
+    store = tar_folder.TarStore(
+        args.archive, [index.names[i] for i in members], index.offsets[members], index.sizes[members]
+    )
 
     t0 = time.perf_counter()
     timm_reader = ReaderImageInTar(args.archive)
@@ -56,7 +60,10 @@ def main() -> None:
     print("|---|---|---|")
     for name, index_s, read_s, _ in rows:
         print(f"| {name} | {index_s:.2f} | {len(picks) / read_s:,.0f} |")
-    print(f"\nratio timm / ours: index {timm_index_s / ours_index_s:.1f}x, reads {ours_read_s and timm_read_s / ours_read_s:.1f}x")
+    print(
+        f"\nratio timm / ours: index {timm_index_s / ours_index_s:.1f}x, reads "
+        f"{ours_read_s and timm_read_s / ours_read_s:.1f}x"
+    )
     result = {
         "archive": args.archive,
         "images": len(store),

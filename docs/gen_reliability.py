@@ -82,9 +82,13 @@ def collect(tests_dir: Path = REPO / "tests") -> list[Row]:
     collector = _Collector()
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *files], plugins=[collector])
+        code = pytest.main(
+            ["--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *files], plugins=[collector]
+        )
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) or collector.errors:
-        raise SystemExit(f"collecting the marked tests failed ({code}):\n" + "\n".join(collector.errors) + out.getvalue()[-3000:])
+        raise SystemExit(
+            f"collecting the marked tests failed ({code}):\n" + "\n".join(collector.errors) + out.getvalue()[-3000:]
+        )
     return collector.rows
 
 
@@ -120,13 +124,19 @@ def regenerate(page: str, rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/reliability.md is not what the tests' markers give")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if docs/reliability.md is not what the tests' markers give"
+    )
     args = parser.parse_args(argv)
     page = PAGE.read_text()
     new = regenerate(page, collect())
     if args.check:
         if new != page:
-            diff = "".join(difflib.unified_diff(page.splitlines(True), new.splitlines(True), "docs/reliability.md", "regenerated", n=1))
+            diff = "".join(
+                difflib.unified_diff(
+                    page.splitlines(True), new.splitlines(True), "docs/reliability.md", "regenerated", n=1
+                )
+            )
             print(f"{diff}\ndocs/reliability.md is stale: run `python docs/gen_reliability.py`", file=sys.stderr)
             return 1
         print("docs/reliability.md is up to date")

@@ -21,7 +21,9 @@ class KillAt(pl.Callback):
     ``step=S``: at the start of the batch that would make optimizer step S+1 (global_step == S).
     """
 
-    def __init__(self, epoch: int | None = None, step: int | None = None, after_epoch: int | None = None, sig: str = "SIGKILL"):
+    def __init__(
+        self, epoch: int | None = None, step: int | None = None, after_epoch: int | None = None, sig: str = "SIGKILL"
+    ):
         self.epoch, self.step, self.after_epoch, self.sig = epoch, step, after_epoch, getattr(signal, sig)
 
     def on_train_epoch_start(self, trainer, pl_module):

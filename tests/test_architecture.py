@@ -121,7 +121,11 @@ def test_no_import_cycles():
         targets = set()
         for target, names in imports(path, top_level_only=True):
             # `from vt_drloc.pkg import submodule` depends on the submodule, not on the package's __init__
-            subs = [f"{target}.{n}" for n in names if (SRC / Path(*f"{target}.{n}".split(".")[1:])).with_suffix(".py").is_file()]
+            subs = [
+                f"{target}.{n}"
+                for n in names
+                if (SRC / Path(*f"{target}.{n}".split(".")[1:])).with_suffix(".py").is_file()
+            ]
             targets.update(subs or [target])
         graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")}
     state: dict[str, int] = {}

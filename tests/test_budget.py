@@ -39,7 +39,8 @@ def config(**trainer):
 
 
 @pytest.mark.parametrize(
-    ("min_steps", "per_epoch", "epochs", "factor"), [(450, 3, 30, 5), (450, 7, 30, 3), (450, 15, 30, 1), (None, 1, 1, 1)]
+    ("min_steps", "per_epoch", "epochs", "factor"),
+    [(450, 3, 30, 5), (450, 7, 30, 3), (450, 15, 30, 1), (None, 1, 1, 1)],
 )
 def test_epoch_factor_reaches_the_floor_with_one_integer(min_steps, per_epoch, epochs, factor):
     assert epoch_factor(min_steps, per_epoch, epochs) == factor
@@ -53,7 +54,9 @@ def test_every_epoch_setting_is_stretched_alike_and_null_ones_follow():
     assert record["epoch_factor"] == 5 and record["steps_per_epoch"] == 3
     assert (cfg.trainer.max_epochs, cfg.trainer.check_val_every_n_epoch) == (150, 25)
     assert (cfg.optim.lr_warmup_epochs, cfg.drloc.lambda_warmup_epochs) == (15, 30)
-    assert cfg.optim.lr_decay_epochs is None and cfg.drloc.lambda_decay_epochs is None  # null: the run's end, stretched already
+    assert (
+        cfg.optim.lr_decay_epochs is None and cfg.drloc.lambda_decay_epochs is None
+    )  # null: the run's end, stretched already
     enough = config()
     assert stretch_to_min_steps(enough, Data(batches=15))["epoch_factor"] == 1 and enough.trainer.max_epochs == 30
     # a run that fixes its own length in steps or batches is left alone; 2 devices halve the steps per epoch
@@ -62,11 +65,17 @@ def test_every_epoch_setting_is_stretched_alike_and_null_ones_follow():
     assert stretch_to_min_steps(config(devices=2), Data(batches=30))["steps_per_epoch"] == 15
 
 
-@pytest.mark.fault("`min_train_steps=0`", "one paragraph naming the value and what is valid, exit 2, before training", kind="bad input")
+@pytest.mark.fault(
+    "`min_train_steps=0`", "one paragraph naming the value and what is valid, exit 2, before training", kind="bad input"
+)
 def test_a_small_run_reaches_the_floor_and_records_it(tmp_path):
     overrides = [o for o in TINY if not o.startswith(("trainer.limit_train_batches", "trainer.max_epochs"))]
     # 40 images at batch 8: 5 steps per epoch; 2 epochs = 10 steps, the floor 25 needs 3x: 6 epochs, 30 steps
-    results = train(compose_cfg([*overrides, "trainer.max_epochs=2", "min_train_steps=25", "optim.lr_warmup_epochs=1"], tmp_path / "run"))
+    results = train(
+        compose_cfg(
+            [*overrides, "trainer.max_epochs=2", "min_train_steps=25", "optim.lr_warmup_epochs=1"], tmp_path / "run"
+        )
+    )
     assert results["global_step"] == 30 and results["epochs"] == 6
     assert results["budget"]["epoch_factor"] == 3 and results["budget"]["stretched"]["optim.lr_warmup_epochs"] == [1, 3]
     with pytest.raises(UserError, match=r"min_train_steps=0 is invalid: use an integer >= 1"):

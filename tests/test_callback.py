@@ -214,7 +214,9 @@ def test_validation_and_predict_are_untouched(tmp_path):
         assert torch.equal(preds, module(next(iter(random_loader(n=8, seed=3)))[0]))
 
 
-@pytest.mark.parametrize("setting", [dict(accumulate_grad_batches=2), dict(precision="bf16-mixed")], ids=["accumulate2", "bf16"])
+@pytest.mark.parametrize(
+    "setting", [dict(accumulate_grad_batches=2), dict(precision="bf16-mixed")], ids=["accumulate2", "bf16"]
+)
 def test_accumulation_and_bf16_mixed(tmp_path, setting):
     module = Classifier("timm")
     cb = callback()
@@ -226,7 +228,9 @@ def test_accumulation_and_bf16_mixed(tmp_path, setting):
     class Spy(pl.Callback):
         def on_train_start(self, trainer, pl_module):
             nonlocal handle
-            handle = cb.loss.head.register_forward_hook(lambda m, args, out: seen.append((out.dtype, torch.is_autocast_enabled("cpu"))))
+            handle = cb.loss.head.register_forward_hook(
+                lambda m, args, out: seen.append((out.dtype, torch.is_autocast_enabled("cpu")))
+            )
 
     t.callbacks.append(Spy())
     t.fit(module, random_loader(n=32, batch=8))
@@ -256,7 +260,10 @@ def test_checkpoints_resume_the_head_and_load_into_the_users_class(tmp_path):
     # the trainer's optimizer state holds the user's group only; the head's two groups sit in the callback's state
     assert len(loaded["optimizer_states"][0]["param_groups"]) == 1
     assert len(stored["head_optimizer"]["param_groups"]) == 2
-    assert len(loaded["lr_schedulers"][0]["base_lrs"]) == 1 and len(stored["head_optimizer"]["lr_schedulers"][0]["base_lrs"]) == 2
+    assert (
+        len(loaded["lr_schedulers"][0]["base_lrs"]) == 1
+        and len(stored["head_optimizer"]["lr_schedulers"][0]["base_lrs"]) == 2
+    )
 
     # the user's class loads it strictly, without the callback; so does a weights-only checkpoint
     restored = Classifier.load_from_checkpoint(last, strict=True)
@@ -398,7 +405,12 @@ class TwoTimm(Classifier):
     [
         (lambda: Classifier("hand"), {}, DrLocConfigError, "input_size=\\(H, W\\)"),
         (TwoTimm, {}, BackboneLookupError, "found 2 timm models in TwoTimm: 'net', 'teacher'"),
-        (lambda: Classifier("timm"), dict(backbone="net.blokcs"), BackboneLookupError, "no submodule 'net.blokcs'.*net.blocks"),
+        (
+            lambda: Classifier("timm"),
+            dict(backbone="net.blokcs"),
+            BackboneLookupError,
+            "no submodule 'net.blokcs'.*net.blocks",
+        ),
         (
             lambda: Classifier("hand"),
             dict(tap="net.patch", input_size=32),
@@ -406,8 +418,18 @@ class TwoTimm(Classifier):
             "refuses tap='net.patch'.*before any transformer block",
         ),
         (lambda: Classifier("hand"), dict(tap="net.blocks"), DrLocConfigError, "input_size=\\(H, W\\)"),
-        (lambda: Classifier("hand"), dict(tap="net.blocks", input_size=32, prefix_tokens=0), GridTapError, "prefix_tokens="),
-        (lambda: DrLocModule("vit_tiny_patch16_224", 10, model_kwargs=VIT), {}, DrLocConfigError, "already trains DRLoc"),
+        (
+            lambda: Classifier("hand"),
+            dict(tap="net.blocks", input_size=32, prefix_tokens=0),
+            GridTapError,
+            "prefix_tokens=",
+        ),
+        (
+            lambda: DrLocModule("vit_tiny_patch16_224", 10, model_kwargs=VIT),
+            {},
+            DrLocConfigError,
+            "already trains DRLoc",
+        ),
     ],
     ids=["no-input-size-discovery", "two-timm", "typo", "patch-embedding", "no-input-size", "prefix", "drloc-module"],
 )
@@ -422,7 +444,9 @@ def test_setup_errors_name_the_fix(make, kwargs, error, message):
 
 def test_too_small_grid_is_refused():
     module = Classifier("timm")
-    module.net = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=32, depth=1, embed_dim=32, num_heads=2)
+    module.net = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=32, depth=1, embed_dim=32, num_heads=2
+    )
     with pytest.raises(GridTapError, match="1x1 grid.*at least 2x2"):
         DrLocCallback().setup(fake_trainer(), module, "fit")
 
@@ -456,7 +480,10 @@ def test_ddp_two_cpu_processes_keep_the_head_in_sync(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     # training_step (wrapped by the callback) ran inside DistributedDataParallel.forward on each rank
-    assert r0["wrapper"] == "DistributedDataParallel" and r0["inside_ddp_forward"] == r1["inside_ddp_forward"] == [True] * 3
+    assert (
+        r0["wrapper"] == "DistributedDataParallel"
+        and r0["inside_ddp_forward"] == r1["inside_ddp_forward"] == [True] * 3
+    )
     # the heads were built differently on each rank; DDP broadcast rank 0's, then all-reduced the grads
     assert any(not torch.equal(r0["head_at_setup"][k], r1["head_at_setup"][k]) for k in r0["head"])
     assert all(torch.equal(r0["head_at_start"][k], r1["head_at_start"][k]) for k in r0["head"])
@@ -475,7 +502,9 @@ def compose_callbacks_drloc(tmp_path, *overrides):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="vt_drloc.conf", version_base="1.3"):
-            return compose(config_name="train", overrides=["callbacks=drloc", f"paths.output_dir={tmp_path}", *overrides])
+            return compose(
+                config_name="train", overrides=["callbacks=drloc", f"paths.output_dir={tmp_path}", *overrides]
+            )
     finally:
         GlobalHydra.instance().clear()
 
@@ -557,7 +586,9 @@ def test_head_weight_decay_sets_the_added_groups_only(tmp_path, head_decay):
 
     class Check(pl.Callback):
         def on_train_start(self, trainer, pl_module):
-            seen["groups"] = [(g["weight_decay"], {id(p) for p in g["params"]}) for g in trainer.optimizers[0].param_groups]
+            seen["groups"] = [
+                (g["weight_decay"], {id(p) for p in g["params"]}) for g in trainer.optimizers[0].param_groups
+            ]
 
     with pytest.warns(UserWarning, match="LambdaLR"):
         trainer(tmp_path, [cb, Check()], max_steps=1).fit(module, random_loader(n=8))

@@ -27,7 +27,9 @@ FAST = dict(schedule="constant", seed=0)
 
 
 def faces(package: str):
-    return importlib.import_module(package), importlib.import_module("vt_drloc" if package == "pytorch_lightning" else "vt_drloc.lightning")
+    return importlib.import_module(package), importlib.import_module(
+        "vt_drloc" if package == "pytorch_lightning" else "vt_drloc.lightning"
+    )
 
 
 def needs(family: str) -> None:
@@ -37,7 +39,9 @@ def needs(family: str) -> None:
 
 def stub_trainer(family: str) -> SimpleNamespace:
     """What setup reads of a trainer: its strategy and the data ``fit`` was given (for the input size)."""
-    return SimpleNamespace(strategy=None, datamodule=None, fit_loop=SimpleNamespace(_data_source=SimpleNamespace(instance=loader(family))))
+    return SimpleNamespace(
+        strategy=None, datamodule=None, fit_loop=SimpleNamespace(_data_source=SimpleNamespace(instance=loader(family)))
+    )
 
 
 def tapped_grid(cb, module, family: str, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +104,8 @@ def fit_family(family: str, package: str, tmp_path: Path):
 
 @pytest.mark.parametrize(
     "family, package",
-    [(f, "pytorch_lightning") for f in FAMILIES] + [("hf_vit", "lightning.pytorch"), ("seq_first", "lightning.pytorch")],
+    [(f, "pytorch_lightning") for f in FAMILIES]
+    + [("hf_vit", "lightning.pytorch"), ("seq_first", "lightning.pytorch")],
 )
 def test_family_trains_with_drloc_logged_under_its_documented_names(family, package, tmp_path):
     needs(family)

@@ -118,7 +118,9 @@ def test_archive_and_extracted_folder_give_identical_samples(
         assert np.array_equal(np.asarray(ta.load_image(k)), np.asarray(tb.load_image(k)))
     # The small-data subset is the same, too.
     sub_tar = ImageDataModule("flowers102", root=str(flowers102_tar), samples_per_class=3, seed=5, num_workers=0)
-    sub_dir = ImageDataModule("flowers102", root=str(flowers_extracted / "flowers102"), samples_per_class=3, seed=5, num_workers=0)
+    sub_dir = ImageDataModule(
+        "flowers102", root=str(flowers_extracted / "flowers102"), samples_per_class=3, seed=5, num_workers=0
+    )
     sub_tar.setup()
     sub_dir.setup()
     assert sub_tar.train_size == 306
@@ -166,7 +168,9 @@ def test_holdout_validation(cifar10_tar: Path) -> None:
     assert not set(dm.val_dataset.keys()) & set(dm.train_dataset.keys())
     assert all(k.startswith("train/") for k in dm.val_dataset.keys())
     # The hold-out does not move with the subset seed; the subset never overlaps it.
-    small = ImageDataModule("cifar10", root=str(cifar10_tar), val_split="holdout", samples_per_class=10, seed=7, num_workers=0)
+    small = ImageDataModule(
+        "cifar10", root=str(cifar10_tar), val_split="holdout", samples_per_class=10, seed=7, num_workers=0
+    )
     small.setup()
     assert small.val_dataset.keys() == dm.val_dataset.keys()
     assert small.train_size == 100
@@ -185,7 +189,9 @@ def test_val_split_test_on_flowers(flowers102_tar: Path) -> None:
 
 
 def test_cifar_shapes_and_value_ranges(cifar10_tar: Path) -> None:
-    dm = ImageDataModule("cifar10", root=str(cifar10_tar), samples_per_class=2, batch_size=8, re_prob=0.0, num_workers=0)
+    dm = ImageDataModule(
+        "cifar10", root=str(cifar10_tar), samples_per_class=2, batch_size=8, re_prob=0.0, num_workers=0
+    )
     dm.setup()
     mean, std = torch.tensor(SPECS["cifar10"].mean), torch.tensor(SPECS["cifar10"].std)
     lo, hi = ((0 - mean) / std).view(1, 3, 1, 1), ((1 - mean) / std).view(1, 3, 1, 1)
@@ -200,7 +206,9 @@ def test_cifar_shapes_and_value_ranges(cifar10_tar: Path) -> None:
 
 
 def test_upsampled_224_and_flowers_shapes(cifar10_tar: Path, flowers102_tar: Path) -> None:
-    dm = ImageDataModule("cifar10", root=str(cifar10_tar), samples_per_class=1, img_size=224, batch_size=2, num_workers=0)
+    dm = ImageDataModule(
+        "cifar10", root=str(cifar10_tar), samples_per_class=1, img_size=224, batch_size=2, num_workers=0
+    )
     dm.setup()
     x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (2, 3, 224, 224)
@@ -230,7 +238,9 @@ def test_cache_holds_decoded_uint8_and_matches_store(cifar10_tar: Path, flowers1
     for k in (0, 77, 199):
         assert torch.equal(cached.train_dataset[k][0], plain.train_dataset[k][0])
     # Flowers: images differ in size, so the cache is a list of arrays.
-    fl = ImageDataModule("flowers102", root=str(flowers102_tar), samples_per_class=1, cache=True, val_split="test", num_workers=0)
+    fl = ImageDataModule(
+        "flowers102", root=str(flowers102_tar), samples_per_class=1, cache=True, val_split="test", num_workers=0
+    )
     fl.setup()
     fl.train_dataloader()
     assert fl.test_dataset.cache is None  # only the requested split is decoded

@@ -23,7 +23,9 @@ from vt_drloc.data import (
 )
 
 
-def make_toy_folder(root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class: int = 4, splits=("train", "val")) -> Path:
+def make_toy_folder(
+    root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class: int = 4, splits=("train", "val")
+) -> Path:
     return make_image_folder(root, name, classes, per_class, splits, size=10, ext="jpg")
 
 
@@ -39,7 +41,9 @@ def folder_dm(root: Path, **kw) -> ImageDataModule:
 
 
 @pytest.mark.fault(
-    "a data set that is not where `data.root` points", "every path searched listed, with how to get the data", kind="bad input"
+    "a data set that is not where `data.root` points",
+    "every path searched listed, with how to get the data",
+    kind="bad input",
 )
 def test_missing_root_lists_searched_paths_and_fix(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
@@ -105,7 +109,9 @@ def test_root_is_a_non_tar_file_or_compressed_tar(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.fault("splits with different class folders", "refused, listing the missing and extra classes", kind="bad input")
+@pytest.mark.fault(
+    "splits with different class folders", "refused, listing the missing and extra classes", kind="bad input"
+)
 def test_splits_with_different_class_folders(tmp_path: Path) -> None:
     folder = make_toy_folder(tmp_path)
     shutil.rmtree(folder / "val" / "dog")
@@ -139,7 +145,9 @@ def test_empty_class_folder_and_missing_train(tmp_path: Path) -> None:
         folder_dm(other).setup()
 
 
-@pytest.mark.fault("a named data set (e.g. cifar10) with the wrong number of classes", "refused, naming both counts", kind="bad input")
+@pytest.mark.fault(
+    "a named data set (e.g. cifar10) with the wrong number of classes", "refused, naming both counts", kind="bad input"
+)
 def test_wrong_class_count_for_named_dataset(tmp_path: Path) -> None:
     make_toy_folder(tmp_path, name="cifar10")
     with pytest.raises(DatasetLayoutError, match="cifar10 needs 10 classes.*has 3"):
@@ -152,7 +160,9 @@ def test_wrong_class_count_for_named_dataset(tmp_path: Path) -> None:
 
 
 @pytest.mark.fault(
-    "a file that is not an image in a class folder", "refused naming the file; `skip_corrupt` skips and counts it", kind="bad input"
+    "a file that is not an image in a class folder",
+    "refused naming the file; `skip_corrupt` skips and counts it",
+    kind="bad input",
 )
 def test_corrupt_image_is_named_and_skip_mode_counts(tmp_path: Path, caplog) -> None:
     folder = make_toy_folder(tmp_path)
@@ -184,7 +194,8 @@ def test_non_image_file_in_class_folder(tmp_path: Path) -> None:
 
 @pytest.mark.fault(
     "a JPEG cut short inside a tar",
-    "found by the default cheap check (first and last bytes) before training (was: found only mid-run); named with its archive path",
+    "found by the default cheap check (first and last bytes) before training (was: found only mid-run); named with its "
+    "archive path",
     kind="bad input",
 )
 def test_truncated_image_in_tar_found_before_training_by_every_check(tmp_path: Path) -> None:
@@ -322,7 +333,9 @@ def test_properties_before_setup() -> None:
 
 
 def toy_tar(tmp_path: Path, fmt: int = tarfile.USTAR_FORMAT, long_names: bool = False) -> Path:
-    folder = make_toy_folder(tmp_path / "src", classes=("cat", "dog" * (40 if long_names else 1), "emu"), splits=("train", "test"))
+    folder = make_toy_folder(
+        tmp_path / "src", classes=("cat", "dog" * (40 if long_names else 1), "emu"), splits=("train", "test")
+    )
     tar = tmp_path / "data" / "toy.tar"
     tar.parent.mkdir()
     with tarfile.open(tar, "w", format=fmt) as tf:
@@ -330,7 +343,9 @@ def toy_tar(tmp_path: Path, fmt: int = tarfile.USTAR_FORMAT, long_names: bool = 
     return tar
 
 
-@pytest.mark.parametrize("fmt, long_names", [(tarfile.USTAR_FORMAT, False), (tarfile.PAX_FORMAT, True)])  # fast index / tarfile
+@pytest.mark.parametrize(
+    "fmt, long_names", [(tarfile.USTAR_FORMAT, False), (tarfile.PAX_FORMAT, True)]
+)  # fast index / tarfile
 @pytest.mark.fault(
     "a tar archive cut short (inside a member or a header; ustar and pax)",
     '"corrupt archive <file>: it is cut short", never "needs 10 classes" nor a silently smaller split',
@@ -353,7 +368,8 @@ def test_archive_cut_short_is_corrupt_never_a_smaller_split(tmp_path: Path, fmt:
 
 @pytest.mark.fault(
     "an archive whose bytes differ from its `SHA256SUMS` line (same size, one byte changed)",
-    '"corrupt archive <file>: its SHA-256 is …, but SHA256SUMS lists …"; checked once per process (0.07 s for the 93 MB CIFAR-10 archive)',
+    '"corrupt archive <file>: its SHA-256 is …, but SHA256SUMS lists …"; checked once per process (0.07 s for the 93 '
+    "MB CIFAR-10 archive)",
     kind="bad input",
 )
 def test_sha256sums_beside_the_archive_is_checked(tmp_path: Path) -> None:
@@ -370,7 +386,8 @@ def test_sha256sums_beside_the_archive_is_checked(tmp_path: Path) -> None:
     data[len(data) // 3] ^= 0xFF
     tar.write_bytes(bytes(data))
     with pytest.raises(
-        CorruptArchiveError, match=rf"corrupt archive .*toy\.tar: its SHA-256 is [0-9a-f]{{64}}, but .*SHA256SUMS lists {good}"
+        CorruptArchiveError,
+        match=rf"corrupt archive .*toy\.tar: its SHA-256 is [0-9a-f]{{64}}, but .*SHA256SUMS lists {good}",
     ):
         folder_dm(tar.parent).setup()
     sums.write_text(f"{'0' * 64}  other.tar\n")  # no line for this archive: nothing to check

@@ -38,7 +38,12 @@ def _write_cifar_pickle(path: Path, images: np.ndarray, labels: list[int], label
 
 
 def make_toy_folder(
-    root: Path, name: str = "toy", classes=("cat", "dog", "emu"), per_class=None, splits=("train", "val", "test"), size: int = 12
+    root: Path,
+    name: str = "toy",
+    classes=("cat", "dog", "emu"),
+    per_class=None,
+    splits=("train", "val", "test"),
+    size: int = 12,
 ) -> Path:
     """``root/name/<split>/<class>/<i>.png`` with distinct solid-colour images of distinct sizes."""
     per_class = per_class or {"train": 6, "val": 2, "test": 3}
@@ -63,7 +68,9 @@ def cifar100_root(tmp_path: Path) -> tuple[Path, np.ndarray, list[int]]:
     train_labels = [c for c in range(100) for _ in range(4)]
     train = _rng_images(400, seed=1)
     _write_cifar_pickle(base / "train", train, train_labels, "fine_labels")
-    _write_cifar_pickle(base / "test", _rng_images(200, seed=2), [c for c in range(100) for _ in range(2)], "fine_labels")
+    _write_cifar_pickle(
+        base / "test", _rng_images(200, seed=2), [c for c in range(100) for _ in range(2)], "fine_labels"
+    )
     names = [f"class_{i:02d}" for i in range(100)]
     with open(base / "meta", "wb") as f:
         pickle.dump({"fine_label_names": names, "coarse_label_names": [f"c{i}" for i in range(20)]}, f, protocol=2)
@@ -207,7 +214,9 @@ def test_flowers102_torchvision_format(tmp_path: Path) -> None:
 
 def test_folder_dataset_dir_tar_and_root_forms(tmp_path: Path) -> None:
     folder = make_toy_folder(tmp_path / "data")
-    dm = ImageDataModule("folder", root=str(tmp_path / "data"), folder_name="toy", img_size=16, batch_size=4, num_workers=0)
+    dm = ImageDataModule(
+        "folder", root=str(tmp_path / "data"), folder_name="toy", img_size=16, batch_size=4, num_workers=0
+    )
     with pytest.raises(RuntimeError, match="after setup"):
         _ = dm.num_classes
     dm.setup()
@@ -294,7 +303,9 @@ def test_a_class_subset_is_relabelled_in_every_split(cifar10_tar, tmp_path):
     second = ["truck", "dog", "frog", "horse", "ship"]  # any order: labels follow the data set's order
     dms = []
     for names in (first, second):
-        dm = ImageDataModule("cifar10", root=str(cifar10_tar), classes=names, samples_per_class=3, num_workers=0, img_size=8)
+        dm = ImageDataModule(
+            "cifar10", root=str(cifar10_tar), classes=names, samples_per_class=3, num_workers=0, img_size=8
+        )
         assert dm.num_classes == 5  # known before setup, for the model
         dm.setup()
         dms.append(dm)
@@ -307,6 +318,7 @@ def test_a_class_subset_is_relabelled_in_every_split(cifar10_tar, tmp_path):
         assert dm.test_size == 5000 and dm.train_size == 15
     assert not set(dms[0].test_dataset.keys()) & set(dms[1].test_dataset.keys())
     with pytest.raises(
-        DatasetLayoutError, match=r"classes=\['cat', 'lion'\] has unknown class\(es\) \['lion'\]; .* has the classes \['airplane'"
+        DatasetLayoutError,
+        match=r"classes=\['cat', 'lion'\] has unknown class\(es\) \['lion'\]; .* has the classes \['airplane'",
     ):
         ImageDataModule("cifar10", root=str(cifar10_tar), classes=["cat", "lion"], num_workers=0).setup()

@@ -138,11 +138,18 @@ def test_transform_recipes() -> None:
     tf224 = build_train_transform(224, spec.mean, spec.std, augment="paper", native_size=32)
     assert isinstance(tf224.transforms[0], RandomResizedCropAndInterpolation)
     assert tf224.transforms[0].size == (224, 224)
-    no_aa = build_train_transform(32, spec.mean, spec.std, augment="paper", native_size=32, auto_augment="none", color_jitter=0.3)
+    no_aa = build_train_transform(
+        32, spec.mean, spec.std, augment="paper", native_size=32, auto_augment="none", color_jitter=0.3
+    )
     assert "RandAugment" not in [type(t).__name__ for t in no_aa.transforms]
     assert "ColorJitter" in [type(t).__name__ for t in no_aa.transforms]
     basic = build_train_transform(32, spec.mean, spec.std, augment="basic", native_size=32)
-    assert [type(t).__name__ for t in basic.transforms] == ["RandomCrop", "RandomHorizontalFlip", "MaybeToTensor", "Normalize"]
+    assert [type(t).__name__ for t in basic.transforms] == [
+        "RandomCrop",
+        "RandomHorizontalFlip",
+        "MaybeToTensor",
+        "Normalize",
+    ]
     ev = build_eval_transform(224, spec.mean, spec.std, native_size=32)
     assert [type(t).__name__ for t in ev.transforms][:2] == ["Resize", "CenterCrop"]
     assert ev.transforms[0].size == 256  # 224 / 0.875

@@ -23,7 +23,9 @@ def load_generator():
 
 
 def test_reliability_page_is_regenerated_from_the_markers():
-    run = subprocess.run([sys.executable, str(SCRIPT), "--check"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     page = (REPO / "docs" / "reliability.md").read_text()
     # every test named in the tables exists in the file it names
@@ -77,6 +79,8 @@ def test_rows_per_case_stacked_in_order_and_stale_pages_are_found(tmp_path):
 
 def test_a_marker_with_an_unknown_kind_stops_the_generator(tmp_path):
     gen = load_generator()
-    (tmp_path / "test_bad.py").write_text('import pytest\n\n@pytest.mark.fault("a", "b", kind="rumour")\ndef test_x():\n    pass\n')
+    (tmp_path / "test_bad.py").write_text(
+        'import pytest\n\n@pytest.mark.fault("a", "b", kind="rumour")\ndef test_x():\n    pass\n'
+    )
     with pytest.raises(SystemExit, match="kind='rumour' is not one of"):
         gen.collect(tmp_path)

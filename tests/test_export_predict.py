@@ -40,7 +40,9 @@ def run_dir(tmp_path_factory) -> Path:
 def images(tmp_path_factory) -> tuple[Path, Path]:
     """A folder of 6 images of other sizes (40 px and 32 px) and the same files as a .tar."""
     root = tmp_path_factory.mktemp("images")
-    folder = make_image_folder(root, name="new", classes=("x", "y"), per_class=3, splits=("batch",), size=32, vary_height=True)
+    folder = make_image_folder(
+        root, name="new", classes=("x", "y"), per_class=3, splits=("batch",), size=32, vary_height=True
+    )
     tar = root / "new.tar"
     with tarfile.open(tar, "w") as archive:
         archive.add(folder, arcname=".")
@@ -63,7 +65,11 @@ def test_export_loads_in_plain_timm_with_the_checkpoints_logits(run_dir, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no DRLoc head
     assert not any(k.startswith("drloc") for k in load_file(str(out / "model.safetensors")))
     config = json.loads((out / "config.json").read_text())
-    assert config["architecture"] == "vit_tiny_patch16_224" and config["num_classes"] == 10 and config["label_names"] == CIFAR10
+    assert (
+        config["architecture"] == "vit_tiny_patch16_224"
+        and config["num_classes"] == 10
+        and config["label_names"] == CIFAR10
+    )
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["pretrained_cfg"]["std"] == pytest.approx(
         [0.247, 0.2435, 0.2616]
     )
@@ -94,7 +100,11 @@ def test_export_keeps_the_drloc_head_on_request_and_never_overwrites(run_dir, tm
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (out / "notes.txt").write_text("mine")
     refused = cli("vt_drloc.export", [f"ckpt_path={run_dir}", f"out={out}"], tmp_path)
-    assert refused.returncode == 2 and "already exists and is not empty" in refused.stderr and "overwrite=true" in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "already exists and is not empty" in refused.stderr
+        and "overwrite=true" in refused.stderr
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "notes.txt"} == before
     export_checkpoint(run_dir, out, overwrite=True)  # the head of the earlier export goes, the user's file stays
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
@@ -103,7 +113,11 @@ def test_export_keeps_the_drloc_head_on_request_and_never_overwrites(run_dir, tm
 def test_export_refuses_a_checkpoint_without_backbone_weights(tmp_path):
     path = tmp_path / "head_only.ckpt"
     torch.save(
-        {"state_dict": {"drloc.layers.0.weight": torch.zeros(2, 2)}, "hyper_parameters": {"model_name": "vit_tiny_patch16_224"}}, path
+        {
+            "state_dict": {"drloc.layers.0.weight": torch.zeros(2, 2)},
+            "hyper_parameters": {"model_name": "vit_tiny_patch16_224"},
+        },
+        path,
     )
     with pytest.raises(UserError, match="holds no backbone weights .*no model.\\* tensors"):
         export_checkpoint(path, tmp_path / "out")
@@ -129,7 +143,8 @@ def test_predict_on_a_folder_and_a_tar_names_the_classes(run_dir, images, tmp_pa
     for a, b in zip(from_folder, from_tar):
         assert {k: v for k, v in a.items() if k != "path"} == {k: v for k, v in b.items() if k != "path"}
         assert list(a) == ["path", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3"]
-        assert {a["class_1"], a["class_2"], a["class_3"]} <= set(CIFAR10) and len({a["class_1"], a["class_2"], a["class_3"]}) == 3
+        names = {a["class_1"], a["class_2"], a["class_3"]}
+        assert names <= set(CIFAR10) and len(names) == 3
         assert 1 >= a["prob_1"] >= a["prob_2"] >= a["prob_3"] > 0
     # the same probabilities as the checkpoint's own module on the eval transform of a 32 px image
     module = DrLocModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True).eval()
@@ -153,7 +168,11 @@ def test_predict_cli_writes_the_csv_and_refuses_bad_input(run_dir, images, tmp_p
     assert len(rows) == 6 and list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2"]
     assert rows[0]["class_1"] in CIFAR10 and 0 < float(rows[0]["prob_1"]) <= 1
     written = out.read_bytes()
-    again = cli("vt_drloc.predict", [f"ckpt_path={run_dir}", f"input={tmp_path / 'nowhere'}", f"out={tmp_path / 'x.csv'}"], tmp_path)
+    again = cli(
+        "vt_drloc.predict",
+        [f"ckpt_path={run_dir}", f"input={tmp_path / 'nowhere'}", f"out={tmp_path / 'x.csv'}"],
+        tmp_path,
+    )
     assert again.returncode == 2 and "input=" in again.stderr and "does not exist" in again.stderr
     with pytest.raises(UserError, match="top_k=0 must be a positive integer"):
         predict(run_dir, folder, top_k=0)
@@ -181,8 +200,12 @@ def test_the_readme_use_the_model_commands_run(run_dir, images, tmp_path):
 
     (shell,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     assert "python -m vt_drloc.export" in shell and "python -m vt_drloc.predict" in shell
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", PYTHONWARNINGS="ignore")
-    done = subprocess.run(["bash", "-ec", fill(shell)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", PYTHONWARNINGS="ignore"
+    )
+    done = subprocess.run(
+        ["bash", "-ec", fill(shell)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run_dir / "export" / "model.safetensors").is_file()
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
@@ -225,12 +248,16 @@ def test_vt_drlocs_own_cvt_exports_and_loads_in_timm_after_import(tmp_path):
 
     torch.manual_seed(0)
     kwargs = dict(img_size=32, embed_dims=[16, 32, 64], depths=[1, 1, 1], num_heads=[1, 1, 2])
-    module = DrLocModule("cvt_13_c32", num_classes=3, lambda_drloc=0.1, model_kwargs=kwargs, hidden_dims=[16], num_pairs=8)
+    module = DrLocModule(
+        "cvt_13_c32", num_classes=3, lambda_drloc=0.1, model_kwargs=kwargs, hidden_dims=[16], num_pairs=8
+    )
     info = dict(dataset="folder", class_names=["a", "b", "c"], img_size=32, mean=[0.5] * 3, std=[0.25] * 3)
     path = tmp_path / "cvt.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "data_info": info}, path)
     out = export_checkpoint(path, tmp_path / "cvt")
-    loaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # vt_drloc is imported: cvt_13_c32 is registered
+    loaded = timm.create_model(
+        f"local-dir:{out}", pretrained=True
+    ).eval()  # vt_drloc is imported: cvt_13_c32 is registered
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), module.model.eval()(x))

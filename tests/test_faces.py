@@ -76,7 +76,8 @@ def test_both_faces_expose_the_same_names_and_checkpoint_the_same_drloc_state(fa
     assert drloc_face.config == DrLocConfig.build(lambda_drloc=0.5, **OPTIONS)
     assert drloc_face.lambda_drloc == 0.5 and drloc_face.current_lambda == 0.5  # before fit: the start, no warm-up
     trainer = fit(tmp_path, module, callbacks)
-    assert drloc_face.loss is not None and drloc_face.num_head_params == sum(p.numel() for p in drloc_face.loss.parameters())
+    assert drloc_face.loss is not None
+    assert drloc_face.num_head_params == sum(p.numel() for p in drloc_face.loss.parameters())
     assert drloc_face.current_lambda == 0.5  # held at its peak until the head learns (adaptive)
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
@@ -84,6 +85,8 @@ def test_both_faces_expose_the_same_names_and_checkpoint_the_same_drloc_state(fa
     if face == "module":  # the objective's state, prefixed drloc_, at the top level
         state = {k.removeprefix("drloc_"): v for k, v in checkpoint.items() if k.startswith("drloc_")}
     else:  # the objective's state in the callback's, beside the head it owns
-        state = {k: v for k, v in checkpoint["callbacks"]["DrLocCallback"].items() if k not in ("head", "head_optimizer")}
+        state = {
+            k: v for k, v in checkpoint["callbacks"]["DrLocCallback"].items() if k not in ("head", "head_optimizer")
+        }
     assert sorted(state) == ["sampler_state", "schedule_state"]
     assert state["schedule_state"]["task_ratio"] is not None

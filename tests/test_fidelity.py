@@ -45,7 +45,8 @@ def test_released_head_init_is_truncated_normal_std_002_with_zero_bias():
     first = _linears(plain)[0]
     # PyTorch's Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias too
     bound = 1 / math.sqrt(768)
-    assert first.weight.abs().max().item() <= bound and first.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert first.weight.abs().max().item() <= bound
+    assert first.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
     assert torch.count_nonzero(first.bias) > 0
     with pytest.raises(ValueError, match="init='xavier'.*'released', 'torch'"):
         DrLocHead(8, init="xavier")

@@ -26,7 +26,9 @@ def fixture_tar(path: Path, size: int = 200) -> Path:
         for split in ("train", "val", "test"):
             for c in ("000_a", "001_b", "002_c"):
                 for i in range(2):
-                    image = Image.frombytes("RGB", (size, size + 40), bytes(g.randrange(256) for _ in range(3 * size * (size + 40))))
+                    image = Image.frombytes(
+                        "RGB", (size, size + 40), bytes(g.randrange(256) for _ in range(3 * size * (size + 40)))
+                    )
                     data = io.BytesIO()
                     image.save(data, "JPEG", quality=95)
                     info = tarfile.TarInfo(f"flowers102/{split}/{c}/image_{i}.jpg")
@@ -49,7 +51,10 @@ def test_the_reduced_archive_keeps_every_member_smaller_with_its_checksum(tmp_pa
     digest, name = (out / "SHA256SUMS").read_text().split()
     assert name == "flowers102.tar" and digest == hashlib.sha256(small.read_bytes()).hexdigest()
     # deterministic: the same source gives the same bytes
-    assert make_subset(["--src", str(src), "--out-dir", str(tmp_path / "again"), "--short-side", "64", "--quality", "60"]) == 0
+    assert (
+        make_subset(["--src", str(src), "--out-dir", str(tmp_path / "again"), "--short-side", "64", "--quality", "60"])
+        == 0
+    )
     assert (tmp_path / "again" / "flowers102.tar").read_bytes() == small.read_bytes()
 
 
@@ -74,9 +79,19 @@ def test_the_accelerator_script_dry_runs_on_the_cpu_without_hydra(tmp_path, flow
         "            raise ModuleNotFoundError(name, name=name)\n"
         "sys.meta_path.insert(0, _Block())\n"
     )
-    env = {**os.environ, "PY": sys.executable, "DATA": str(data), "OUT": str(tmp_path / "out"), "PYTHONPATH": str(tmp_path)}
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "DATA": str(data),
+        "OUT": str(tmp_path / "out"),
+        "PYTHONPATH": str(tmp_path),
+    }
     result = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu_paper_rows.sh"), "--dry-run"], capture_output=True, text=True, env=env, timeout=600
+        ["bash", str(ROOT / "bench" / "gpu_paper_rows.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -93,5 +108,7 @@ def test_the_script_refuses_an_archive_that_is_not_the_committed_one(tmp_path):
     data.mkdir()
     (data / "flowers102.tar").write_bytes(b"not the archive")
     env = {**os.environ, "PY": sys.executable, "DATA": str(data), "OUT": str(tmp_path / "out")}
-    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_paper_rows.sh")], capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_paper_rows.sh")], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.returncode == 2 and "not the committed" in result.stderr

@@ -55,7 +55,9 @@ def test_an_earlier_runs_checkpoint_initialises_the_backbone_not_the_drloc_head(
     assert report["skipped"] == [] and report["missing"] == [] and "head.weight" in report["loaded"]
     assert all(torch.equal(v, earlier.model.state_dict()[k]) for k, v in target.model.state_dict().items())
     # the DRLoc head is not part of the backbone: it keeps its own (different-seed) weights
-    assert not any(torch.equal(a, b) for a, b in zip(target.drloc.parameters(), earlier.drloc.parameters()) if a.dim() == 2)
+    assert not any(
+        torch.equal(a, b) for a, b in zip(target.drloc.parameters(), earlier.drloc.parameters()) if a.dim() == 2
+    )
 
 
 def test_a_classifier_of_other_classes_starts_new_even_when_its_shape_fits(tmp_path):
@@ -113,8 +115,13 @@ def test_pretrain_on_five_classes_then_fine_tune_on_the_other_five(tmp_path, cap
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)  # Hydra's ListConfig must not reach the file
     assert saved["data_info"]["class_names"] == ["airplane", "automobile", "bird", "cat", "deer"]
     with caplog.at_level("INFO", logger="vt_drloc.train"):
-        results = train(compose_cfg([*TINY, "data.classes=[dog,frog,horse,ship,truck]", f"init_from={ckpt}"], tmp_path / "ft"))
-    assert results["init_from_loaded"] > 0 and "2 classifier tensors new (other classes: head.bias, head.weight)" in caplog.text
+        results = train(
+            compose_cfg([*TINY, "data.classes=[dog,frog,horse,ship,truck]", f"init_from={ckpt}"], tmp_path / "ft")
+        )
+    assert (
+        results["init_from_loaded"] > 0
+        and "2 classifier tensors new (other classes: head.bias, head.weight)" in caplog.text
+    )
 
 
 def test_a_32px_checkpoint_fine_tunes_at_64px_with_resampled_position_embeddings(tmp_path, caplog):
@@ -124,15 +131,21 @@ def test_a_32px_checkpoint_fine_tunes_at_64px_with_resampled_position_embeddings
     path = tmp_path / "small.ckpt"
     torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, path)
     torch.manual_seed(4)
-    large = DrLocModule(NAME, num_classes=10, lambda_drloc=0.5, model_kwargs={**VIT, "img_size": 64}, hidden_dims=[16], num_pairs=8)
+    large = DrLocModule(
+        NAME, num_classes=10, lambda_drloc=0.5, model_kwargs={**VIT, "img_size": 64}, hidden_dims=[16], num_pairs=8
+    )
     assert tuple(large.model.pos_embed.shape) == (1, 257, 32)
     with caplog.at_level("INFO", logger="vt_drloc.init_from"):
         report = load_backbone_weights(large.model, path)
     assert report["resampled"] == ["pos_embed"] and "pos_embed" in report["loaded"]
     assert report["skipped"] == [] and report["missing"] == []
-    expected = resample_abs_pos_embed(small.model.pos_embed.detach(), new_size=[16, 16], old_size=[8, 8], num_prefix_tokens=1)
+    expected = resample_abs_pos_embed(
+        small.model.pos_embed.detach(), new_size=[16, 16], old_size=[8, 8], num_prefix_tokens=1
+    )
     assert torch.equal(large.model.pos_embed.detach(), expected)
-    assert torch.equal(large.model.pos_embed[:, :1], small.model.pos_embed[:, :1])  # the class token's is kept as it was
+    assert torch.equal(
+        large.model.pos_embed[:, :1], small.model.pos_embed[:, :1]
+    )  # the class token's is kept as it was
     assert torch.equal(large.model.blocks[0].attn.qkv.weight, small.model.blocks[0].attn.qkv.weight)
     assert "resampled pos_embed from (1, 65, 32) to (1, 257, 32)" in caplog.text
     with torch.no_grad():

@@ -30,7 +30,9 @@ def faces(package: str):
 
 def data(n: int = 16, seed: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)), batch_size=8)
+    return DataLoader(
+        TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)), batch_size=8
+    )
 
 
 def fit(pl, module, loader, callbacks=(), steps: int = 2):
@@ -185,7 +187,10 @@ def test_callback_without_any_size_source_names_the_fix():
         ("DrLocCallback", dict(bogus_option=1)),
         ("DrLocModule", dict(model_name="vit_tiny_patch16_224", num_classes=10, lambda_drloc=-1.0)),
         ("DrLocModule", dict(model_name="no_such_model", num_classes=10)),
-        ("DrLocModule", dict(model_name="vit_tiny_patch16_224", num_classes=10, lr_decay_epochs=0, model_kwargs=TINY_VIT)),
+        (
+            "DrLocModule",
+            dict(model_name="vit_tiny_patch16_224", num_classes=10, lr_decay_epochs=0, model_kwargs=TINY_VIT),
+        ),
         ("DrLocModule", dict(model_name="vit_tiny_patch16_224", num_classes=10, mode="l3", model_kwargs=TINY_VIT)),
     ],
 )

@@ -49,7 +49,10 @@ def test_names_registered_and_owned_by_vt_drloc():
     for name in MODEL_NAMES:
         assert timm.is_model(name), name
         fn = timm.models.model_entrypoint(name)
-        assert fn.__module__ in ("vt_drloc.models.cvt", "vt_drloc.models.t2t_vit", "vt_drloc.models.swin_ape"), (name, fn.__module__)
+        assert fn.__module__ in ("vt_drloc.models.cvt", "vt_drloc.models.t2t_vit", "vt_drloc.models.swin_ape"), (
+            name,
+            fn.__module__,
+        )
     # timm itself ships none of these (a clash would have rerouted the entrypoint above to timm.models.*)
     assert set(timm.list_models("cvt_*")) == {n for n in MODEL_NAMES if n.startswith("cvt_")}
     assert set(timm.list_models("t2t_*")) == {n for n in MODEL_NAMES if n.startswith("t2t_")}
@@ -344,7 +347,9 @@ def test_one_drloc_module_optimisation_step(name):
 
 
 # ----------------------------------------------------------------------------- Swin with an absolute position embedding
-SWIN_SMALL = dict(num_classes=10, img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(1, 2), num_heads=(1, 2))
+SWIN_SMALL = dict(
+    num_classes=10, img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(1, 2), num_heads=(1, 2)
+)
 
 
 def test_swin_ape_is_timms_swin_plus_one_position_embedding():

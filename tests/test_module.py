@@ -320,7 +320,14 @@ def test_one_naming_scheme_and_the_old_names_build_the_same_module(tmp_path):
         "lr": 5e-4,
         "tap_norm": "pre",
     }
-    torch.save({"state_dict": by_old.state_dict(), "hyper_parameters": legacy_hparams, "pytorch-lightning_version": pl.__version__}, path)
+    torch.save(
+        {
+            "state_dict": by_old.state_dict(),
+            "hyper_parameters": legacy_hparams,
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
     restored = DrLocModule.load_from_checkpoint(path)
     assert restored.config == by_old.config
     assert all(torch.equal(v, by_old.state_dict()[k]) for k, v in restored.state_dict().items())
@@ -333,13 +340,22 @@ def test_checkpoint_older_than_tap_norm_and_class_head_warns_or_refuses_naming_t
         hparams = dict(module.hparams)
         hparams["drloc"] = {k: v for k, v in hparams["drloc"].items() if k not in drop}
         path = tmp_path / f"{module.config.mode}.ckpt"
-        torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": pl.__version__}, path)
+        torch.save(
+            {
+                "state_dict": module.state_dict(),
+                "hyper_parameters": hparams,
+                "pytorch-lightning_version": pl.__version__,
+            },
+            path,
+        )
         return path
 
     # an L1 run from before tap_norm read its grid after the final norm: loading it under today's
     # default says so and how to keep it; asked for, it loads without a word
     path = save(tiny_module(tap_norm="post", head_init="torch"), drop={"tap_norm", "head_init", "class_head"})
-    with pytest.warns(UserWarning, match=r"predates the option tap_norm.*load_from_checkpoint\(path, tap_norm='post'\)"):
+    with pytest.warns(
+        UserWarning, match=r"predates the option tap_norm.*load_from_checkpoint\(path, tap_norm='post'\)"
+    ):
         assert DrLocModule.load_from_checkpoint(path).config.tap_norm == "pre"
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 
 
-def execute_notebook(path: Path, parameters: Mapping[str, Any] | None = None, timeout: int = 600, env: Mapping[str, str] | None = None):
+def execute_notebook(
+    path: Path, parameters: Mapping[str, Any] | None = None, timeout: int = 600, env: Mapping[str, str] | None = None
+):
     """Run the notebook at ``path`` with ``parameters`` injected; returns the executed notebook.
 
     Parameter values are written as Python literals (``repr``), so pass str / numbers / bool /
@@ -31,7 +33,10 @@ def execute_notebook(path: Path, parameters: Mapping[str, Any] | None = None, ti
     book = nbformat.read(path, as_version=4)
     if parameters:
         lines = ["# Injected by tests/test_notebooks.py"]
-        lines += [f"{name} = {str(value)!r}" if isinstance(value, Path) else f"{name} = {value!r}" for name, value in parameters.items()]
+        lines += [
+            f"{name} = {str(value)!r}" if isinstance(value, Path) else f"{name} = {value!r}"
+            for name, value in parameters.items()
+        ]
         injected = nbformat.v4.new_code_cell("\n".join(lines))
         injected.metadata["tags"] = ["injected-parameters"]
         tagged = [i for i, cell in enumerate(book.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
@@ -103,7 +108,9 @@ def quickstart_check(book, fx: Fixtures) -> None:
 
 
 def sweep_results_check(book, fx: Fixtures) -> None:
-    assert all((fx.tmp_path / "sweep" / f).is_file() for f in ("summary.csv", "summary.md", "summary.png", "curves.png"))
+    assert all(
+        (fx.tmp_path / "sweep" / f).is_file() for f in ("summary.csv", "summary.md", "summary.png", "curves.png")
+    )
     assert len(images(book)) == 3  # summary, curves, per-seed differences
 
 
@@ -119,7 +126,9 @@ def test_notebook_is_stored_without_outputs(notebook):
     nbformat.validate(book)
     for cell in book.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{notebook.name}: clear the outputs before committing"
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{notebook.name}: clear the outputs before committing"
+            )
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ from vt_drloc.faces.objective import DrLocConfig, DrLocObjective
 
 
 def adaptive(threshold: float = 0.3, warmup: float = 2) -> DrLocObjective:
-    objective = DrLocObjective(DrLocConfig(lambda_drloc=2.0, schedule="adaptive", lambda_warmup_epochs=warmup, task_threshold=threshold))
+    objective = DrLocObjective(
+        DrLocConfig(lambda_drloc=2.0, schedule="adaptive", lambda_warmup_epochs=warmup, task_threshold=threshold)
+    )
     objective.build_loss(channels=8, grid_hw=(8, 8))
     return objective
 
@@ -63,5 +65,6 @@ def test_adaptive_state_survives_a_checkpoint():
     assert checkpoint["drloc_schedule_state"] == {"task_ratio": 0.2, "anneal_from": 7.5}
     again = DrLocModule("vit_tiny_patch16_224", num_classes=10, lambda_drloc=1.0, **kwargs)
     again.on_load_checkpoint(checkpoint)
-    assert again.objective.anneal_from == 7.5 and again.objective.lambda_at(8, 0, 1, 10) == module.objective.lambda_at(8, 0, 1, 10)
+    assert again.objective.anneal_from == 7.5
+    assert again.objective.lambda_at(8, 0, 1, 10) == module.objective.lambda_at(8, 0, 1, 10)
     assert torch.isfinite(torch.tensor(again.objective.lambda_at(8, 0, 1, 10)))

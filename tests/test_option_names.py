@@ -25,7 +25,9 @@ def renamed_warnings(caught) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
 
 
-@pytest.mark.parametrize(("old", "new", "value"), [(o, n, v) for (o, n), v in zip(RENAMED_OPTIONS.items(), (16, 4, 3, 50))])
+@pytest.mark.parametrize(
+    ("old", "new", "value"), [(o, n, v) for (o, n), v in zip(RENAMED_OPTIONS.items(), (16, 4, 3, 50))]
+)
 def test_an_old_drloc_option_name_works_with_one_warning(old, new, value):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -39,7 +41,12 @@ def test_the_new_names_are_the_fields_and_warn_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         config = DrLocConfig.build(num_pairs=16, pool_target=4, lambda_warmup_epochs=3, lambda_decay_epochs=50)
-    assert (config.num_pairs, config.pool_target, config.lambda_warmup_epochs, config.lambda_decay_epochs) == (16, 4, 3, 50)
+    assert (config.num_pairs, config.pool_target, config.lambda_warmup_epochs, config.lambda_decay_epochs) == (
+        16,
+        4,
+        3,
+        50,
+    )
     with pytest.raises(ValueError, match="given twice"):
         DrLocConfig.build(num_pairs=16, sample_size=8)
 
@@ -71,7 +78,11 @@ def test_a_checkpoint_written_before_the_rename_loads(tmp_path):
     old names: the module loads them, each old value in its new place."""
     m = module(lambda_drloc=0.1, lr_warmup_epochs=3, num_pairs=8)
     path = tmp_path / "old.ckpt"
-    checkpoint = {"state_dict": m.state_dict(), "pytorch-lightning_version": "2.4.0", "hyper_parameters": dict(m.hparams)}
+    checkpoint = {
+        "state_dict": m.state_dict(),
+        "pytorch-lightning_version": "2.4.0",
+        "hyper_parameters": dict(m.hparams),
+    }
     hp = checkpoint["hyper_parameters"]
     hp["warmup_epochs"] = hp.pop("lr_warmup_epochs")
     hp["min_lr"] = hp.pop("lr_min")
@@ -92,7 +103,13 @@ def test_old_command_line_keys_are_rewritten_with_one_warning():
     argv = ["-m", "drloc.sample_size=16", "+optim.warmup_epochs=3", "drloc.lambda_drloc=0,0.1", "optim.decay_epochs=50"]
     with pytest.warns(FutureWarning) as caught:
         new = rewrite_old_cli_keys(argv)
-    assert new == ["-m", "drloc.num_pairs=16", "+optim.lr_warmup_epochs=3", "drloc.lambda_drloc=0,0.1", "optim.lr_decay_epochs=50"]
+    assert new == [
+        "-m",
+        "drloc.num_pairs=16",
+        "+optim.lr_warmup_epochs=3",
+        "drloc.lambda_drloc=0,0.1",
+        "optim.lr_decay_epochs=50",
+    ]
     messages = sorted(str(w.message) for w in caught)
     assert messages == sorted(
         f"{old} is now {OLD_CLI_KEYS[old]}; the old key works until vt_drloc 0.3"
@@ -108,7 +125,12 @@ def test_an_old_key_on_the_command_line_composes_the_new_option(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="default")
     args = ["drloc.sample_size=16", "optim.min_lr=0", "--cfg", "job"]
     run = subprocess.run(
-        [sys.executable, "-m", "vt_drloc.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "vt_drloc.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "num_pairs: 16" in run.stdout and "sample_size" not in run.stdout and "lr_min: 0" in run.stdout
@@ -122,7 +144,9 @@ def test_a_model_config_with_the_flat_drloc_keys_of_0_2_still_sets_them(tmp_path
 
     from vt_drloc.app.config import check_run_config
 
-    cfg = compose_cfg(["model=vit_tiny_c32", "+model.drloc_tap_norm=post", "+model.drloc_grid_size=3"], tmp_path / "run")
+    cfg = compose_cfg(
+        ["model=vit_tiny_c32", "+model.drloc_tap_norm=post", "+model.drloc_grid_size=3"], tmp_path / "run"
+    )
     assert (cfg.drloc.tap_norm, cfg.drloc.pool_target) == ("post", 3)
     with pytest.warns(FutureWarning, match=r"model.drloc_tap_norm is now model.drloc.tap_norm"):
         check_run_config(cfg)

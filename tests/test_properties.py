@@ -33,7 +33,15 @@ CHANNELS = 6
 
 def loss_fn(mode="l1", sample_size=8, grid_size=7, grid_hw=None, target="abs"):
     torch.manual_seed(0)
-    return DrLocLoss(CHANNELS, mode=mode, sample_size=sample_size, target=target, hidden_dims=[8], grid_size=grid_size, grid_hw=grid_hw)
+    return DrLocLoss(
+        CHANNELS,
+        mode=mode,
+        sample_size=sample_size,
+        target=target,
+        hidden_dims=[8],
+        grid_size=grid_size,
+        grid_hw=grid_hw,
+    )
 
 
 # ----------------------------------------------------------------------------------- sampling
@@ -99,15 +107,27 @@ def test_reduce_grid_matches_reduced_grid_hw_on_non_square_grids(height, width, 
     assert tuple(out.shape[-2:]) == reduced_grid_hw((height, width), k)
     if min(reduced_grid_hw((height, width), k)) >= 2:
         fn = loss_fn(mode=mode, grid_size=k, grid_hw=(height, width))
-        assert math.isfinite(fn(torch.randn(2, CHANNELS, height, width), generator=torch.Generator().manual_seed(0)).item())
+        assert math.isfinite(
+            fn(torch.randn(2, CHANNELS, height, width), generator=torch.Generator().manual_seed(0)).item()
+        )
 
 
 # ----------------------------------------------------------------------------------- the loss
 @FAST
-@given(batch=batches, height=sides, width=sides, m=sample_sizes, seed=seeds, grid_size=st.one_of(st.none(), st.integers(2, 8)))
+@given(
+    batch=batches,
+    height=sides,
+    width=sides,
+    m=sample_sizes,
+    seed=seeds,
+    grid_size=st.one_of(st.none(), st.integers(2, 8)),
+)
 @pytest.mark.fault(
-    "DRLoc core, hypothesis: grids 1…16 per side (square and not), batch 0…3, pair counts 1…40 and ≤ 0, all targets and modes, float16/bfloat16 under autocast, NaN/±inf grids, wrong shapes",
-    "the properties of `test_properties.py` hold over ~250 generated inputs: cells on the grid and reproducible, target bounds and symmetry, finite non-negative L1 loss with finite gradients, 0 for an empty batch; < 2x2 grids and wrong shapes refused; non-finite grids give a non-finite loss, never a silent number",
+    "DRLoc core, hypothesis: grids 1…16 per side (square and not), batch 0…3, pair counts 1…40 and ≤ 0, all targets "
+    "and modes, float16/bfloat16 under autocast, NaN/±inf grids, wrong shapes",
+    "the properties of `test_properties.py` hold over ~250 generated inputs: cells on the grid and reproducible, "
+    "target bounds and symmetry, finite non-negative L1 loss with finite gradients, 0 for an empty batch; < 2x2 grids "
+    "and wrong shapes refused; non-finite grids give a non-finite loss, never a silent number",
     kind="bad input",
 )
 def test_l1_loss_is_a_finite_non_negative_scalar_for_any_grid(batch, height, width, m, seed, grid_size):
@@ -124,7 +144,13 @@ def test_l1_loss_is_a_finite_non_negative_scalar_for_any_grid(batch, height, wid
 
 
 @FAST
-@given(side=st.integers(2, 16), m=sample_sizes, seed=seeds, mode=st.sampled_from(["ce", "cbr"]), target=st.sampled_from(TARGETS))
+@given(
+    side=st.integers(2, 16),
+    m=sample_sizes,
+    seed=seeds,
+    mode=st.sampled_from(["ce", "cbr"]),
+    target=st.sampled_from(TARGETS),
+)
 def test_classification_modes_are_finite_on_square_grids(side, m, seed, mode, target):
     fn = loss_fn(mode=mode, sample_size=m, grid_hw=(side, side), target=target)
     loss = fn(torch.randn(2, CHANNELS, side, side), generator=torch.Generator().manual_seed(seed))
@@ -141,7 +167,13 @@ def test_classification_modes_need_a_grid_of_two_cells_per_side(height, width):
 
 
 @FAST
-@given(batch=st.integers(1, 3), height=sides, width=sides, seed=seeds, dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+@given(
+    batch=st.integers(1, 3),
+    height=sides,
+    width=sides,
+    seed=seeds,
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+)
 def test_half_precision_grids_under_autocast_give_a_finite_fp32_loss(batch, height, width, seed, dtype):
     fn = loss_fn()
     grid = torch.randn(batch, CHANNELS, height, width).to(dtype)
@@ -153,7 +185,8 @@ def test_half_precision_grids_under_autocast_give_a_finite_fp32_loss(batch, heig
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.fault(
     "DRLoc core: a {dtype} grid outside autocast",
-    "found by the property tests, then fixed: the sampled pairs are cast to the head's dtype; the loss equals the fp32 one",
+    "found by the property tests, then fixed: the sampled pairs are cast to the head's dtype; the loss equals the fp32 "
+    "one",
     kind="defect",
 )
 def test_non_float32_grid_without_autocast(dtype):

@@ -48,7 +48,11 @@ def test_every_test_the_docs_cite_exists():
     for doc in [README, *sorted((root / "docs").glob("*.md"))]:
         cited |= set(re.findall(r"tests/(test_\w+\.py)::(test_\w+)", doc.read_text()))
     assert len(cited) >= 15
-    missing = [f"{f}::{t}" for f, t in sorted(cited) if not re.search(rf"^def {t}\(", (root / "tests" / f).read_text(), flags=re.M)]
+    missing = [
+        f"{f}::{t}"
+        for f, t in sorted(cited)
+        if not re.search(rf"^def {t}\(", (root / "tests" / f).read_text(), flags=re.M)
+    ]
     assert not missing, missing
 
 

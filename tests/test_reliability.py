@@ -60,7 +60,8 @@ def stable(results: dict) -> dict:
 @pytest.mark.parametrize("term, value, step", [("drloc", "nan", 1), ("ce", "inf", 1), ("ce", "nan", 0)])
 @pytest.mark.fault(
     "loss term `{term}` is {value} at global step {step}",
-    "stopped with one message naming the term, the step and epoch, and the last good checkpoint (or that none was written yet); the bad step never reaches the weights; no `results.json`",
+    "stopped with one message naming the term, the step and epoch, and the last good checkpoint (or that none was "
+    "written yet); the bad step never reaches the weights; no `results.json`",
 )
 def test_non_finite_loss_stops_naming_term_step_and_last_good_checkpoint(tmp_path, term, value, step):
     out = tmp_path / "run"
@@ -90,12 +91,18 @@ def test_non_finite_loss_stops_naming_term_step_and_last_good_checkpoint(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.fault(
-    "a NaN loss in a CLI run", "exit code 3 (not a user mistake, so not the 2 of a bad value), one paragraph on stderr, no traceback"
+    "a NaN loss in a CLI run",
+    "exit code 3 (not a user mistake, so not the 2 of a bad value), one paragraph on stderr, no traceback",
 )
 def test_cli_non_finite_loss_exits_3_with_one_paragraph(tmp_path):
     run = cli_faults(
         "vt_drloc.train",
-        [*TINY, "+callbacks.poison._target_=helpers.PoisonLoss", "+callbacks.poison.step=1", f"hydra.run.dir={tmp_path / 'run'}"],
+        [
+            *TINY,
+            "+callbacks.poison._target_=helpers.PoisonLoss",
+            "+callbacks.poison.step=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
         tmp_path,
     )
     assert run.returncode == 3, run.stderr[-3000:]  # not a user mistake (2): its own code
@@ -113,7 +120,8 @@ def test_gradient_clipping_is_configurable():
 
 # ----------------------------------------------------------------------------------- 2. torn checkpoints
 @pytest.mark.fault(
-    "an exception (ENOSPC) half-way through a checkpoint write", "the previous checkpoint intact and loadable; the temporary file removed"
+    "an exception (ENOSPC) half-way through a checkpoint write",
+    "the previous checkpoint intact and loadable; the temporary file removed",
 )
 def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
@@ -162,7 +170,9 @@ def test_sigkill_during_checkpoint_writes_never_tears(tmp_path):
         proc.wait(timeout=60)
         steps.append(load(path)["step"])  # always loadable, never torn
     assert all(s >= 1 for s in steps)
-    assert not list(tmp_path.glob("*.ckpt.*")) or all(p.name.startswith(".tmp-") for p in tmp_path.iterdir() if p.name != "last.ckpt")
+    assert not list(tmp_path.glob("*.ckpt.*")) or all(
+        p.name.startswith(".tmp-") for p in tmp_path.iterdir() if p.name != "last.ckpt"
+    )
 
 
 @pytest.mark.fault("a real run with a checkpoint every step", "no partial or temporary files left in `checkpoints/`")
@@ -186,9 +196,12 @@ def uninterrupted(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.fault(
     "SIGKILL at the start of epoch 2 of 3, resume with `ckpt_path=last` in the same folder",
-    "resumed from step 4; ended at step 6, 3 epochs; weights bit-identical and `results.json` identical (incl. `best_val_acc1`) to the uninterrupted run",
+    "resumed from step 4; ended at step 6, 3 epochs; weights bit-identical and `results.json` identical (incl. "
+    "`best_val_acc1`) to the uninterrupted run",
 )
-@pytest.mark.fault("the same kill, resumed from an explicit file into a new folder", "same steps, epochs and bit-identical weights")
+@pytest.mark.fault(
+    "the same kill, resumed from an explicit file into a new folder", "same steps, epochs and bit-identical weights"
+)
 def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path, uninterrupted):
     out = tmp_path / "run"
     killed = cli_faults(
@@ -220,7 +233,9 @@ def test_sigkill_on_epoch_boundary_then_resume_equals_uninterrupted_run(tmp_path
 @pytest.mark.slow
 @pytest.mark.fault(
     "SIGTERM at the end of epoch 2 of 3 (a scheduler's stop)",
-    "`last.ckpt` saved (step 4), `results.json` marked `interrupted` with the signal and the checkpoint, one paragraph saying how to resume, exit code 143 (was: exit 0, no `results.json`, no message); resuming in place ends with bit-identical weights and metrics to the uninterrupted run",
+    "`last.ckpt` saved (step 4), `results.json` marked `interrupted` with the signal and the checkpoint, one paragraph "
+    "saying how to resume, exit code 143 (was: exit 0, no `results.json`, no message); resuming in place ends with "
+    "bit-identical weights and metrics to the uninterrupted run",
 )
 @pytest.mark.fault(
     "resume in place after SIGTERM",
@@ -249,7 +264,8 @@ def test_sigterm_saves_a_checkpoint_marks_results_and_resumes_to_the_uninterrupt
 @pytest.mark.slow
 @pytest.mark.fault(
     "SIGINT (Ctrl-C) mid-epoch",
-    "a checkpoint of the last finished step, `results.json` marked `interrupted`, exit code 130; `ckpt_path=last` finishes the run",
+    "a checkpoint of the last finished step, `results.json` marked `interrupted`, exit code 130; `ckpt_path=last` "
+    "finishes the run",
 )
 def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "run"
@@ -266,7 +282,8 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_130(tmp_path):
 @pytest.mark.slow
 @pytest.mark.fault(
     "SIGKILL mid-epoch (before step 4 of 6) with step checkpoints every step",
-    "`last.ckpt` at step 3 (1 step redone); the resumed run: 6 steps, 3 epochs, finite weights, status ok; weights differ (see Resuming)",
+    "`last.ckpt` at step 3 (1 step redone); the resumed run: 6 steps, 3 epochs, finite weights, status ok; weights "
+    "differ (see Resuming)",
 )
 def test_sigkill_mid_epoch_resumes_from_step_checkpoint(tmp_path, uninterrupted):
     """every_n_train_steps=1: killed before step 4 (mid epoch 1), the run resumes from step 3 and ends
@@ -275,7 +292,13 @@ def test_sigkill_mid_epoch_resumes_from_step_checkpoint(tmp_path, uninterrupted)
     steps = ["callbacks.last_checkpoint.every_n_train_steps=1"]
     killed = cli_faults(
         "vt_drloc.train",
-        [*THREE_EPOCHS, *steps, "+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.step=3", f"hydra.run.dir={out}"],
+        [
+            *THREE_EPOCHS,
+            *steps,
+            "+callbacks.kill._target_=helpers.KillAt",
+            "+callbacks.kill.step=3",
+            f"hydra.run.dir={out}",
+        ],
         tmp_path,
     )
     assert killed.returncode == -signal.SIGKILL
@@ -311,13 +334,17 @@ def test_restored_rng_state_is_what_makes_the_resume_exact(tmp_path, monkeypatch
     assert same_weights(full, tmp_path / "without_rng" / "checkpoints" / "last.ckpt") != []  # data order differs
 
 
-@pytest.mark.fault("`ckpt_path=last` in a fresh folder", "refused, saying how to point at the interrupted run", kind="bad input")
+@pytest.mark.fault(
+    "`ckpt_path=last` in a fresh folder", "refused, saying how to point at the interrupted run", kind="bad input"
+)
 def test_ckpt_path_last_needs_a_checkpoint_in_the_run_folder(tmp_path):
     with pytest.raises(UserError, match="ckpt_path=last resumes the run in its own folder"):
         train(compose_cfg([*TINY, "ckpt_path=last"], tmp_path / "fresh"))
 
 
-@pytest.mark.fault("resuming in place into a finished run (it has `results.json`)", "refused, nothing overwritten", kind="bad input")
+@pytest.mark.fault(
+    "resuming in place into a finished run (it has `results.json`)", "refused, nothing overwritten", kind="bad input"
+)
 def test_finished_run_is_not_resumed_in_place(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
@@ -339,9 +366,13 @@ def test_same_config_and_seed_give_identical_results_and_weights(tmp_path):
     b = train(compose_cfg(overrides, tmp_path / "b"))
     assert stable(a) == stable(b)
     assert stable(read_results(tmp_path / "a")) == stable(read_results(tmp_path / "b"))
-    assert same_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "b" / "checkpoints" / "last.ckpt") == []
+    assert (
+        same_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "b" / "checkpoints" / "last.ckpt") == []
+    )
     c = train(compose_cfg([*overrides, "seed=1"], tmp_path / "c"))
-    assert same_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "c" / "checkpoints" / "last.ckpt") != []
+    assert (
+        same_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", tmp_path / "c" / "checkpoints" / "last.ckpt") != []
+    )
     assert c["seed"] == 1
 
 
@@ -352,7 +383,8 @@ class Payload:  # any non-allow-listed class forces full unpickling
 
 @pytest.mark.fault(
     "a checkpoint that needs full unpickling (holds an arbitrary class)",
-    'refused: it "can run arbitrary code: pass trust_checkpoint=true only if you trust its origin"; with `trust_checkpoint=true` it resumes; `vt_drloc.eval` follows the same rule',
+    'refused: it "can run arbitrary code: pass trust_checkpoint=true only if you trust its origin"; with '
+    "`trust_checkpoint=true` it resumes; `vt_drloc.eval` follows the same rule",
     kind="bad input",
 )
 @pytest.mark.fault(
@@ -369,7 +401,9 @@ def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
     with pytest.raises(UserError, match="trust_checkpoint=true") as info:
         train(compose_cfg([*TINY, f"ckpt_path={unsafe}"], tmp_path / "b"))
     assert "arbitrary code" in str(info.value) and not (tmp_path / "b" / "checkpoints").exists()
-    resumed = train(compose_cfg([*TINY, f"ckpt_path={unsafe}", "trust_checkpoint=true", "trainer.max_epochs=2"], tmp_path / "c"))
+    resumed = train(
+        compose_cfg([*TINY, f"ckpt_path={unsafe}", "trust_checkpoint=true", "trainer.max_epochs=2"], tmp_path / "c")
+    )
     assert resumed["global_step"] == 4
     # vt_drloc.app.eval follows the same rule
     from vt_drloc.app.eval import evaluate
@@ -383,7 +417,9 @@ def test_own_checkpoints_load_weights_only_and_pickles_need_trust(tmp_path):
     ]
     with pytest.raises(UserError, match="trust_checkpoint=true"):
         evaluate(compose_cfg([f"ckpt_path={unsafe}", *quick], tmp_path / "e1", config_name="eval"))
-    scored = evaluate(compose_cfg([f"ckpt_path={unsafe}", "trust_checkpoint=true", *quick], tmp_path / "e2", config_name="eval"))
+    scored = evaluate(
+        compose_cfg([f"ckpt_path={unsafe}", "trust_checkpoint=true", *quick], tmp_path / "e2", config_name="eval")
+    )
     assert scored["model"] == own["hyper_parameters"]["model_name"] and 0 <= scored["test_acc1"] <= 1
 
 
@@ -419,7 +455,9 @@ def test_ddp_one_rank_raising_ends_the_job_quickly_with_nonzero_exit(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- 6. output dir
-@pytest.mark.fault("an output dir that cannot be created (a file in the way)", "refused before training, exit 2", kind="bad input")
+@pytest.mark.fault(
+    "an output dir that cannot be created (a file in the way)", "refused before training, exit 2", kind="bad input"
+)
 def test_output_dir_that_cannot_be_created_is_refused_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -498,7 +536,9 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("override", BAD_VALUES)
-@pytest.mark.fault("`{override}`", "one paragraph naming the key, exit 2, before any checkpoint or `results.json`", kind="bad input")
+@pytest.mark.fault(
+    "`{override}`", "one paragraph naming the key, exit 2, before any checkpoint or `results.json`", kind="bad input"
+)
 def test_bad_user_facing_value_is_a_user_error_before_training(tmp_path, override):
     # the message names the key, except where the library's own message says what is missing
     expected = {"trainer.accelerator=tpu": "torch_xla", "model.kwargs.depth=0": "could not probe model"}

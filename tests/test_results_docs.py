@@ -144,7 +144,9 @@ def test_results_md_quotes_the_drloc_task_table():
 PROBES = ROOT / "studies" / "probes"
 
 
-@pytest.mark.parametrize("cell", sorted(PROBES.glob("*/*/summary.md")) if PROBES.is_dir() else [], ids=lambda p: p.parent.name)
+@pytest.mark.parametrize(
+    "cell", sorted(PROBES.glob("*/*/summary.md")) if PROBES.is_dir() else [], ids=lambda p: p.parent.name
+)
 def test_single_seed_probes_are_what_the_report_writes(cell):
     """docs/probes: single-seed diagnostic runs (kept out of the >= 3-seed study tables), each summary
     what the report writes from its committed jobs, and quoted in docs/results.md."""

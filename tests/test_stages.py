@@ -48,7 +48,9 @@ def quiet_trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
 
 def images(n: int = 8) -> DataLoader:
     g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 4, (n,), generator=g)), batch_size=4)
+    return DataLoader(
+        TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 4, (n,), generator=g)), batch_size=4
+    )
 
 
 # ------------------------------------------------------------------------------------------- the loss
@@ -78,7 +80,9 @@ def test_stage_choices_that_are_valid(value, expected):
 
 
 @pytest.mark.parametrize("value", ["first", "[]", "[0, 0]", "[0.5]", "[true]", "3"])
-@pytest.mark.fault("`drloc.stages={value}`", "`DrLocConfigError` naming the value and the valid choices", kind="bad input")
+@pytest.mark.fault(
+    "`drloc.stages={value}`", "`DrLocConfigError` naming the value and the valid choices", kind="bad input"
+)
 def test_stage_choices_that_are_refused_name_the_valid_ones(value):
     with pytest.raises(DrLocConfigError, match=r"stages=.*'last'.*'all'"):
         DrLocConfig(stages=yaml.safe_load(value))  # as Hydra parses drloc.stages=<value>
@@ -86,7 +90,9 @@ def test_stage_choices_that_are_refused_name_the_valid_ones(value):
 
 def test_a_stage_index_the_model_lacks_lists_the_stages_it_has():
     assert select_stages("all", [], "M") == [0] and select_stages([-1], [], "M") == [0]
-    with pytest.raises(DrLocConfigError, match=r"has 1 stage\(s\) with a grid, so index 1 does not exist.*0 \(or -1\): the final"):
+    with pytest.raises(
+        DrLocConfigError, match=r"has 1 stage\(s\) with a grid, so index 1 does not exist.*0 \(or -1\): the final"
+    ):
         select_stages([0, 1], [], "M")
     with pytest.raises(DrLocConfigError, match="names one stage twice"):
         select_stages([0, -1], [], "M")
@@ -95,7 +101,9 @@ def test_a_stage_index_the_model_lacks_lists_the_stages_it_has():
 # ------------------------------------------------------------------------------------------- DrLocModule
 def test_module_reads_every_swin_stage_as_timm_gives_it_in_one_forward():
     torch.manual_seed(0)
-    module = DrLocModule(SWIN_NAME, num_classes=4, lambda_drloc=1.0, model_kwargs=SWIN, drloc=dict(stages="all", **FAST))
+    module = DrLocModule(
+        SWIN_NAME, num_classes=4, lambda_drloc=1.0, model_kwargs=SWIN, drloc=dict(stages="all", **FAST)
+    )
     assert [(s.module, s.reading.layout, s.reading.height) for s in module.stage_grids] == [("layers.1", "NHWC", 16)]
     assert isinstance(module.loss, MultiScaleDrLocLoss) and module.loss.spec == ((24, (8, 8)), (48, (8, 8)))
     assert module.num_head_params == sum(p.numel() for p in module.loss.parameters())
@@ -113,7 +121,9 @@ def test_module_reads_every_swin_stage_as_timm_gives_it_in_one_forward():
         torch.testing.assert_close(grid.detach(), reference, rtol=0, atol=0)
     step = module.objective.step(grids, None, 0)
     assert {"train/drloc_stage0", "train/drloc_stage1"} <= set(step.metrics)
-    torch.testing.assert_close(step.drloc.detach(), step.metrics["train/drloc_stage0"] + step.metrics["train/drloc_stage1"])
+    torch.testing.assert_close(
+        step.drloc.detach(), step.metrics["train/drloc_stage0"] + step.metrics["train/drloc_stage1"]
+    )
 
 
 def test_module_on_one_stage_only_builds_one_head_for_it():
@@ -125,17 +135,25 @@ def test_module_on_one_stage_only_builds_one_head_for_it():
 
 
 def test_a_plain_vit_has_one_stage_so_all_is_the_final_grid():
-    last = DrLocModule("vit_tiny_patch16_224", num_classes=4, lambda_drloc=1.0, model_kwargs=VIT, drloc=dict(stages="last", **FAST))
-    every = DrLocModule("vit_tiny_patch16_224", num_classes=4, lambda_drloc=1.0, model_kwargs=VIT, drloc=dict(stages="all", **FAST))
+    last = DrLocModule(
+        "vit_tiny_patch16_224", num_classes=4, lambda_drloc=1.0, model_kwargs=VIT, drloc=dict(stages="last", **FAST)
+    )
+    every = DrLocModule(
+        "vit_tiny_patch16_224", num_classes=4, lambda_drloc=1.0, model_kwargs=VIT, drloc=dict(stages="all", **FAST)
+    )
     assert every.stage_grids == [] and isinstance(every.loss, DrLocLoss) and every.loss.spec == last.loss.spec
     assert list(every.state_dict()) == list(last.state_dict())
     with pytest.raises(DrLocConfigError, match=r"has 1 stage\(s\)"):
-        DrLocModule("vit_tiny_patch16_224", num_classes=4, lambda_drloc=1.0, model_kwargs=VIT, drloc=dict(stages=[0, 1], **FAST))
+        DrLocModule(
+            "vit_tiny_patch16_224", num_classes=4, lambda_drloc=1.0, model_kwargs=VIT, drloc=dict(stages=[0, 1], **FAST)
+        )
 
 
 def test_module_trains_saves_and_loads_a_multiscale_head(tmp_path):
     torch.manual_seed(0)
-    module = DrLocModule(SWIN_NAME, num_classes=4, lambda_drloc=1.0, model_kwargs=SWIN, drloc=dict(stages="all", **FAST))
+    module = DrLocModule(
+        SWIN_NAME, num_classes=4, lambda_drloc=1.0, model_kwargs=SWIN, drloc=dict(stages="all", **FAST)
+    )
     before = {k: v.clone() for k, v in module.state_dict().items() if k.startswith("drloc.stages.0.")}
     trainer = quiet_trainer(tmp_path)
     trainer.fit(module, images())

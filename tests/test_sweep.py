@@ -37,7 +37,12 @@ def without(overrides: list[str], *keys: str) -> list[str]:
 def multirun(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "vt_drloc.train", "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "vt_drloc.train", "-m", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -129,7 +134,11 @@ def example_sweep(root: Path) -> tuple[Path, dict]:
                 overrides = {"data.samples_per_class": n, "drloc.lambda_drloc": lam, "seed": seed}
                 curve = [val - 0.1, val - 0.05, val]
                 if (lam, n, seed) == ("0.5", 100, 2):
-                    results = {"status": "failed", "error": "FloatingPointError: loss is nan\nTraceback ...", "seed": seed}
+                    results = {
+                        "status": "failed",
+                        "error": "FloatingPointError: loss is nan\nTraceback ...",
+                        "seed": seed,
+                    }
                 elif (lam, n, seed) == ("0.1", 50, 1):
                     results = None
                 else:
@@ -184,7 +193,8 @@ def test_summary_files_of_a_fabricated_sweep(tmp_path):
             assert row["Δ test acc1"] == delta(diffs)
             val_diffs = [truth[(lam, int(n), s)][0] - truth[("0", int(n), s)][0] for s in paired]
             assert row["Δ val acc1"] == delta(val_diffs)
-    assert table[("50", "0.1")]["Δ test acc1"].endswith("(n=2)") and table[("100", "0.5")]["Δ test acc1"].endswith("(n=2)")
+    assert table[("50", "0.1")]["Δ test acc1"].endswith("(n=2)")
+    assert table[("100", "0.5")]["Δ test acc1"].endswith("(n=2)")
     assert "## Failed jobs" in markdown and "FloatingPointError: loss is nan" in markdown
     assert "`experiment=quickstart`" in markdown
 
@@ -205,7 +215,10 @@ def test_report_cli_rewrites_identical_files_and_refuses_a_non_sweep(tmp_path, c
 
 def test_sweep_without_lambda_or_curves(tmp_path):
     """A sweep over a non-λ key, no CSV logs, one seed: no Δ columns, x axis = that key, figures still drawn."""
-    jobs = [{"overrides": {"model": m}, "results": fake_results(0.1, 0, v, v)} for m, v in (("vit_tiny_c32", 0.4), ("cvt_13_c32", 0.5))]
+    jobs = [
+        {"overrides": {"model": m}, "results": fake_results(0.1, 0, v, v)}
+        for m, v in (("vit_tiny_c32", 0.4), ("cvt_13_c32", 0.5))
+    ]
     sweep_dir = fake_sweep(tmp_path / "sweep", jobs)
     write_summary(sweep_dir)
     sweep = load_sweep(sweep_dir)
@@ -228,7 +241,8 @@ def test_optuna_search_composes():
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and sweeper.direction == "maximize"
     assert set(sweeper.params) == {"drloc.lambda_drloc", "drloc.num_pairs"}
-    assert sweeper.params["drloc.lambda_drloc"].startswith("interval(") and sweeper.params["drloc.num_pairs"].startswith("choice(")
+    assert sweeper.params["drloc.lambda_drloc"].startswith("interval(")
+    assert sweeper.params["drloc.num_pairs"].startswith("choice(")
     assert sweeper.max_failure_rate == 1.0 and sweeper.sampler.seed == cfg.seed
     assert cfg.task_name == "quickstart"  # the experiment still applies
     assert cfg.hydra.callbacks.sweep_summary._target_ == "vt_drloc.report.SweepSummary"
@@ -275,10 +289,16 @@ def test_slurm_launcher_writes_a_valid_sbatch_script(tmp_path, monkeypatch):
     )
     params = dict(instantiate(cfg.hydra.launcher).params)
     # the same steps as hydra_submitit_launcher's BaseSubmititLauncher.launch
-    executor = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"], slurm_max_num_timeout=params["max_num_timeout"])
+    executor = submitit.AutoExecutor(
+        cluster="slurm", folder=params["submitit_folder"], slurm_max_num_timeout=params["max_num_timeout"]
+    )
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(
-        **{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in ("submitit_folder", "max_num_timeout")}
+        **{
+            k if k in base else f"slurm_{k}": v
+            for k, v in params.items()
+            if k not in ("submitit_folder", "max_num_timeout")
+        }
     )
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit /job", "uid")
     for line in (
@@ -328,8 +348,12 @@ def test_two_by_two_multirun_writes_summary_matching_results(tmp_path, cifar10_t
         for key, title in (("val_acc1", "val acc1"), ("test_acc1", "test acc1"), ("test_acc5", "test acc5")):
             assert row[title] == pct([results[(lam, s)][key] for s in (0, 1)])
     assert table[("0",)]["Δ test acc1"] == "baseline"
-    assert table[("0.1",)]["Δ test acc1"] == delta([results[("0.1", s)]["test_acc1"] - results[("0", s)]["test_acc1"] for s in (0, 1)])
-    assert table[("0.1",)]["Δ val acc1"] == delta([results[("0.1", s)]["val_acc1"] - results[("0", s)]["val_acc1"] for s in (0, 1)])
+    assert table[("0.1",)]["Δ test acc1"] == delta(
+        [results[("0.1", s)]["test_acc1"] - results[("0", s)]["test_acc1"] for s in (0, 1)]
+    )
+    assert table[("0.1",)]["Δ val acc1"] == delta(
+        [results[("0.1", s)]["val_acc1"] - results[("0", s)]["val_acc1"] for s in (0, 1)]
+    )
 
     # the curves come from the jobs' CSV logs
     sweep = load_sweep(sweep_dir)
@@ -337,7 +361,9 @@ def test_two_by_two_multirun_writes_summary_matching_results(tmp_path, cifar10_t
 
     # the report rewrites the very same files, figures included
     written = file_bytes(sweep_dir)
-    again = subprocess.run([sys.executable, "-m", "vt_drloc.report", str(sweep_dir), "-q"], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "vt_drloc.report", str(sweep_dir), "-q"], capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr
     assert file_bytes(sweep_dir) == written
 
@@ -383,7 +409,12 @@ def test_optuna_search_runs_and_maximises_val_acc1(tmp_path, cifar10_tar):
     ]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     run = subprocess.run(
-        [sys.executable, "-m", "vt_drloc.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "vt_drloc.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
@@ -440,10 +471,15 @@ def test_study_tables_pair_each_drloc_setting_with_its_own_cells_baseline(tmp_pa
         assert row["lambda_drloc"] == lam and int(row["seeds_paired"]) == len(seeds)
         assert math.isclose(float(row["delta_test_acc1_mean"]), statistics.fmean(diffs), abs_tol=1e-12)
         assert math.isclose(
-            float(row["baseline_test_acc1_mean"]), statistics.fmean(truth[(cell, "0", s)] for s in (0, 1, 2)), abs_tol=1e-12
+            float(row["baseline_test_acc1_mean"]),
+            statistics.fmean(truth[(cell, "0", s)] for s in (0, 1, 2)),
+            abs_tol=1e-12,
         )
         # the runs record no tap_norm / head_init: they ran the defaults before docs/fidelity.md, marked †
-        assert row["drloc_options"] == "abs, warmup_decay, released, l1, post-norm†, torch init†" and row["train_size"] == "500"
+        assert (
+            row["drloc_options"] == "abs, warmup_decay, released, l1, post-norm†, torch init†"
+            and row["train_size"] == "500"
+        )
         md = table[(cell,)]
         assert md["Δ test acc1"] == delta(diffs)
         assert md["DRLoc test acc1"] == pct([truth[(cell, lam, s)] for s in seeds])
@@ -463,7 +499,9 @@ def test_copy_to_keeps_the_light_files_and_never_overwrites(tmp_path, capsys):
     (sweep_dir / "0" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     dest = tmp_path / "docs" / "cell"
     assert report.main([str(sweep_dir), "--copy-to", str(dest), "--quiet"]) == 0
-    assert not (dest / "0" / "checkpoints").exists() and (dest / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
+    assert (
+        not (dest / "0" / "checkpoints").exists() and (dest / "0" / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
+    )
     assert (dest / "multirun.yaml").is_file() and (dest / "0" / "csv" / "metrics.csv").is_file()
     assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == sorted(str(i) for i in range(18))
     # the report written at DEST equals the one of the source sweep (same jobs, same numbers)
@@ -479,7 +517,12 @@ def test_one_set_of_baselines_serves_drloc_runs_that_sweep_other_drloc_options(t
     with it; an exact match wins; a baseline with another non-DRLoc value never does."""
     jobs = []
     for seed in (0, 1, 2):
-        jobs.append({"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3 + 0.01 * seed)})
+        jobs.append(
+            {
+                "overrides": {"drloc.lambda_drloc": "0", "seed": seed},
+                "results": fake_results(0.0, seed, 0.3, 0.3 + 0.01 * seed),
+            }
+        )
         for tap in ("pre", "post"):
             jobs.append(
                 {
@@ -518,8 +561,14 @@ def test_one_set_of_baselines_serves_drloc_runs_that_sweep_other_drloc_options(t
     }
     # a baseline of another model is no baseline for these runs
     other = [
-        {"overrides": {"drloc.lambda_drloc": "0", "model": "swin", "seed": 0}, "results": fake_results(0.0, 0, 0.3, 0.3)},
-        {"overrides": {"drloc.lambda_drloc": "0.1", "model": "vit", "seed": 0}, "results": fake_results(0.1, 0, 0.3, 0.3)},
+        {
+            "overrides": {"drloc.lambda_drloc": "0", "model": "swin", "seed": 0},
+            "results": fake_results(0.0, 0, 0.3, 0.3),
+        },
+        {
+            "overrides": {"drloc.lambda_drloc": "0.1", "model": "vit", "seed": 0},
+            "results": fake_results(0.1, 0, 0.3, 0.3),
+        },
     ]
     sweep = load_sweep(fake_sweep(tmp_path / "other", other))
     assert sweep.baseline_of(sweep.settings()[-1], sweep.settings()) is None
@@ -533,9 +582,16 @@ def test_head_task_fraction_is_a_column_once_runs_record_it(tmp_path):
     def cell(name: str, record: bool) -> Path:
         jobs = []
         for seed, ratio in zip((0, 1, 2), (0.4, 0.5, 0.6)):
-            jobs.append({"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3)})
+            jobs.append(
+                {"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3)}
+            )
             extra = {"drloc_final_over_chance": ratio} if record else {}
-            jobs.append({"overrides": {"drloc.lambda_drloc": "0.1", "seed": seed}, "results": fake_results(0.1, seed, 0.3, 0.31, **extra)})
+            jobs.append(
+                {
+                    "overrides": {"drloc.lambda_drloc": "0.1", "seed": seed},
+                    "results": fake_results(0.1, seed, 0.3, 0.31, **extra),
+                }
+            )
         return fake_sweep(tmp_path / "study" / name, jobs)
 
     new, old = cell("a_new", True), cell("b_old", False)
@@ -543,7 +599,9 @@ def test_head_task_fraction_is_a_column_once_runs_record_it(tmp_path):
     assert table[("0.1",)]["DRLoc L1 / chance"] == "0.50 ± 0.10" and table[("0",)]["DRLoc L1 / chance"] == "–"
     assert "DRLoc L1 / chance" not in summary_markdown(load_sweep(old))
     write_summary(new)
-    assert [r["drloc_final_over_chance"] for r in read_csv(new / "summary.csv") if r["drloc.lambda_drloc"] == "0.1"] == [
+    assert [
+        r["drloc_final_over_chance"] for r in read_csv(new / "summary.csv") if r["drloc.lambda_drloc"] == "0.1"
+    ] == [
         "0.4",
         "0.5",
         "0.6",
@@ -590,7 +648,9 @@ def test_study_options_name_head_widths_and_a_non_default_pair_count(tmp_path):
     opts = {"target": "abs", "schedule": "warmup_decay", "mode": "l1", "tap_norm": "pre", "head_init": "released"}
     jobs = []
     for seed in (0, 1):
-        jobs.append({"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3)})
+        jobs.append(
+            {"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3)}
+        )
         for m, widths in (("16", [256, 256]), ("64", "released")):
             drloc = {**opts, "hidden_dims": widths, "sample_size": int(m)}
             jobs.append(
@@ -614,16 +674,30 @@ def test_gain_curve_draws_the_rows_a_study_names_from_their_paired_seeds(tmp_pat
         jobs = []
         for seed, gain in enumerate(gains):
             jobs.append(
-                {"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.30 + 0.01 * seed)}
+                {
+                    "overrides": {"drloc.lambda_drloc": "0", "seed": seed},
+                    "results": fake_results(0.0, seed, 0.3, 0.30 + 0.01 * seed),
+                }
             )
             jobs.append(
-                {"overrides": {"drloc.lambda_drloc": "1", "seed": seed}, "results": fake_results(1.0, seed, 0.3, 0.30 + 0.01 * seed + gain)}
+                {
+                    "overrides": {"drloc.lambda_drloc": "1", "seed": seed},
+                    "results": fake_results(1.0, seed, 0.3, 0.30 + 0.01 * seed + gain),
+                }
             )
         fake_sweep(study / cell, jobs)
-    spec = {"title": "toy", "panels": [{"x": "images per class", "series": {"λ 1": {"500": "spc500", "100": "spc100"}}}]}
+    spec = {
+        "title": "toy",
+        "panels": [{"x": "images per class", "series": {"λ 1": {"500": "spc500", "100": "spc100"}}}],
+    }
     (study / "gain_curve.json").write_text(json.dumps(spec))
-    assert report.main(["--study", str(study), "-q"]) == 0 and (study / "gain_curve.png").read_bytes().startswith(b"\x89PNG")
-    rows = [line.split("|")[1:-1] for line in (study / "gain_curve.md").read_text().splitlines() if line.startswith("| images")]
+    assert report.main(["--study", str(study), "-q"]) == 0
+    assert (study / "gain_curve.png").read_bytes().startswith(b"\x89PNG")
+    rows = [
+        line.split("|")[1:-1]
+        for line in (study / "gain_curve.md").read_text().splitlines()
+        if line.startswith("| images")
+    ]
     assert [(r[2].strip(), r[3].strip(), r[6].strip()) for r in rows] == [
         ("100", delta([0.05, 0.04, 0.06]), "spc100"),
         ("500", delta([0.07, 0.08, 0.06]), "spc500"),
@@ -655,12 +729,19 @@ def test_gain_curve_tells_apart_the_lambdas_of_one_cell(tmp_path):
     (study / "gain_curve.json").write_text(json.dumps(spec))
     from vt_drloc.report.study import write_study
 
-    with pytest.raises(SweepError, match=r"names row 'vit' at epochs=30, which names more than one row; rows: 'vit, λ=0.1', 'vit, λ=0.5'"):
+    with pytest.raises(
+        SweepError,
+        match=r"names row 'vit' at epochs=30, which names more than one row; rows: 'vit, λ=0.1', 'vit, λ=0.5'",
+    ):
         write_study(study)
     spec["panels"][0]["series"]["paper"]["30"] = "vit, λ=0.5"
     (study / "gain_curve.json").write_text(json.dumps(spec))
     write_study(study)
-    rows = [line.split("|")[1:-1] for line in (study / "gain_curve.md").read_text().splitlines() if line.startswith("| epochs")]
+    rows = [
+        line.split("|")[1:-1]
+        for line in (study / "gain_curve.md").read_text().splitlines()
+        if line.startswith("| epochs")
+    ]
     assert [(r[3].strip(), r[5].strip()) for r in rows] == [(delta([0.03, 0.03]), "0.5")]
 
 

@@ -146,7 +146,9 @@ POOLFORMER = dict(  # poolformer_s12's settings, which its entrypoint pins toget
     use_mlp_head=False,
 )
 CONVFORMER = dict(STAGES, token_mixers=metaformer.SepConv, norm_layers=metaformer.LayerNorm2dNoBias)
-EFFVIT_MSRA = dict(embed_dim=(16, 32, 48), depth=(1, 1, 1), num_heads=(1, 1, 1), key_dim=(8, 8, 8), window_size=(2, 2, 2))
+EFFVIT_MSRA = dict(
+    embed_dim=(16, 32, 48), depth=(1, 1, 1), num_heads=(1, 1, 1), key_dim=(8, 8, 8), window_size=(2, 2, 2)
+)
 SHVIT = dict(embed_dim=(32, 64, 96), partial_dim=(8, 16, 24), depth=(1, 1, 1))
 
 FAMILIES = [
@@ -157,7 +159,17 @@ FAMILIES = [
     F("deit3", "deit3_small_patch16_224", VIT, 32, 8, 64, prefix=1, norm="norm:cl"),
     F("convit", "convit_tiny", dict(VIT, local_up_to_layer=1), 32, 8, 128, prefix=1, norm="norm:cl"),
     F("cait", "cait_xxs24_224", dict(VIT, depth_token_only=1), 32, 8, 64, prefix=1, norm="norm:cl"),
-    F("xcit", "xcit_nano_12_p16_224", dict(VIT, patch_size=8), 32, 4, 64, norm="norm:cl", post_ref=xcit_grid, pre_at="blocks.1"),
+    F(
+        "xcit",
+        "xcit_nano_12_p16_224",
+        dict(VIT, patch_size=8),
+        32,
+        4,
+        64,
+        norm="norm:cl",
+        post_ref=xcit_grid,
+        pre_at="blocks.1",
+    ),
     F("tnt", "tnt_s_patch16_224", TNT, 32, 8, 64, prefix=1, norm="norm:cl"),
     F(
         "volo",
@@ -184,10 +196,21 @@ FAMILIES = [
     F("swin-ape", "swin_ape_tiny_patch4_window7_224", SWIN, 32, 4, 32, norm="norm:cl"),  # vt_drloc.models.swin_ape
     F("swinv2", "swinv2_tiny_window8_256", SWIN, 32, 4, 32, norm="norm:cl"),
     F("swinv2-cr", "swinv2_cr_tiny_224", SWIN, 32, 4, 32),
-    F("pit", "pit_ti_224", dict(img_size=64, depth=(1, 1, 1)), 64, 2, 256, post_ref=pit_grid),  # norm on the class token only
+    F(
+        "pit", "pit_ti_224", dict(img_size=64, depth=(1, 1, 1)), 64, 2, 256, post_ref=pit_grid
+    ),  # norm on the class token only
     F("twins", "twins_svt_small", dict(img_size=64, depths=D4, embed_dims=W4), 64, 2, 64, norm="norm:cl"),
     F("pvt-v2", "pvt_v2_b0", dict(depths=D4), 64, 2, 256),  # each stage ends in its own norm
-    F("coat-lite", "coat_lite_tiny", dict(img_size=64, embed_dims=W4, serial_depths=D4), 64, 2, 64, prefix=1, norm="norm4:cl"),
+    F(
+        "coat-lite",
+        "coat_lite_tiny",
+        dict(img_size=64, embed_dims=W4, serial_depths=D4),
+        64,
+        2,
+        64,
+        prefix=1,
+        norm="norm4:cl",
+    ),
     F("mvitv2", mvitv2.MultiScaleVit, MVITV2, 64, 2, 128, norm="norm:cl"),
     F("levit", "levit_128s", dict(img_size=128, depth=(1, 1, 1)), 128, 2, 384),
     F("hiera", "hiera_tiny_224", HIERA, 64, 4, 128, post_ref=hiera_grid),  # forward_intermediates refuses norm=True
@@ -203,19 +226,59 @@ FAMILIES = [
     F("davit", "davit_tiny", dict(depths=D4, embed_dims=W4, num_heads=(1, 1, 2, 2)), 64, 2, 64),
     F("gcvit", gcvit.GlobalContextVit, dict(img_size=64, depths=D4, embed_dim=16, num_heads=(1, 1, 2, 2)), 64, 2, 128),
     F("focalnet", focalnet.FocalNet, dict(depths=D4, embed_dim=16), 64, 2, 128, norm="norm:cf"),
-    F("tiny-vit", "tiny_vit_5m_224", dict(embed_dims=W4, depths=D4, num_heads=(1, 1, 2, 2), window_sizes=(2, 2, 2, 2)), 64, 2, 64),
-    F("sequencer", "sequencer2d_s", dict(layers=D4, embed_dims=W4, hidden_sizes=(8, 16, 16, 16)), 64, 4, 64, norm="norm:cl"),
+    F(
+        "tiny-vit",
+        "tiny_vit_5m_224",
+        dict(embed_dims=W4, depths=D4, num_heads=(1, 1, 2, 2), window_sizes=(2, 2, 2, 2)),
+        64,
+        2,
+        64,
+    ),
+    F(
+        "sequencer",
+        "sequencer2d_s",
+        dict(layers=D4, embed_dims=W4, hidden_sizes=(8, 16, 16, 16)),
+        64,
+        4,
+        64,
+        norm="norm:cl",
+    ),
     # conv / attention hybrids
-    F("next-vit", "nextvit_small", dict(depths=(1, 1, 5, 1)), 64, 2, 1024, norm="norm:cf"),  # depths[2]: a multiple of 5
+    F(
+        "next-vit", "nextvit_small", dict(depths=(1, 1, 5, 1)), 64, 2, 1024, norm="norm:cf"
+    ),  # depths[2]: a multiple of 5
     F("maxvit", "test_maxvit", dict(img_size=64), 64, 2, 128, norm="norm:cf"),
     F("coatnet", "test_coatnet", dict(img_size=64), 64, 2, 128, norm="norm:cf"),
     # EfficientFormer's 7x7 attention bias fixes its input at 224 px
     F("efficientformer", "efficientformer_l1", dict(depths=D4, embed_dims=W4, num_vit=1), 224, 7, 64, norm="norm:cl"),
-    F("efficientformer-v2", "efficientformerv2_s0", dict(img_size=64, depths=D4, embed_dims=W4), 64, 2, 64, norm="norm:cf"),
-    F("visformer", "visformer_tiny", dict(img_size=64, depth=(1, 1, 1), embed_dim=48, num_heads=2), 64, 2, 96, norm="norm:cf"),
+    F(
+        "efficientformer-v2",
+        "efficientformerv2_s0",
+        dict(img_size=64, depths=D4, embed_dims=W4),
+        64,
+        2,
+        64,
+        norm="norm:cf",
+    ),
+    F(
+        "visformer",
+        "visformer_tiny",
+        dict(img_size=64, depth=(1, 1, 1), embed_dim=48, num_heads=2),
+        64,
+        2,
+        96,
+        norm="norm:cf",
+    ),
     F("fastvit", "fastvit_t8", dict(layers=D4, embed_dims=(16, 32, 64, 128)), 64, 2, 128, post_ref=last_stage_map),
     F("mobilevit", "mobilevit_xxs", dict(), 64, 2, 320),
-    F("efficientvit-mit", "efficientvit_b0", dict(widths=(8, 16, 32, 64, 128), depths=(1,) * 5, head_dim=16), 64, 2, 128),
+    F(
+        "efficientvit-mit",
+        "efficientvit_b0",
+        dict(widths=(8, 16, 32, 64, 128), depths=(1,) * 5, head_dim=16),
+        64,
+        2,
+        128,
+    ),
     F("efficientvit-msra", "efficientvit_m0", dict(EFFVIT_MSRA, img_size=128), 128, 2, 48),
     F("swiftformer", "swiftformer_xs", dict(layers=D4, embed_dims=W4), 64, 2, 64, norm="norm:cf"),
     F("shvit", "shvit_s1", SHVIT, 128, 2, 96),

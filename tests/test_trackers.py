@@ -25,7 +25,11 @@ def test_mlflow_logs_drloc_metrics_and_hparams_to_a_local_store(tmp_path):
     assert run.info.status == "FINISHED"
     metrics, params = run.data.metrics, run.data.params
     assert metrics["train/drloc_epoch"] > 0 and "train/ce_epoch" in metrics and "test/acc1" in metrics
-    assert float(params["lambda_drloc"]) == 1.0 and params["drloc/num_pairs"] == "8" and params["drloc/schedule"] == "warmup_decay"
+    assert (
+        float(params["lambda_drloc"]) == 1.0
+        and params["drloc/num_pairs"] == "8"
+        and params["drloc/schedule"] == "warmup_decay"
+    )
     assert int(params["train_size"]) == 40
     assert (out / "csv").is_dir()  # the CSV log the sweep reports read is still written
 
@@ -93,7 +97,8 @@ def test_wandb_logs_offline_under_the_run_folder(tmp_path, monkeypatch):
             history.update(row)
         elif kind == "config":
             config.update({i.key: i.value_json for i in record.config.update})
-    seen = f"{run_file.stat().st_size} bytes, records {[r.WhichOneof('record_type') for r in records]}, history rows {rows}"
+    record_types = [r.WhichOneof("record_type") for r in records]
+    seen = f"{run_file.stat().st_size} bytes, records {record_types}, history rows {rows}"
     assert "train/drloc_epoch" in history and "test/acc1" in history, seen
     assert history["train/drloc_epoch"] > 0
     assert json.loads(config["lambda_drloc"]) == 1.0 and json.loads(config["drloc"])["num_pairs"] == 8

@@ -58,7 +58,9 @@ def compose_cfg(overrides: list[str], output_dir: Path | None = None, config_nam
 
 def cli(module: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_results(path: Path) -> dict:
@@ -69,7 +71,16 @@ def read_results(path: Path) -> dict:
 def test_every_model_and_data_config_composes_and_instantiates():
     models = group_options("model")
     datas = group_options("data")
-    assert {"swin_t", "resnet50", "vit_b16", "vit_tiny_c32", "cvt_13", "t2t_vit_14", "cvt_13_c32", "t2t_vit_14_c32"} <= set(models)
+    assert {
+        "swin_t",
+        "resnet50",
+        "vit_b16",
+        "vit_tiny_c32",
+        "cvt_13",
+        "t2t_vit_14",
+        "cvt_13_c32",
+        "t2t_vit_14_c32",
+    } <= set(models)
     assert {"cifar10", "cifar100", "svhn", "flowers102", "folder"} <= set(datas)
     built, taps = {}, {}
     for model in models:
@@ -82,15 +93,25 @@ def test_every_model_and_data_config_composes_and_instantiates():
             if model not in built:  # one module per model config (a 224-px probe forward each)
                 module = build_module(cfg, 10, float(cfg.drloc.lambda_drloc))
                 assert module.grid_info is not None and min(module.grid_info.hw) >= 4
-                assert module.hparams.lambda_drloc == OmegaConf.select(cfg.model, "drloc.lambda_drloc", default=cfg.model.paper_lambda)
+                assert module.hparams.lambda_drloc == OmegaConf.select(
+                    cfg.model, "drloc.lambda_drloc", default=cfg.model.paper_lambda
+                )
                 built[model] = module.drloc.reduced_hw
                 taps[model] = (module.grid_info.tap_norm, module.config.head_init)
     # the paper's models as the released code fed DRLoc (docs/fidelity.md): Swin-T and ResNet-50
     # 7x7 as they are, ViT-B/16 its 14x14 grid unpooled, CvT-13 / T2T-ViT-14 14x14 pooled to 7x7;
     # pre-norm tokens except T2T-ViT; the head re-initialised with the model for Swin-T and T2T only
     assert built["vit_b16"] == (14, 14)
-    assert built["swin_t"] == built["resnet50"] == built["cvt_13"] == built["cvt_13_drloc"] == built["t2t_vit_14"] == (7, 7)
-    assert taps["swin_t"] == ("pre", "released") and taps["t2t_vit_14"] == taps["t2t_vit_14_c32"] == ("post", "released")
+    assert (
+        built["swin_t"]
+        == built["resnet50"]
+        == built["cvt_13"]
+        == built["cvt_13_drloc"]
+        == built["t2t_vit_14"]
+        == (7, 7)
+    )
+    assert taps["swin_t"] == ("pre", "released")
+    assert taps["t2t_vit_14"] == taps["t2t_vit_14_c32"] == ("post", "released")
     assert taps["vit_b16"] == taps["cvt_13_drloc"] == taps["resnet50"] == ("pre", "torch")
     assert built["vit_tiny_c32"] == (8, 8)
     # the study's small models (docs/results.md): native 8x8 grids at 32 px, no pooling; generic defaults
@@ -115,9 +136,13 @@ def test_study_experiments_keep_8x8_grids_and_their_lambdas():
         assert module.grid_info.hw == (8, 8) and module.drloc.reduced_hw == (8, 8), overrides
     ape = compose_cfg(["experiment=study_cifar10", "model=swin_ape_study"])
     assert ape.model.name == "swin_ape_tiny_patch4_window7_224"
-    assert {k: v for k, v in ape.model.kwargs.items()} == dict(compose_cfg(["experiment=study_cifar10", "model=swin_study"]).model.kwargs)
+    assert {k: v for k, v in ape.model.kwargs.items()} == dict(
+        compose_cfg(["experiment=study_cifar10", "model=swin_study"]).model.kwargs
+    )
     flowers = compose_cfg(["experiment=study_flowers102"])
-    assert flowers.data.name == "flowers102" and flowers.data.val_split == "val" and flowers.model.kwargs.patch_size == 8
+    assert (
+        flowers.data.name == "flowers102" and flowers.data.val_split == "val" and flowers.model.kwargs.patch_size == 8
+    )
 
 
 def test_every_experiment_composes():
@@ -129,7 +154,11 @@ def test_every_experiment_composes():
         assert cfg.task_name == exp
     paper = compose_cfg(["experiment=paper_swin_t_cifar10"])
     assert paper.data.img_size == 224 and paper.trainer.max_epochs == 100 and paper.data.mixup_alpha == 0.8
-    assert paper.drloc.lambda_drloc == 0.5 and paper.optim.lr_warmup_epochs == 20 and paper.model.kwargs.drop_path_rate == 0.2
+    assert (
+        paper.drloc.lambda_drloc == 0.5
+        and paper.optim.lr_warmup_epochs == 20
+        and paper.model.kwargs.drop_path_rate == 0.2
+    )
     assert paper.trainer.gradient_clip_val == 5.0 and paper.data.auto_augment == "rand-m9-mstd0.5-inc1"
 
 
@@ -142,8 +171,16 @@ def test_paper_swin_t_composes_to_the_released_run():
     d, o = cfg.drloc, cfg.optim
     schedule = (d.lambda_drloc, d.schedule, d.lambda_warmup_epochs, d.lambda_decay_epochs, d.interval)
     assert schedule == (0.5, "warmup_decay", 20, 300, "epoch")
-    assert (d.tap_norm, d.pool_target, d.head_init, d.target, d.hidden_dims, d.num_pairs) == ("pre", 7, "released", "abs", "released", 64)
-    assert cfg.trainer.max_epochs == 100 and (o.lr_decay_epochs, o.lr_warmup_prefix, o.lr_warmup_epochs) == (300, False, 20)
+    assert (d.tap_norm, d.pool_target, d.head_init, d.target, d.hidden_dims, d.num_pairs) == (
+        "pre",
+        7,
+        "released",
+        "abs",
+        "released",
+        64,
+    )
+    assert cfg.trainer.max_epochs == 100
+    assert (o.lr_decay_epochs, o.lr_warmup_prefix, o.lr_warmup_epochs) == (300, False, 20)
     assert (o.lr, o.lr_min, o.lr_batch_scale, cfg.data.batch_size) == (5e-4, 5e-6, 512, 128)
     module = build_module(cfg, 10, float(d.lambda_drloc), global_batch=128)
     # the released scaling: lr and lr_min by global batch / 512, passed to the module at construction
@@ -196,7 +233,9 @@ def test_two_batch_train_run_writes_results_checkpoints_and_logs(tmp_path):
     # did the head learn its task: the 8x8 grid, chance_l1(8, 8) = 1.5625 and the last epoch's loss / chance
     assert written["drloc_grid"] == [8, 8] and written["drloc_chance_l1"] == 1.5625
     drloc_epoch = [
-        float(r["train/drloc_epoch"]) for r in csv.DictReader((out / "csv" / "metrics.csv").open()) if r.get("train/drloc_epoch")
+        float(r["train/drloc_epoch"])
+        for r in csv.DictReader((out / "csv" / "metrics.csv").open())
+        if r.get("train/drloc_epoch")
     ]
     assert written["drloc_final_loss"] == pytest.approx(drloc_epoch[-1])
     assert written["drloc_final_over_chance"] == pytest.approx(drloc_epoch[-1] / 1.5625)
@@ -213,7 +252,9 @@ def test_last_checkpoint_holds_the_final_weights_whatever_the_validation_cadence
     """last.ckpt at every epoch end: validating every 5 epochs, a 3-epoch run used to end with no checkpoint,
     and every 2, its final epoch unsaved."""
     overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "trainer.check_val_every_n_epoch"))]
-    cfg = compose_cfg([*overrides, f"trainer.max_epochs={epochs}", f"trainer.check_val_every_n_epoch={every}"], tmp_path / "run")
+    cfg = compose_cfg(
+        [*overrides, f"trainer.max_epochs={epochs}", f"trainer.check_val_every_n_epoch={every}"], tmp_path / "run"
+    )
     train(cfg)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == epochs - 1 and ckpt["global_step"] == 2 * epochs  # the last epoch, after its last step
@@ -227,7 +268,10 @@ def test_last_checkpoint_holds_the_final_weights_whatever_the_validation_cadence
 )
 def test_final_weights_saved_when_no_checkpoint_cadence_covers_them(tmp_path, overrides):
     """No checkpoint callbacks, or a step cadence whose last save (step 3) is before the last step (4)."""
-    cfg = compose_cfg([*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=2", *overrides], tmp_path / "run")
+    cfg = compose_cfg(
+        [*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=2", *overrides],
+        tmp_path / "run",
+    )
     results = train(cfg)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == results["global_step"] == 4
@@ -245,7 +289,11 @@ def test_cli_run_resume_and_eval_round_trip(tmp_path):
     assert torch.load(last, weights_only=True)["global_step"] == 2
 
     # resume: one more epoch continues from step 2 to step 4
-    resumed = cli("vt_drloc.train", [*TINY, "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
+    resumed = cli(
+        "vt_drloc.train",
+        [*TINY, "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'b'}"],
+        tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     b = read_results(tmp_path / "b")
     assert b["global_step"] == 4 and b["epochs"] == 2
@@ -274,7 +322,9 @@ def test_cli_run_resume_and_eval_round_trip(tmp_path):
 @pytest.mark.slow
 def test_ddp_cpu_two_processes_write_one_results_file(tmp_path):
     run = cli(
-        "vt_drloc.train", [*TINY, "trainer=ddp_cpu", "callbacks.rich_progress_bar=null", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path
+        "vt_drloc.train",
+        [*TINY, "trainer=ddp_cpu", "callbacks.rich_progress_bar=null", f"hydra.run.dir={tmp_path / 'ddp'}"],
+        tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     results = read_results(tmp_path / "ddp")
@@ -293,7 +343,18 @@ def test_wheel_ships_its_configs(tmp_path):
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / part, source / part)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", str(wheel_dir), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-v",
+            "-w",
+            str(wheel_dir),
+            str(source),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -312,7 +373,9 @@ def test_wheel_ships_its_configs(tmp_path):
 
     names = zipfile.ZipFile(wheel).namelist()
     # the modules shipped are the package's modules, no more (no leftovers of deleted ones)
-    modules = {p.relative_to(REPO / "src").as_posix() for p in (REPO / "src").rglob("*.py") if "__pycache__" not in p.parts}
+    modules = {
+        p.relative_to(REPO / "src").as_posix() for p in (REPO / "src").rglob("*.py") if "__pycache__" not in p.parts
+    }
     modules |= {f"vt_drloc/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.py")}
     assert {n for n in names if n.endswith(".py")} == modules
     shipped = {n for n in names if n.endswith(".yaml")}
@@ -333,7 +396,9 @@ def test_wheel_ships_its_configs(tmp_path):
         "print(','.join(r.group_options('model'))); print(','.join(r.group_options('experiment')))"
     )
     env = dict(os.environ, PYTHONPATH=str(target))
-    probe = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert probe.returncode == 0, probe.stderr[-2000:]
     location, models, experiments = probe.stdout.strip().splitlines()
     assert location.startswith(str(target))
@@ -361,11 +426,16 @@ def test_wheel_ships_its_configs(tmp_path):
         (["model.kwargs.patch_size=32"], "1x1 grid"),
         (["test_ckpt=middle"], "test_ckpt='middle'"),
         (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is invalid: use an integer >= 1"),
-        (["data.samples_per_class=100000"], r"data.samples_per_class=100000 is larger than .* Use samples_per_class <= \d+"),
+        (
+            ["data.samples_per_class=100000"],
+            r"data.samples_per_class=100000 is larger than .* Use samples_per_class <= \d+",
+        ),
         (["data=folder"], "data.folder_name must be set with data=...: the name of your data set's folder"),
     ],
 )
-@pytest.mark.fault("`{overrides}`", "one paragraph naming the value and the fix, exit 2, before training", kind="bad input")
+@pytest.mark.fault(
+    "`{overrides}`", "one paragraph naming the value and the fix, exit 2, before training", kind="bad input"
+)
 def test_bad_config_values_fail_before_training(tmp_path, overrides, message):
     cfg = compose_cfg(TINY + overrides, tmp_path / "run")
     with pytest.raises(UserError, match=message.replace("[", r"\[")):
@@ -375,7 +445,8 @@ def test_bad_config_values_fail_before_training(tmp_path, overrides, message):
 
 @pytest.mark.fault(
     "`ckpt_path` missing, not a checkpoint, cut short, or of another model; `init_from` cut short",
-    "one paragraph naming the file and the fix, before training; a truncated file is never answered with advice to pass `trust_checkpoint=true`",
+    "one paragraph naming the file and the fix, before training; a truncated file is never answered with advice to "
+    "pass `trust_checkpoint=true`",
     kind="bad input",
 )
 def test_bad_checkpoints_are_refused(tmp_path):
@@ -383,7 +454,9 @@ def test_bad_checkpoints_are_refused(tmp_path):
         train(compose_cfg(TINY + [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path / "r1"))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot be read: it is truncated or not a checkpoint.*trust_checkpoint would not help"):
+    with pytest.raises(
+        UserError, match="cannot be read: it is truncated or not a checkpoint.*trust_checkpoint would not help"
+    ):
         train(compose_cfg(TINY + [f"ckpt_path={junk}"], tmp_path / "r2"))
     # a real checkpoint cut short (a copy interrupted, a full disk): never the advice to trust it
     whole = tmp_path / "whole.ckpt"
@@ -391,7 +464,9 @@ def test_bad_checkpoints_are_refused(tmp_path):
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     for key in ("ckpt_path", "init_from"):
-        with pytest.raises(UserError, match=f"{key}=.*cannot be read: it is truncated.*trust_checkpoint would not help") as err:
+        with pytest.raises(
+            UserError, match=f"{key}=.*cannot be read: it is truncated.*trust_checkpoint would not help"
+        ) as err:
             train(compose_cfg(TINY + [f"{key}={cut}"], tmp_path / f"r_{key}"))
         assert "pass trust_checkpoint=true" not in str(err.value)
     other = tmp_path / "other.ckpt"
@@ -408,16 +483,26 @@ def test_cli_errors_are_one_paragraph_with_exit_code(tmp_path):
     assert "Traceback" not in unknown.stderr
     unknown_exp = cli("vt_drloc.train", ["experiment=quickstrat"], tmp_path, timeout=300)
     assert unknown_exp.returncode == 2 and "quickstart" in unknown_exp.stderr
-    negative = cli("vt_drloc.train", [*TINY, "drloc.lambda_drloc=-1", f"hydra.run.dir={tmp_path / 'neg'}"], tmp_path, timeout=300)
-    assert negative.returncode == 2 and "drloc.lambda_drloc=-1" in negative.stderr and "Traceback" not in negative.stderr
+    negative = cli(
+        "vt_drloc.train", [*TINY, "drloc.lambda_drloc=-1", f"hydra.run.dir={tmp_path / 'neg'}"], tmp_path, timeout=300
+    )
+    assert (
+        negative.returncode == 2 and "drloc.lambda_drloc=-1" in negative.stderr and "Traceback" not in negative.stderr
+    )
     # a missing data set: one paragraph in the command line's spelling, before any model is built
     # (print_config left at its default: the config tree comes after the data check, not before the error)
-    missing = cli("vt_drloc.train", ["data.root=/nonexistent", f"hydra.run.dir={tmp_path / 'nodata'}"], tmp_path, timeout=300)
+    missing = cli(
+        "vt_drloc.train", ["data.root=/nonexistent", f"hydra.run.dir={tmp_path / 'nodata'}"], tmp_path, timeout=300
+    )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
     assert "CONFIG" not in missing.stdout and "lambda_drloc" not in missing.stdout, missing.stdout[:500]
     error = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "Dataset 'cifar10' not found" in error[0]
-    assert "data.root=<that directory>" in error[0] and "data.download=true" in error[0] and "download=True" not in error[0]
+    assert (
+        "data.root=<that directory>" in error[0]
+        and "data.download=true" in error[0]
+        and "download=True" not in error[0]
+    )
     assert "params:" not in missing.stderr + missing.stdout  # the model was never built
 
 

@@ -1,4 +1,7 @@
-"""``python -m vt_drloc.eval`` (``vt-drloc-eval``): evaluation of a checkpoint; the code lives in :mod:`vt_drloc.app.eval`."""
+"""``python -m vt_drloc.eval`` (``vt-drloc-eval``): evaluation of a checkpoint.
+
+The code lives in :mod:`vt_drloc.app.eval`.
+"""
 
 from vt_drloc.app.eval import evaluate, main
 

@@ -1,4 +1,7 @@
-"""``python -m vt_drloc.predict`` (``vt-drloc-predict``): predictions for new images; the code lives in :mod:`vt_drloc.app.predict`."""
+"""``python -m vt_drloc.predict`` (``vt-drloc-predict``): predictions for new images.
+
+The code lives in :mod:`vt_drloc.app.predict`.
+"""
 
 from vt_drloc.app.predict import main, predict
 

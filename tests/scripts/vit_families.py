@@ -132,29 +132,47 @@ def build(family: str) -> nn.Module:
         from transformers import ViTConfig, ViTForImageClassification
 
         cfg = ViTConfig(
-            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=10
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=10,
         )
         return ViTForImageClassification(cfg)
     if family == "hf_deit":
         from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
         cfg = DeiTConfig(
-            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=10
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=10,
         )
         return DeiTForImageClassificationWithTeacher(cfg)
     if family == "hf_swin":
         from transformers import SwinConfig, SwinForImageClassification
 
-        cfg = SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=10)
+        cfg = SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4, num_labels=10
+        )
         return SwinForImageClassification(cfg)
     if family == "tv_vit":
         from torchvision.models import VisionTransformer
 
-        return VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
+        return VisionTransformer(
+            image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+        )
     if family == "tv_swin":
         from torchvision.models import SwinTransformer
 
-        return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[4, 4], num_classes=10)
+        return SwinTransformer(
+            patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[4, 4], num_classes=10
+        )
     if family == "seq_first":
         return SeqFirstViT()
     if family == "cvt_style":
@@ -193,8 +211,12 @@ def hf_attention_tap(module: nn.Module) -> str:
 
 
 FAMILIES: dict[str, Family] = {
-    "hf_vit": Family(dict(tap=lambda m: hf_encoder_tap(m, "vit"), prefix_tokens=1), "BNC", 1, (4, 4), 32, ("transformers",)),
-    "hf_deit": Family(dict(tap=lambda m: hf_encoder_tap(m, "deit"), prefix_tokens=2), "BNC", 2, (4, 4), 32, ("transformers",)),
+    "hf_vit": Family(
+        dict(tap=lambda m: hf_encoder_tap(m, "vit"), prefix_tokens=1), "BNC", 1, (4, 4), 32, ("transformers",)
+    ),
+    "hf_deit": Family(
+        dict(tap=lambda m: hf_encoder_tap(m, "deit"), prefix_tokens=2), "BNC", 2, (4, 4), 32, ("transformers",)
+    ),
     "hf_swin": Family(dict(tap="model.swin.encoder", prefix_tokens=0), "BNC", 0, (4, 4), 32, ("transformers",)),
     "tv_vit": Family(dict(tap="model.encoder.layers", prefix_tokens=1), "BNC", 1, (4, 4), 32),
     "tv_swin": Family(dict(tap="model.features", grid_format="NHWC"), "NHWC", 0, (4, 4), 32),

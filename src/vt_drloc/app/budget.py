@@ -35,7 +35,9 @@ def check_min_train_steps(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"min_train_steps={value!r} is invalid: use an integer >= 1 (optimizer steps), or null for no floor.")
+        raise UserError(
+            f"min_train_steps={value!r} is invalid: use an integer >= 1 (optimizer steps), or null for no floor."
+        )
     return value
 
 

@@ -17,7 +17,9 @@ from vt_drloc.app.pos_embed import resample_position_embeddings
 def load_error(err: BaseException) -> str:
     """``err`` in one short line, for a message."""
     text = str(err)
-    detail = next((line for line in text.splitlines() if "Unsupported global" in line), text.splitlines()[0] if text else "")
+    detail = next(
+        (line for line in text.splitlines() if "Unsupported global" in line), text.splitlines()[0] if text else ""
+    )
     return f"{type(err).__name__}: {detail[:200]}" if detail else type(err).__name__
 
 
@@ -36,7 +38,8 @@ def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(
-            f"ckpt_path={str(path)!r} does not exist. Pass the .ckpt file of an earlier run, e.g. <run dir>/checkpoints/last.ckpt."
+            f"ckpt_path={str(path)!r} does not exist. Pass the .ckpt file of an earlier run, "
+            "e.g. <run dir>/checkpoints/last.ckpt."
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -44,36 +47,45 @@ def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict[str, Any
         reason = load_error(err)
         if not needs_unpickling(err):
             raise UserError(
-                f"ckpt_path={str(path)!r} cannot be read: it is truncated or not a checkpoint ({reason}); trust_checkpoint "
-                "would not help. Pass an intact .ckpt (e.g. <run dir>/checkpoints/last.ckpt, or the best one beside it)."
+                f"ckpt_path={str(path)!r} cannot be read: it is truncated or not a checkpoint ({reason}); "
+                "trust_checkpoint would not help. Pass an intact .ckpt (e.g. <run dir>/checkpoints/last.ckpt, or the "
+                "best one beside it)."
             ) from None
         if not trust:
             raise UserError(
-                f"ckpt_path={str(path)!r} is not a vt_drloc checkpoint that can be loaded safely ({reason}). Loading it would "
-                "need full unpickling, which can run arbitrary code: pass trust_checkpoint=true only if you trust its origin."
+                f"ckpt_path={str(path)!r} is not a vt_drloc checkpoint that can be loaded safely ({reason}). Loading "
+                "it would need full unpickling, which can run arbitrary code: pass trust_checkpoint=true only if you "
+                "trust its origin."
             ) from None
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err2:
             raise UserError(
-                f"ckpt_path={str(path)!r} cannot be read even with trust_checkpoint=true ({type(err2).__name__}: {err2})."
+                f"ckpt_path={str(path)!r} cannot be read even with trust_checkpoint=true ({type(err2).__name__}: "
+                f"{err2})."
             ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise UserError(f"ckpt_path={str(path)!r} is not a Lightning checkpoint of DrLocModule (no state_dict / hyper_parameters).")
+        raise UserError(
+            f"ckpt_path={str(path)!r} is not a Lightning checkpoint of DrLocModule (no state_dict / hyper_parameters)."
+        )
     hparams = checkpoint["hyper_parameters"]
     if "model_name" not in hparams:
-        raise UserError(f"ckpt_path={str(path)!r} was not written by DrLocModule (its hyper-parameters have no model_name).")
+        raise UserError(
+            f"ckpt_path={str(path)!r} was not written by DrLocModule (its hyper-parameters have no model_name)."
+        )
     return checkpoint
 
 
-def check_resume_checkpoint(path: str | Path, model_name: str, model_kwargs: Mapping[str, Any], trust: bool = False) -> dict[str, Any]:
+def check_resume_checkpoint(
+    path: str | Path, model_name: str, model_kwargs: Mapping[str, Any], trust: bool = False
+) -> dict[str, Any]:
     checkpoint = load_checkpoint_file(path, trust=trust)
     hparams = checkpoint["hyper_parameters"]
     if hparams["model_name"] != model_name or dict(hparams.get("model_kwargs") or {}) != dict(model_kwargs):
         raise UserError(
-            f"ckpt_path={str(path)!r} holds model {hparams['model_name']!r} with {dict(hparams.get('model_kwargs') or {})}, "
-            f"but this run builds {model_name!r} with {dict(model_kwargs)}. Select the matching model config "
-            "(model=...) or start a new run without ckpt_path."
+            f"ckpt_path={str(path)!r} holds model {hparams['model_name']!r} with "
+            f"{dict(hparams.get('model_kwargs') or {})}, but this run builds {model_name!r} with {dict(model_kwargs)}. "
+            "Select the matching model config (model=...) or start a new run without ckpt_path."
         )
     return checkpoint
 
@@ -85,8 +97,8 @@ def resolve_resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     last = output_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise UserError(
-            f"ckpt_path=last resumes the run in its own folder, but {str(last)!r} does not exist. Set hydra.run.dir to the "
-            "folder of the interrupted run, or pass ckpt_path=<path to a .ckpt file>."
+            f"ckpt_path=last resumes the run in its own folder, but {str(last)!r} does not exist. Set hydra.run.dir to "
+            "the folder of the interrupted run, or pass ckpt_path=<path to a .ckpt file>."
         )
     return str(last)
 
@@ -118,8 +130,9 @@ def check_output_dir(output_dir: Path, resume_from: str | Path | None = None) ->
     in_place = resume_from is not None and _inside(resume_from, output_dir) and not finished(output_dir)
     if not in_place and ((output_dir / "results.json").exists() or any((output_dir / "checkpoints").glob("*.ckpt"))):
         raise UserError(
-            f"output dir {str(output_dir)!r} already holds a run (results.json or checkpoints); nothing was overwritten. "
-            "Choose another hydra.run.dir, or resume with ckpt_path=<its last.ckpt> (a resumed run writes to a new folder)."
+            f"output dir {str(output_dir)!r} already holds a run (results.json or checkpoints); nothing was "
+            "overwritten. Choose another hydra.run.dir, or resume with ckpt_path=<its last.ckpt> (a resumed run "
+            "writes to a new folder)."
         )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +141,8 @@ def check_output_dir(output_dir: Path, resume_from: str | Path | None = None) ->
         probe.unlink()
     except OSError as err:
         raise UserError(
-            f"output dir {str(output_dir)!r} is not writable ({err.strerror}); set paths.log_dir or hydra.run.dir to a writable folder."
+            f"output dir {str(output_dir)!r} is not writable ({err.strerror}); set paths.log_dir or hydra.run.dir to a "
+            "writable folder."
         ) from None
 
 
@@ -150,7 +164,8 @@ def read_weight_file(path: str | Path, trust: bool = False) -> tuple[dict[str, t
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(
-            f"init_from={str(path)!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run."
+            f"init_from={str(path)!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an "
+            "earlier run."
         )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -164,9 +179,12 @@ def read_weight_file(path: str | Path, trust: bool = False) -> tuple[dict[str, t
         if not needs_unpickling(err):
             raise UserError(
                 f"init_from={str(path)!r} cannot be read: it is truncated or not a weight file ({load_error(err)}); "
-                "trust_checkpoint would not help. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run."
+                "trust_checkpoint would not help. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an "
+                "earlier run."
             ) from None
-        hint = "" if trust else " The file needs full unpickling: pass trust_checkpoint=true only if you trust its origin."
+        hint = (
+            "" if trust else " The file needs full unpickling: pass trust_checkpoint=true only if you trust its origin."
+        )
         raise UserError(f"init_from={str(path)!r} cannot be read as weights ({load_error(err)}).{hint}") from None
     info = data.get("data_info") if isinstance(data, Mapping) else None
     names = list(info["class_names"]) if isinstance(info, Mapping) and info.get("class_names") else None

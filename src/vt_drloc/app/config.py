@@ -18,7 +18,17 @@ from vt_drloc.faces.objective import RENAMED_OPTIONS, DrLocConfig
 
 CONFIG_PACKAGE = "vt_drloc.conf"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
-SELECTABLE_GROUPS = ("model", "data", "experiment", "trainer", "drloc", "optim", "callbacks", "logger", "hparams_search")
+SELECTABLE_GROUPS = (
+    "model",
+    "data",
+    "experiment",
+    "trainer",
+    "drloc",
+    "optim",
+    "callbacks",
+    "logger",
+    "hparams_search",
+)
 
 
 class UserError(Exception):
@@ -87,10 +97,16 @@ def prepare_data_checked(datamodule: Any, stage: str, test: bool = False) -> Non
         datamodule.setup(stage)
         if test and getattr(datamodule, "test_dataset", False) is None:
             raise DatasetLayoutError(
-                f"{datamodule.source} has neither a test nor a val split, so test=true (the default) would fail after training: "
-                "add a test/<class>/ folder (or val/<class>/, which then also serves as the test set), or pass test=false"
+                f"{datamodule.source} has neither a test nor a val split, so test=true (the default) would fail after "
+                "training: add a test/<class>/ folder (or val/<class>/, which then also serves as the test set), or "
+                "pass test=false"
             )
-    except (DatasetNotFoundError, DatasetLayoutError, CorruptImageError, ValueError) as err:  # ValueError: e.g. samples_per_class too large
+    except (
+        DatasetNotFoundError,
+        DatasetLayoutError,
+        CorruptImageError,
+        ValueError,
+    ) as err:  # ValueError: e.g. samples_per_class too large
         lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
         # one paragraph: items end in ";", the last item before a heading ("How to get it:") in "."
         ends = [";" if i + 1 < len(lines) and not lines[i + 1].endswith(":") else "." for i in range(len(lines))]
@@ -115,7 +131,11 @@ def warn_flat_model_drloc_keys(model: Mapping[str, Any] | None) -> None:
 
     for old, new in MODEL_DRLOC_KEYS.items():
         if model is not None and old in model:
-            warnings.warn(f"model.{old} is now model.drloc.{new}; the old key works until vt_drloc 0.3", FutureWarning, stacklevel=2)
+            warnings.warn(
+                f"model.{old} is now model.drloc.{new}; the old key works until vt_drloc 0.3",
+                FutureWarning,
+                stacklevel=2,
+            )
 
 
 # command-line keys of vt_drloc 0.2 -> today's (issue 27, one meaning per name): rewritten, with one warning
@@ -243,7 +263,10 @@ def check_run_config(cfg: DictConfig) -> None:
     optim, trainer = cfg.get("optim"), cfg.get("trainer")
     for key, rule in (
         ("lr_batch_scale", "use a batch size > 0 (the paper: 512), or null to use lr as given"),
-        ("lr_decay_epochs", "use the epoch at which the cosine reaches lr_min (a number > 0), or null for trainer.max_epochs"),
+        (
+            "lr_decay_epochs",
+            "use the epoch at which the cosine reaches lr_min (a number > 0), or null for trainer.max_epochs",
+        ),
     ):
         if optim is not None and key in optim:
             need(_positive_or_null(optim[key]), f"optim.{key}", rule)
@@ -262,15 +285,31 @@ def check_run_config(cfg: DictConfig) -> None:
             "without a limit (-1) has no schedule, and 0 would train nothing",
         )
         clip = trainer.get("gradient_clip_val")
-        need(clip is None or (_is_number(clip) and clip >= 0), "trainer.gradient_clip_val", "use a number >= 0, or null for no clipping")
+        need(
+            clip is None or (_is_number(clip) and clip >= 0),
+            "trainer.gradient_clip_val",
+            "use a number >= 0, or null for no clipping",
+        )
         algo = trainer.get("gradient_clip_algorithm")
         need(algo is None or algo in ("norm", "value"), "trainer.gradient_clip_algorithm", "use norm or value")
         accumulate = trainer.get("accumulate_grad_batches")
-        need(accumulate is None or (_is_int(accumulate) and accumulate >= 1), "trainer.accumulate_grad_batches", "use an integer >= 1")
+        need(
+            accumulate is None or (_is_int(accumulate) and accumulate >= 1),
+            "trainer.accumulate_grad_batches",
+            "use an integer >= 1",
+        )
         every = trainer.get("check_val_every_n_epoch")
-        need(every is None or (_is_int(every) and every >= 1), "trainer.check_val_every_n_epoch", "use an integer >= 1, or null")
+        need(
+            every is None or (_is_int(every) and every >= 1),
+            "trainer.check_val_every_n_epoch",
+            "use an integer >= 1, or null",
+        )
         log_every = trainer.get("log_every_n_steps")
-        need(log_every is None or (_is_int(log_every) and log_every >= 1), "trainer.log_every_n_steps", "use an integer >= 1")
+        need(
+            log_every is None or (_is_int(log_every) and log_every >= 1),
+            "trainer.log_every_n_steps",
+            "use an integer >= 1",
+        )
         for split in ("train", "val", "test"):
             limit = trainer.get(f"limit_{split}_batches")
             rule = "use a fraction in (0, 1], a number of batches >= 1, or null for all" + (
@@ -306,7 +345,8 @@ def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
     except MissingMandatoryValue as err:  # a key the group leaves as ??? for the user to set
         key = getattr(err, "full_key", None) or "?"
         raise UserError(
-            f"{key} must be set with {group}=...: {MISSING_HINTS.get(str(key), 'give it on the command line')} (e.g. {key}=<value>)."
+            f"{key} must be set with {group}=...: {MISSING_HINTS.get(str(key), 'give it on the command line')} "
+            f"(e.g. {key}=<value>)."
         ) from None
     except InstantiationException as err:
         cause = err.__cause__
@@ -319,7 +359,8 @@ def instantiate_checked(group: str, node: Any, **kwargs: Any) -> Any:
 
 
 def print_config_tree(
-    cfg: DictConfig, order: Iterable[str] = ("model", "data", "drloc", "optim", "trainer", "callbacks", "logger", "paths")
+    cfg: DictConfig,
+    order: Iterable[str] = ("model", "data", "drloc", "optim", "trainer", "callbacks", "logger", "paths"),
 ) -> None:
     """Print the composed config as a rich tree, one branch per group."""
     import rich

@@ -38,7 +38,9 @@ def checkpoint_img_size(hparams: dict[str, Any]) -> int | None:
     return size
 
 
-def print_split_table(split: str, data: str, size: int | None, acc1: float | None, acc5: float | None, loss: float | None) -> None:
+def print_split_table(
+    split: str, data: str, size: int | None, acc1: float | None, acc5: float | None, loss: float | None
+) -> None:
     """One table per scored split, titled with the split's name (val / test), the data and its size."""
     from rich.console import Console
     from rich.table import Table

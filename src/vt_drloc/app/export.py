@@ -37,13 +37,16 @@ EXPORT_FILES = ("model.safetensors", "config.json", "drloc_head.safetensors")
 def resolve_checkpoint(ckpt_path: str | Path | None, what: str = "ckpt_path") -> Path:
     """A ``.ckpt`` file, or a run folder (its ``checkpoints/last.ckpt``)."""
     if ckpt_path in (None, ""):
-        raise UserError(f"{what} is not set. Pass {what}=<run dir> (uses its checkpoints/last.ckpt) or {what}=<file.ckpt>.")
+        raise UserError(
+            f"{what} is not set. Pass {what}=<run dir> (uses its checkpoints/last.ckpt) or {what}=<file.ckpt>."
+        )
     path = Path(str(ckpt_path)).expanduser()
     if path.is_dir():
         last = path / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise UserError(
-                f"{what}={str(path)!r} is a folder without checkpoints/last.ckpt. Pass a run folder of vt_drloc.train or a .ckpt file."
+                f"{what}={str(path)!r} is a folder without checkpoints/last.ckpt. Pass a run folder of vt_drloc.train "
+                "or a .ckpt file."
             )
         return last
     if not path.is_file():
@@ -64,8 +67,9 @@ def backbone_state(checkpoint: dict[str, Any], ckpt: Path) -> dict[str, torch.Te
     if not state:
         keys = ", ".join(list(checkpoint["state_dict"])[:4]) or "none"
         raise UserError(
-            f"ckpt_path={str(ckpt)!r} holds no backbone weights (no model.* tensors; it has: {keys}), e.g. a checkpoint of "
-            "the DRLoc head or λ schedule alone. Export the last.ckpt of a vt_drloc.train run (DrLocModule)."
+            f"ckpt_path={str(ckpt)!r} holds no backbone weights (no model.* tensors; it has: {keys}), e.g. a "
+            "checkpoint of the DRLoc head or λ schedule alone. Export the last.ckpt of a vt_drloc.train run "
+            "(DrLocModule)."
         )
     return state
 
@@ -76,7 +80,8 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(
             f"out={str(out)!r} already exists and is not empty; nothing was written. Pass another out=<dir>, or "
-            "overwrite=true to replace the exported files in it (model.safetensors, config.json, drloc_head.safetensors)."
+            "overwrite=true to replace the exported files in it (model.safetensors, config.json, "
+            "drloc_head.safetensors)."
         )
 
 
@@ -112,17 +117,26 @@ def export_checkpoint(
         data_config = timm_pretrained_cfg(info)
         data_config.pop("num_classes")
     else:
-        log.warning("%s predates data_info (vt_drloc 0.3): no class names and timm's default preprocessing in config.json", ckpt)
+        log.warning(
+            "%s predates data_info (vt_drloc 0.3): no class names and timm's default preprocessing in config.json", ckpt
+        )
     drloc_head = {k[len("drloc.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("drloc.")}
     if keep_drloc_head and not drloc_head:
-        raise UserError(f"keep_drloc_head=true but ckpt_path={str(ckpt)!r} holds no DRLoc head (it was trained with λ = 0).")
+        raise UserError(
+            f"keep_drloc_head=true but ckpt_path={str(ckpt)!r} holds no DRLoc head (it was trained with λ = 0)."
+        )
 
     # write into a fresh folder beside out, then move the files in: a failed export leaves out as it was
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staging = Path(tmp)
         timm.models.save_for_hf(
-            model, str(staging), model_config=model_config, model_args=model_args, safe_serialization=True, data_config=data_config
+            model,
+            str(staging),
+            model_config=model_config,
+            model_args=model_args,
+            safe_serialization=True,
+            data_config=data_config,
         )
         if keep_drloc_head:
             from safetensors.torch import save_file
@@ -135,7 +149,13 @@ def export_checkpoint(
                 shutil.move(str(staging / name), str(out / name))
             elif (out / name).is_file() and name == "drloc_head.safetensors":
                 (out / name).unlink()  # an earlier export's head would not belong to these weights
-    log.info("exported %s to %s (%s); load it with timm.create_model('local-dir:%s', pretrained=True)", ckpt, out, architecture, out)
+    log.info(
+        "exported %s to %s (%s); load it with timm.create_model('local-dir:%s', pretrained=True)",
+        ckpt,
+        out,
+        architecture,
+        out,
+    )
     return out
 
 
@@ -148,8 +168,8 @@ def verify_export(folder: Path, model: torch.nn.Module, info: dict[str, Any]) ->
         expected, got = model(x), loaded(x)
     if not torch.equal(expected, got):
         raise RuntimeError(
-            f"the exported model's logits differ from the checkpoint's (max |diff| {(expected - got).abs().max().item():.3g}); "
-            "nothing was written"
+            "the exported model's logits differ from the checkpoint's (max |diff| "
+            f"{(expected - got).abs().max().item():.3g}); nothing was written"
         )
     config = json.loads((folder / "config.json").read_text())
     if info.get("class_names") and config.get("label_names") != list(info["class_names"]):

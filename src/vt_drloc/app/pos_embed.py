@@ -50,7 +50,11 @@ def _resample(backbone: torch.nn.Module, key: str, value: torch.Tensor, target: 
             return resample_abs_pos_embed_nhwc(value, list(target.shape[1:3]))
         if value.dim() == target.dim() == 3:  # (1, N, C)
             return _abs_tokens(backbone, key, value, target)
-    if leaf == "relative_position_bias_table" and value.dim() == target.dim() == 2 and value.shape[1] == target.shape[1]:
+    if (
+        leaf == "relative_position_bias_table"
+        and value.dim() == target.dim() == 2
+        and value.shape[1] == target.shape[1]
+    ):
         owner = backbone.get_submodule(key.rsplit(".", 1)[0]) if "." in key else backbone
         window = getattr(owner, "window_size", None)
         if window is not None:
@@ -84,5 +88,7 @@ def resample_position_embeddings(
             continue
         out[key] = new.to(target.dtype)
         resampled[key] = f"{tuple(value.shape)} -> {tuple(target.shape)}"
-        log.info("init_from: resampled %s from %s to %s (timm's resampling)", key, tuple(value.shape), tuple(target.shape))
+        log.info(
+            "init_from: resampled %s from %s to %s (timm's resampling)", key, tuple(value.shape), tuple(target.shape)
+        )
     return out, resampled

@@ -1,4 +1,5 @@
-"""Predict classes of new images: ``python -m vt_drloc.predict ckpt_path=<run dir, .ckpt or export dir> input=<folder or .tar>``.
+"""Predict classes of new images:
+``python -m vt_drloc.predict ckpt_path=<run dir, .ckpt or export dir> input=<folder or .tar>``.
 
 Writes a CSV with one row per image: its path (inside the folder or the tar), then the ``top_k``
 class names and probabilities. Images get the checkpoint's own eval preprocessing (size,
@@ -59,13 +60,16 @@ def load_classifier(ckpt_path: str | Path, trust_checkpoint: bool = False) -> tu
         state = backbone_state(checkpoint, ckpt)
         hparams = checkpoint["hyper_parameters"]
         model_args = {k: v for k, v in dict(hparams.get("model_kwargs") or {}).items() if k != "pretrained"}
-        model = timm.create_model(str(hparams["model_name"]).split(".")[0], num_classes=hparams["num_classes"], **model_args)
+        model = timm.create_model(
+            str(hparams["model_name"]).split(".")[0], num_classes=hparams["num_classes"], **model_args
+        )
         model.load_state_dict(state)
         info = dict(checkpoint.get("data_info") or {})
         if not info.get("img_size"):
             raise UserError(
-                f"ckpt_path={str(ckpt)!r} predates vt_drloc's data_info (class names and preprocessing are not in it), so "
-                "its preprocessing is unknown. Evaluate it with vt_drloc.eval, or retrain / resume it once to record them."
+                f"ckpt_path={str(ckpt)!r} predates vt_drloc's data_info (class names and preprocessing are not in it), "
+                "so its preprocessing is unknown. Evaluate it with vt_drloc.eval, or retrain / resume it once to "
+                "record them."
             )
         transform, names = predict_transform_of(info), list(info["class_names"])
     num_classes = model.num_classes
@@ -80,12 +84,20 @@ def list_images(source: str | Path) -> list[str]:
         raise UserError("input is not set. Pass input=<a folder of images> or input=<an uncompressed .tar of images>.")
     path = Path(str(source)).expanduser()
     if path.is_dir():
-        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        names = sorted(
+            p.relative_to(path).as_posix()
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
     elif path.is_file() and tarfile.is_tarfile(path):
         with tarfile.open(path) as tar:
-            names = sorted(m.name for m in tar.getmembers() if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES)
+            names = sorted(
+                m.name for m in tar.getmembers() if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES
+            )
     elif path.is_file():
-        raise UserError(f"input={str(path)!r} is neither a folder nor a .tar archive. Pass a folder of images or a .tar of images.")
+        raise UserError(
+            f"input={str(path)!r} is neither a folder nor a .tar archive. Pass a folder of images or a .tar of images."
+        )
     else:
         raise UserError(f"input={str(path)!r} does not exist. Pass a folder of images or a .tar of images.")
     if not names:
@@ -105,7 +117,9 @@ def _read_images(source: Path, names: list[str]) -> Iterator[tuple[str, Image.Im
                     image = Image.open(source / name)
                 yield name, image.convert("RGB")
             except (OSError, tarfile.TarError) as err:
-                raise UserError(f"{name!r} in input={str(source)!r} is not a readable image ({err}); remove it or fix it.") from None
+                raise UserError(
+                    f"{name!r} in input={str(source)!r} is not a readable image ({err}); remove it or fix it."
+                ) from None
     finally:
         if tar is not None:
             tar.close()
@@ -161,11 +175,20 @@ def write_csv(rows: list[dict[str, Any]], out: Path) -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     out = Path(str(cfg.out)).expanduser()
     if out.exists() and not cfg.overwrite:
-        raise UserError(f"out={str(out)!r} already exists; nothing was written. Pass another out=<file.csv>, or overwrite=true.")
+        raise UserError(
+            f"out={str(out)!r} already exists; nothing was written. Pass another out=<file.csv>, or overwrite=true."
+        )
     if not out.parent.is_dir():
-        raise UserError(f"out={str(out)!r}: its folder {str(out.parent)!r} does not exist; create it or pass another out=.")
+        raise UserError(
+            f"out={str(out)!r}: its folder {str(out.parent)!r} does not exist; create it or pass another out=."
+        )
     rows = predict(
-        cfg.ckpt_path, cfg.input, top_k=cfg.top_k, batch_size=cfg.batch_size, progress=cfg.progress, trust_checkpoint=cfg.trust_checkpoint
+        cfg.ckpt_path,
+        cfg.input,
+        top_k=cfg.top_k,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        trust_checkpoint=cfg.trust_checkpoint,
     )
     write_csv(rows, out)
     print(f"wrote {len(rows)} predictions to {out}")

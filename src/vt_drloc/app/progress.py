@@ -63,7 +63,9 @@ class RunProgress(pl.Callback):
 
     def __init__(self, not_learning_ratio: float = 0.9):
         if not 0 < not_learning_ratio:
-            raise ValueError(f"not_learning_ratio={not_learning_ratio!r} must be > 0 (a fraction of chance L1, e.g. 0.9)")
+            raise ValueError(
+                f"not_learning_ratio={not_learning_ratio!r} must be > 0 (a fraction of chance L1, e.g. 0.9)"
+            )
         self.not_learning_ratio = not_learning_ratio
         self.warned = False
         self._start = 0.0

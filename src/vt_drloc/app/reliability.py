@@ -47,7 +47,10 @@ __all__ = [
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partly written ``path`` (:func:`vt_drloc.base.files.write_atomic`)."""
+    """``torch.save(obj, path)`` that never leaves a partly written ``path``.
+
+    See :func:`vt_drloc.base.files.write_atomic`.
+    """
     write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
@@ -206,9 +209,9 @@ class NonFiniteLossGuard(pl.Callback):
         term = "/".join(named) if named else "loss"
         raise NonFiniteLossError(
             f"non-finite training loss: term {term} is not finite at global step {step} (epoch {epoch}) on {where} "
-            f"({shown}). Training stopped before this step changed the weights. {resume} Usual remedies: lower optim.lr, "
-            "set trainer.gradient_clip_val (e.g. 1.0), use precision=32-true or bf16-mixed instead of 16-mixed, lower "
-            "drloc.lambda_drloc, or look for broken images in the data."
+            f"({shown}). Training stopped before this step changed the weights. {resume} Usual remedies: lower "
+            "optim.lr, set trainer.gradient_clip_val (e.g. 1.0), use precision=32-true or bf16-mixed instead of "
+            "16-mixed, lower drloc.lambda_drloc, or look for broken images in the data."
         )
 
 

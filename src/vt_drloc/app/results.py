@@ -57,7 +57,9 @@ def metric(metrics: Mapping[str, Any], key: str) -> float | None:
 
 def write_results(output_dir: Path, results: Mapping[str, Any]) -> Path:
     """Write ``results.json`` (atomically: temporary file, then rename)."""
-    return write_atomic(output_dir / "results.json", json.dumps(results, indent=2, sort_keys=True, default=str).encode())
+    return write_atomic(
+        output_dir / "results.json", json.dumps(results, indent=2, sort_keys=True, default=str).encode()
+    )
 
 
 def final_metrics(job_dir: Path) -> dict[str, float]:

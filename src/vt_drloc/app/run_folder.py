@@ -51,7 +51,8 @@ def check_not_in_use(output_dir: Path) -> None:
     if pid is not None:
         raise UserError(
             f"output dir {str(output_dir)!r} is in use by another run (process {pid}, lock file {LOCK_NAME}); nothing "
-            "was written. Choose another hydra.run.dir, or wait for that run to end (resume it later with ckpt_path=last)."
+            "was written. Choose another hydra.run.dir, or wait for that run to end (resume it later with "
+            "ckpt_path=last)."
         )
 
 

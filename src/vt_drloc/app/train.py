@@ -21,7 +21,12 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from vt_drloc.app.budget import check_min_train_steps, stretch_to_min_steps
-from vt_drloc.app.checkpoints import check_output_dir, check_resume_checkpoint, load_backbone_weights, resolve_resume_path
+from vt_drloc.app.checkpoints import (
+    check_output_dir,
+    check_resume_checkpoint,
+    load_backbone_weights,
+    resolve_resume_path,
+)
 from vt_drloc.app.config import (
     CONFIG_PATH,
     RunInterrupted,
@@ -36,7 +41,13 @@ from vt_drloc.app.config import (
     run_cli,
 )
 from vt_drloc.app.progress import RunProgress
-from vt_drloc.app.reliability import AtomicCheckpointIO, InterruptCheckpoint, NonFiniteLossGuard, ResumeRngState, save_final_checkpoint
+from vt_drloc.app.reliability import (
+    AtomicCheckpointIO,
+    InterruptCheckpoint,
+    NonFiniteLossGuard,
+    ResumeRngState,
+    save_final_checkpoint,
+)
 from vt_drloc.app.results import Throughput, metric, non_finite_metrics, write_results
 from vt_drloc.app.run_folder import RunLock, check_not_in_use, prepend_metric_rows, read_metric_rows, write_hydra_files
 from vt_drloc.core import task_record
@@ -120,12 +131,14 @@ def check(cfg: DictConfig) -> CheckedRun:
         check_resume_checkpoint(ckpt_path, cfg.model.name, model_kwargs, trust=trust)
     if init_from and not Path(init_from).expanduser().is_file():
         raise UserError(
-            f"init_from={cfg.init_from!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt of an earlier run."
+            f"init_from={cfg.init_from!r} does not exist. Pass a timm weight file (.pth / .safetensors) or the .ckpt "
+            "of an earlier run."
         )
     if ckpt_path and init_from:
         raise UserError(
-            f"init_from={cfg.init_from!r} and ckpt_path={cfg.ckpt_path!r} are both set: resuming restores every weight, so "
-            "init_from would be overwritten. Use init_from to start a new (fine-tuning) run, ckpt_path to continue one."
+            f"init_from={cfg.init_from!r} and ckpt_path={cfg.ckpt_path!r} are both set: resuming restores every "
+            "weight, so init_from would be overwritten. Use init_from to start a new (fine-tuning) run, ckpt_path to "
+            "continue one."
         )
     if cfg.test_ckpt not in ("last", "best"):
         raise UserError(f"test_ckpt={cfg.test_ckpt!r} is invalid: use 'last' or 'best'.")
@@ -177,12 +190,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         init_report = None
         if run.init_from:  # another task's classifier (other class names) starts new
             names = getattr(datamodule, "class_names", None)
-            init_report = load_backbone_weights(getattr(model, "model", model), run.init_from, trust=run.trust, class_names=names)
+            init_report = load_backbone_weights(
+                getattr(model, "model", model), run.init_from, trust=run.trust, class_names=names
+            )
         if init_report is not None:
             log_init_report(run.init_from, init_report)
         log_sizes(trainer, loggers, model, datamodule, drloc_callbacks)
         fit_metrics, test_metrics = fit_and_test(cfg, run, trainer, model, datamodule, earlier_rows, interrupt, start)
-        results = results_of(cfg, run, trainer, model, datamodule, drloc_callbacks, lambda_drloc, init_report, fit_metrics, test_metrics)
+        results = results_of(
+            cfg, run, trainer, model, datamodule, drloc_callbacks, lambda_drloc, init_report, fit_metrics, test_metrics
+        )
         results.update(wall_time_s=time.perf_counter() - start, images_per_s=throughput.images_per_second)
         results.update(world_size=trainer.world_size, output_dir=str(run.output_dir), budget=budget)
         if trainer.is_global_zero:
@@ -205,8 +222,8 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 def log_init_report(init_from: str | None, report: dict[str, list[str]]) -> None:
     log.info(
-        "init_from %s: %d backbone tensors loaded, of them %d resampled to this resolution (%s), %d skipped (shape: %s), "
-        "%d classifier tensors new (other classes: %s), %d newly initialised (not in the file: %s)",
+        "init_from %s: %d backbone tensors loaded, of them %d resampled to this resolution (%s), %d skipped "
+        "(shape: %s), %d classifier tensors new (other classes: %s), %d newly initialised (not in the file: %s)",
         init_from,
         len(report["loaded"]),
         len(report["resampled"]),
@@ -289,7 +306,11 @@ def fit_and_test(
     save_final_checkpoint(trainer, run.output_dir / "checkpoints" / "last.ckpt")
     test_metrics: dict[str, Any] = {}
     if cfg.test:
-        ckpt = "best" if cfg.test_ckpt == "best" and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+        ckpt = (
+            "best"
+            if cfg.test_ckpt == "best" and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
+            else None
+        )
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=trainer.is_global_zero)
         test_metrics = dict(trainer.callback_metrics)
     restore_metric_rows(earlier_rows)
@@ -372,8 +393,8 @@ def stopped_by_signal(
             f"ckpt_path=last hydra.run.dir={output_dir}"
         )
     return RunInterrupted(
-        f"{interrupt.signal} stopped training at epoch {trainer.current_epoch}, step {trainer.global_step}; results.json "
-        f"is marked interrupted. {how}",
+        f"{interrupt.signal} stopped training at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+        f"results.json is marked interrupted. {how}",
         interrupt.signal or "SIGTERM",
     )
 
@@ -406,7 +427,11 @@ def _sweep_job(cfg: DictConfig) -> float | None:
         objective = results["best_val_acc1"] if results["best_val_acc1"] is not None else results["val_acc1"]
         if not bad and (objective is None or math.isfinite(objective)):
             return objective
-        record = {**results, "status": "failed", "error": f"non-finite final metrics: {', '.join(bad) or f'objective={objective}'}"}
+        record = {
+            **results,
+            "status": "failed",
+            "error": f"non-finite final metrics: {', '.join(bad) or f'objective={objective}'}",
+        }
         log.error("job failed: %s", record["error"])
     except Exception as err:
         log.error("job failed: %s: %s", type(err).__name__, err, exc_info=not isinstance(err, (UserError, RunStopped)))

@@ -36,7 +36,9 @@ class LightningAPI:
     @classmethod
     def of(cls, package: str) -> LightningAPI:
         if package not in PACKAGES:
-            raise ValueError(f"package={package!r} is not a Lightning package; choose one of {', '.join(map(repr, PACKAGES))}")
+            raise ValueError(
+                f"package={package!r} is not a Lightning package; choose one of {', '.join(map(repr, PACKAGES))}"
+            )
         pl = importlib.import_module(package)
         strategies = importlib.import_module(f"{package}.strategies")
         utilities = importlib.import_module(f"{package}.utilities")

@@ -162,7 +162,11 @@ def _grid_hw(cells: int, input_hw: tuple[int, int]) -> tuple[int, int] | None:
 
 
 def grid_readings(
-    t: Tensor, batch: int, input_hw: tuple[int, int], prefix_tokens: int | None = None, layouts: Sequence[str] = tuple(LAYOUTS)
+    t: Tensor,
+    batch: int,
+    input_hw: tuple[int, int],
+    prefix_tokens: int | None = None,
+    layouts: Sequence[str] = tuple(LAYOUTS),
 ) -> list[GridReading]:
     """Every reading of ``t`` (from a forward of ``batch`` images of size ``input_hw``) as a grid of at
     least 1x1 cells. ``prefix_tokens``: the tokens to drop (None: the smallest p that fits)."""
@@ -202,7 +206,14 @@ def is_attention(module: nn.Module) -> bool:
 
 def is_norm(module: nn.Module) -> bool:
     # batch / instance norms by their public classes (tests/test_lightning_private.py checks none is missing)
-    norms: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    norms: tuple[type, ...] = (
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.SyncBatchNorm,
+    )
     norms += (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d)
     norms += (nn.LazyBatchNorm3d, nn.LazyInstanceNorm1d, nn.LazyInstanceNorm2d, nn.LazyInstanceNorm3d)
     if hasattr(nn, "RMSNorm"):
@@ -279,7 +290,9 @@ class ForwardRecord:
             if is_block and self.first_block is None:
                 self.first_block = order
             tensor = unwrap_output(output)
-            self.outputs.append(_Output(order, name, module, tensor, type(output).__name__, norm_inputs.pop(id(module), None)))
+            self.outputs.append(
+                _Output(order, name, module, tensor, type(output).__name__, norm_inputs.pop(id(module), None))
+            )
 
         return hook
 
@@ -361,7 +374,12 @@ def find_final_grid(
             f"it reads equally as {listed}. Pass grid_format= to choose."
         )
     point = "output"
-    if tap_norm == "pre" and is_norm(chosen.module) and chosen.norm_input is not None and not record.in_block(chosen.name):
+    if (
+        tap_norm == "pre"
+        and is_norm(chosen.module)
+        and chosen.norm_input is not None
+        and not record.in_block(chosen.name)
+    ):
         if tuple(chosen.norm_input.shape) == shape:
             point = "input"
     return chosen, readings[0], point

@@ -90,7 +90,11 @@ class DrLocHead(nn.Module):
             # one linear layer for both axes (regression: the two offsets; "fused": both classifiers)
             layers.append(nn.Linear(width, 2 * (num_classes or 1)))
         self.mlp = nn.Sequential(*layers)
-        self.axis_heads = nn.ModuleList(nn.Linear(width, num_classes) for _ in range(2)) if num_classes is not None and per_axis else None
+        self.axis_heads = (
+            nn.ModuleList(nn.Linear(width, num_classes) for _ in range(2))
+            if num_classes is not None and per_axis
+            else None
+        )
         if init == "released":
             for module in self.modules():
                 if isinstance(module, nn.Linear):

@@ -146,7 +146,9 @@ class DrLocLoss(nn.Module):
         if grid_hw is not None:
             self.reduced_hw = reduced_grid_hw((int(grid_hw[0]), int(grid_hw[1])), self.grid_size)
             if min(self.reduced_hw) < 2:
-                raise DrLocConfigError(f"grid_hw={tuple(grid_hw)} leaves no offsets to predict; DRLoc needs a grid of at least 2x2")
+                raise DrLocConfigError(
+                    f"grid_hw={tuple(grid_hw)} leaves no offsets to predict; DRLoc needs a grid of at least 2x2"
+                )
         if mode != "l1":
             if self.reduced_hw is None:
                 raise DrLocConfigError(f"mode={mode!r} needs grid_hw=(H, W) to size its offset classes")
@@ -170,14 +172,20 @@ class DrLocLoss(nn.Module):
         if grid.dim() != 4:
             raise DrLocConfigError(f"DrLocLoss expects a (B, C, H, W) grid, got shape {tuple(grid.shape)}")
         if grid.shape[1] != self.head.in_dim:
-            raise DrLocConfigError(f"grid has {grid.shape[1]} channels but the head was built for in_dim={self.head.in_dim}")
+            raise DrLocConfigError(
+                f"grid has {grid.shape[1]} channels but the head was built for in_dim={self.head.in_dim}"
+            )
         grid = reduce_grid(grid, self.grid_size)
         batch, _, height, width = grid.shape
         if self.mode != "l1" and (height, width) != self.reduced_hw:
-            raise DrLocConfigError(f"grid is {height}x{width} after pooling, but the {self.mode!r} head was sized for {self.reduced_hw}")
+            raise DrLocConfigError(
+                f"grid is {height}x{width} after pooling, but the {self.mode!r} head was sized for {self.reduced_hw}"
+            )
         if batch == 0:
             return grid.sum() * 0.0
-        cells_a, cells_b = sample_cell_pairs(batch, height, width, self.sample_size, device=grid.device, generator=generator)
+        cells_a, cells_b = sample_cell_pairs(
+            batch, height, width, self.sample_size, device=grid.device, generator=generator
+        )
         pairs = torch.cat([gather_cells(grid, cells_a), gather_cells(grid, cells_b)], dim=-1)
         if not torch.is_autocast_enabled(pairs.device.type):
             # a half / double grid outside autocast meets the head in the head's own dtype
@@ -199,11 +207,15 @@ class DrLocLoss(nn.Module):
             if self.mode == "ce":
                 total = total + F.cross_entropy(logits, labels)
             else:
-                total = total + variance_aware_regression(logits, labels, offset_class_values(side, self.target, device=pred.device))
+                total = total + variance_aware_regression(
+                    logits, labels, offset_class_values(side, self.target, device=pred.device)
+                )
         return total
 
 
-def variance_aware_regression(logits: Tensor, labels: Tensor, class_values: Tensor, log_var_weight: float = CBR_LOG_VAR_WEIGHT) -> Tensor:
+def variance_aware_regression(
+    logits: Tensor, labels: Tensor, class_values: Tensor, log_var_weight: float = CBR_LOG_VAR_WEIGHT
+) -> Tensor:
     """Regression through a softmax over offset classes, weighted by the predicted variance.
 
     μ = Σ p_c β_c and σ² = Σ p_c (β_c − μ)² for p = softmax(logits); the loss is

@@ -44,7 +44,9 @@ def drloc_lambda(
     if lambda_drloc < 0 or not math.isfinite(lambda_drloc):
         raise DrLocConfigError(f"lambda_drloc={lambda_drloc} must be a finite number >= 0")
     if decay_epochs is not None and not (math.isfinite(decay_epochs) and decay_epochs > 0):
-        raise DrLocConfigError(f"decay_epochs={decay_epochs} must be a number > 0 (the epoch at which λ reaches 0), or None for max_epochs")
+        raise DrLocConfigError(
+            f"decay_epochs={decay_epochs} must be a number > 0 (the epoch at which λ reaches 0), or None for max_epochs"
+        )
     if schedule == "constant" or lambda_drloc == 0:
         return float(lambda_drloc)
     if warmup_epochs > 0 and epoch < warmup_epochs:

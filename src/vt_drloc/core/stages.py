@@ -53,15 +53,19 @@ def check_stages(stages: Any) -> str | list[int]:
     if isinstance(stages, str):
         if stages not in STAGE_CHOICES:
             raise DrLocConfigError(
-                f"stages={stages!r} is not valid; choose 'last' (the final grid, the paper's DRLoc), 'all' (every stage "
-                "of a hierarchical backbone) or a list of stage indices such as [-2, -1] (0 = the finest stage)"
+                f"stages={stages!r} is not valid; choose 'last' (the final grid, the paper's DRLoc), 'all' (every "
+                "stage of a hierarchical backbone) or a list of stage indices such as [-2, -1] (0 = the finest stage)"
             )
         return stages
     try:
         indices = list(stages)
     except TypeError:
         indices = None
-    if not indices or any(isinstance(i, bool) or not isinstance(i, int) for i in indices) or len(set(indices)) != len(indices):
+    if (
+        not indices
+        or any(isinstance(i, bool) or not isinstance(i, int) for i in indices)
+        or len(set(indices)) != len(indices)
+    ):
         raise DrLocConfigError(
             f"stages={stages!r} must be 'last', 'all' or a non-empty list of distinct integer stage indices "
             "(0 = the finest stage, -1 = the final grid), e.g. [-2, -1]"

@@ -75,7 +75,9 @@ def model_input_size(model: nn.Module) -> tuple[int, int]:
 
 def model_in_chans(model: nn.Module) -> int:
     """Input channels of ``model``: its ``in_chans``, else its pretrained cfg's, else 3."""
-    return int(getattr(model, "in_chans", None) or (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
+    return int(
+        getattr(model, "in_chans", None) or (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0]
+    )
 
 
 def _num_prefix_tokens(model: Any) -> int:  # the timm surface is duck-typed
@@ -151,7 +153,9 @@ def tokens_to_grid(features: Tensor, model: nn.Module, prefix_tokens: int | None
         tokens = features[:, prefix:]
         side = math.isqrt(tokens.shape[1])
         if side * side != tokens.shape[1]:
-            raise GridTapError(f"{tokens.shape[1]} tokens left after dropping {prefix} prefix token(s) do not form a square grid")
+            raise GridTapError(
+                f"{tokens.shape[1]} tokens left after dropping {prefix} prefix token(s) do not form a square grid"
+            )
         return tokens.transpose(1, 2).unflatten(-1, (side, side))
     if features.dim() == 4:
         channels = getattr(model, "num_features", None)
@@ -192,13 +196,17 @@ def _read_grid(model: nn.Module, x: Tensor, tap_norm: str) -> tuple[str, Tensor,
     return "features", tokens_to_grid(_features_and_tokens(model, x, tap_norm)[1], model, prefix), {}, prefix
 
 
-def zero_batch(model: nn.Module, input_size: tuple[int, int] | int | None = None, in_chans: int | None = None, batch: int = 2) -> Tensor:
+def zero_batch(
+    model: nn.Module, input_size: tuple[int, int] | int | None = None, in_chans: int | None = None, batch: int = 2
+) -> Tensor:
     """A zero image batch for ``model`` on its device and in its dtype: ``input_size`` (default: the size the
     model was built for, :func:`model_input_size`), ``in_chans`` (default :func:`model_in_chans`)."""
     if input_size is None:
         input_hw = model_input_size(model)
     else:
-        input_hw = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[-2]), int(input_size[-1]))
+        input_hw = (
+            (input_size, input_size) if isinstance(input_size, int) else (int(input_size[-2]), int(input_size[-1]))
+        )
     param = next(model.parameters(), None)
     floating = param is not None and param.is_floating_point()
     return torch.zeros(
@@ -259,12 +267,22 @@ def probe_grid(
 # a named module, the input of a final norm, or forward_features' output.
 
 GRID_FORMATS = ("auto", "tokens", "NCHW", "NHWC")
-_PREFIX_ATTRS = ("num_prefix_tokens", "cls_token", "class_token", "dist_token", "distillation_token", "reg_token", "register_tokens")
+_PREFIX_ATTRS = (
+    "num_prefix_tokens",
+    "cls_token",
+    "class_token",
+    "dist_token",
+    "distillation_token",
+    "reg_token",
+    "register_tokens",
+)
 
 
 def is_timm_model(module: nn.Module) -> bool:
     """A timm model: ``forward_features`` + ``forward_head`` and made by timm (or ``timm.create_model``)."""
-    has_surface = callable(getattr(module, "forward_features", None)) and callable(getattr(module, "forward_head", None))
+    has_surface = callable(getattr(module, "forward_features", None)) and callable(
+        getattr(module, "forward_head", None)
+    )
     from_timm = type(module).__module__.startswith("timm.") or getattr(module, "pretrained_cfg", None) is not None
     return has_surface and from_timm
 
@@ -291,11 +309,15 @@ def get_submodule(root: nn.Module, path: str, arg: str) -> nn.Module:
     if path not in names:
         close = difflib.get_close_matches(path, [n for n in names if n], n=5, cutoff=0.5)
         hint = f" Close matches: {', '.join(close)}." if close else ""
-        raise BackboneLookupError(f"DrLocCallback({arg}={path!r}): {type(root).__name__} has no submodule {path!r}.{hint}")
+        raise BackboneLookupError(
+            f"DrLocCallback({arg}={path!r}): {type(root).__name__} has no submodule {path!r}.{hint}"
+        )
     return names[path]
 
 
-def find_backbone(root: nn.Module, backbone: str | None = None, tap: str | None = None) -> tuple[nn.Module | None, nn.Module | None, str]:
+def find_backbone(
+    root: nn.Module, backbone: str | None = None, tap: str | None = None
+) -> tuple[nn.Module | None, nn.Module | None, str]:
     """``(backbone, tap module, backbone name)`` inside ``root`` (a LightningModule): exactly one route,
     a backbone with ``forward_features`` (named, or the unique timm model among the submodules), or a
     named ``tap`` (with an optional named backbone that owns it); a named backbone without
@@ -314,8 +336,9 @@ def find_backbone(root: nn.Module, backbone: str | None = None, tap: str | None 
             return None, None, ""  # no timm model: the caller finds the grid by what runs (vt_drloc.core.discover)
         if len(found) > 1:
             raise BackboneLookupError(
-                f"DrLocCallback found {len(found)} timm models in {cls}: {', '.join(repr(n or '<module>') for n in found)}. "
-                "Name the one to train with DRLoc: DrLocCallback(backbone=...)."
+                f"DrLocCallback found {len(found)} timm models in {cls}: "
+                f"{', '.join(repr(n or '<module>') for n in found)}. Name the one to train with DRLoc: "
+                "DrLocCallback(backbone=...)."
             )
         found_backbone = root if found[0] == "" else get_submodule(root, found[0], "backbone")
         name = found[0] or cls
@@ -436,7 +459,9 @@ class GridCapture:
 
     def __init__(self, grid_format: str = "auto", prefix_tokens: int | None = None):
         if grid_format not in GRID_FORMATS:
-            raise DrLocConfigError(f"grid_format={grid_format!r} is not valid; choose one of {', '.join(map(repr, GRID_FORMATS))}")
+            raise DrLocConfigError(
+                f"grid_format={grid_format!r} is not valid; choose one of {', '.join(map(repr, GRID_FORMATS))}"
+            )
         if prefix_tokens is not None and int(prefix_tokens) < 0:
             raise DrLocConfigError(f"prefix_tokens={prefix_tokens} must be >= 0")
         self.grid_format = grid_format
@@ -531,13 +556,17 @@ class GridCapture:
             for module, mode in modes:
                 module.training = mode
         if raw is None:
-            raise GridTapError(f"DRLoc: a forward of {type(runner).__name__} never reached the {self.name}. {_NAME_THE_TAP}")
+            raise GridTapError(
+                f"DRLoc: a forward of {type(runner).__name__} never reached the {self.name}. {_NAME_THE_TAP}"
+            )
         if not isinstance(raw, Tensor):
             raise GridTapError(f"DRLoc: the {self.name} returned {type(raw).__name__}, not a tensor.")
         self.format = self._resolve_format(raw)
         if self.format == "tokens":
             self.prefix = (
-                self.prefix_tokens if self.prefix_tokens is not None else (_num_prefix_tokens(self.owner) if self.owner is not None else 0)
+                self.prefix_tokens
+                if self.prefix_tokens is not None
+                else (_num_prefix_tokens(self.owner) if self.owner is not None else 0)
             )
         try:
             grid = self.to_grid(raw)
@@ -600,22 +629,30 @@ class GridCapture:
             expected = 3 if self.grid_format == "tokens" else 4
             if raw.dim() != expected:
                 raise GridTapError(
-                    f"grid_format={self.grid_format!r} expects a {expected}-D output, the {self.name} gave {tuple(raw.shape)}"
+                    f"grid_format={self.grid_format!r} expects a {expected}-D output, the {self.name} gave "
+                    f"{tuple(raw.shape)}"
                 )
             return self.grid_format
         if raw.dim() == 3:
             return "tokens"
         if raw.dim() != 4:
-            raise GridTapError(f"DRLoc: the {self.name} output {tuple(raw.shape)} holds no spatial grid; expected (B, N, C), NCHW or NHWC.")
+            raise GridTapError(
+                f"DRLoc: the {self.name} output {tuple(raw.shape)} holds no spatial grid; expected (B, N, C), NCHW or "
+                "NHWC."
+            )
         owner = self.owner
-        if owner is not None and (getattr(owner, "output_fmt", None) is not None or getattr(owner, "num_features", None) is not None):
+        if owner is not None and (
+            getattr(owner, "output_fmt", None) is not None or getattr(owner, "num_features", None) is not None
+        ):
             return "NCHW" if tokens_to_grid(raw, owner) is raw else "NHWC"
         _, d1, d2, d3 = raw.shape
         if d2 == d3 and d1 != d2:
             return "NCHW"
         if d1 == d2 and d3 != d1:
             return "NHWC"
-        raise GridTapError(f"DRLoc cannot tell whether the {self.name} output {tuple(raw.shape)} is NCHW or NHWC; pass grid_format=.")
+        raise GridTapError(
+            f"DRLoc cannot tell whether the {self.name} output {tuple(raw.shape)} is NCHW or NHWC; pass grid_format=."
+        )
 
     def to_grid(self, raw: Tensor) -> Tensor:
         """The (B, C, H, W) grid of a captured output, in the layout :meth:`probe` found."""

@@ -18,7 +18,13 @@ from vt_drloc.data.sources import (
     torchvision_default_root,
 )
 from vt_drloc.data.specs import KNOWN_DATASETS, SPECS, DatasetSpec, get_spec
-from vt_drloc.data.tar_folder import CorruptArchiveError, CorruptImageError, TarStore, check_archive_sha256, read_tar_index
+from vt_drloc.data.tar_folder import (
+    CorruptArchiveError,
+    CorruptImageError,
+    TarStore,
+    check_archive_sha256,
+    read_tar_index,
+)
 from vt_drloc.data.transforms import AUGMENT_PRESETS, build_eval_transform, build_train_transform
 
 __all__ = [

@@ -44,7 +44,9 @@ VAL_SPLIT_CHOICES = ("auto", "val", "test", "holdout")
 
 def plain_list(value: Any) -> Any:
     """A list-like hyper-parameter (a Hydra ``ListConfig``, a tuple) as a plain list; None and scalars as given."""
-    return None if value is None or isinstance(value, (str, bytes)) else [*value] if hasattr(value, "__iter__") else value
+    return (
+        None if value is None or isinstance(value, (str, bytes)) else [*value] if hasattr(value, "__iter__") else value
+    )
 
 
 class ImageDataModuleBase:
@@ -153,7 +155,9 @@ class ImageDataModuleBase:
 
         # Small-data regime.
         if samples_per_class is not None and train_fraction is not None:
-            raise ValueError(f"give samples_per_class ({samples_per_class}) or train_fraction ({train_fraction}), not both")
+            raise ValueError(
+                f"give samples_per_class ({samples_per_class}) or train_fraction ({train_fraction}), not both"
+            )
         if samples_per_class is not None and (
             isinstance(samples_per_class, bool) or int(samples_per_class) != samples_per_class or samples_per_class < 1
         ):
@@ -214,7 +218,9 @@ class ImageDataModuleBase:
             label_smoothing=float(label_smoothing),
         )
         if classes is not None and (isinstance(classes, str) or not all(isinstance(c, str) for c in classes)):
-            raise ValueError(f"classes={classes!r} is not a list of class names; pass e.g. classes=['cat', 'dog'] or None for all")
+            raise ValueError(
+                f"classes={classes!r} is not a list of class names; pass e.g. classes=['cat', 'dog'] or None for all"
+            )
         self.classes = None if classes is None else tuple(classes)
         known_classes = len(self.classes) if self.classes else self.spec.num_classes
         self.mixup_fn = build_mixup(known_classes or 2, **self._mixup_kwargs)
@@ -297,7 +303,9 @@ class ImageDataModuleBase:
                 raise
         target = Path(self.root).expanduser() if self.root is not None else torchvision_default_root()
         if target.suffix.lower() == ".tar":
-            raise DatasetNotFoundError(f"cannot download {self.name} into the archive path {target}; pass a directory as root")
+            raise DatasetNotFoundError(
+                f"cannot download {self.name} into the archive path {target}; pass a directory as root"
+            )
         log.info("downloading %s into %s", self.name, target)
         download(self.spec, target)
 
@@ -331,10 +339,13 @@ class ImageDataModuleBase:
             mode = "val" if has_val else ("test" if test_name else "holdout")
         if mode == "val" and not has_val:
             raise DatasetLayoutError(
-                f"val_split='val' but {data.description} has no val split; use val_split='test' (the paper's practice) or 'holdout'"
+                f"val_split='val' but {data.description} has no val split; use val_split='test' (the paper's practice) "
+                "or 'holdout'"
             )
         if mode == "test" and test_name is None:
-            raise DatasetLayoutError(f"val_split='test' but {data.description} has no val/test split; use val_split='holdout'")
+            raise DatasetLayoutError(
+                f"val_split='test' but {data.description} has no val/test split; use val_split='holdout'"
+            )
 
         # Verify files before training (train whole, so the subset does not depend on verify).
         def checked(split: SplitData) -> np.ndarray:
@@ -350,7 +361,9 @@ class ImageDataModuleBase:
 
         holdout_idx = None
         if mode == "holdout":
-            keep, held = stratified_holdout(train.labels[train_all], num_classes, fraction=self.val_fraction, seed=self.holdout_seed)
+            keep, held = stratified_holdout(
+                train.labels[train_all], num_classes, fraction=self.val_fraction, seed=self.holdout_seed
+            )
             train_all, holdout_idx = train_all[keep], train_all[held]
 
         available = per_class_counts(train.labels[train_all], num_classes)
@@ -371,7 +384,9 @@ class ImageDataModuleBase:
 
         # Transforms.
         native = self.spec.native_size
-        train_tf = build_train_transform(self.img_size, self.mean, self.std, augment=self.augment, native_size=native, **self._tf_kwargs)
+        train_tf = build_train_transform(
+            self.img_size, self.mean, self.std, augment=self.augment, native_size=native, **self._tf_kwargs
+        )
         eval_tf = build_eval_transform(
             self.img_size,
             self.mean,
@@ -393,7 +408,9 @@ class ImageDataModuleBase:
         self.test_dataset = make(test_name, eval_idx[test_name], eval_tf) if test_name else None
         if test_name == "val":
             log.warning(
-                "%s: %s has no test split: the val split is also the test set (test/acc1 = val accuracy)", self.name, data.description
+                "%s: %s has no test split: the val split is also the test set (test/acc1 = val accuracy)",
+                self.name,
+                data.description,
             )
         self.data = data
         self.skipped = skipped

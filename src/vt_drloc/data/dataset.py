@@ -13,7 +13,14 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from vt_drloc.data.sources import SplitData
-from vt_drloc.data.tar_folder import ArrayStore, CorruptImageError, ImageStore, has_image_magic, looks_complete, probe_image
+from vt_drloc.data.tar_folder import (
+    ArrayStore,
+    CorruptImageError,
+    ImageStore,
+    has_image_magic,
+    looks_complete,
+    probe_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +50,14 @@ def _check_header(store: ImageStore, i: int) -> None:
         try:
             store.load(i)
         except CorruptImageError as exc:
-            raise CorruptImageError(f"truncated image {store.where(i)} ({size:,} bytes): {exc.__cause__ or exc}") from exc
+            raise CorruptImageError(
+                f"truncated image {store.where(i)} ({size:,} bytes): {exc.__cause__ or exc}"
+            ) from exc
 
 
-def verify_samples(store: ImageStore, indices: np.ndarray, mode: str, skip_corrupt: bool) -> tuple[np.ndarray, list[str]]:
+def verify_samples(
+    store: ImageStore, indices: np.ndarray, mode: str, skip_corrupt: bool
+) -> tuple[np.ndarray, list[str]]:
     """Check that the samples ``indices`` of ``store`` are images, before any training.
 
     ``mode``: ``"none"``; ``"header"`` reads the first and last bytes of each file (catches
@@ -60,7 +71,9 @@ def verify_samples(store: ImageStore, indices: np.ndarray, mode: str, skip_corru
     indices = np.asarray(indices, np.int64)
     if mode == "none" or isinstance(store, ArrayStore) or len(indices) == 0:
         return indices, []
-    check: Callable[[int], None] = (lambda i: _check_header(store, i)) if mode == "header" else (lambda i: store.load(i) and None)
+    check: Callable[[int], None] = (
+        (lambda i: _check_header(store, i)) if mode == "header" else (lambda i: store.load(i) and None)
+    )
 
     def run(i: int) -> str | None:
         try:
@@ -113,7 +126,9 @@ class ImageCache:
             arrays = list(pool.map(decode, indices, chunksize=256))
         bad = [k for k, a in enumerate(arrays) if isinstance(a, Exception)]
         if bad and not skip_corrupt:
-            raise CorruptImageError(f"{arrays[bad[0]]}. Remove or replace it, or pass skip_corrupt=True to skip bad files")
+            raise CorruptImageError(
+                f"{arrays[bad[0]]}. Remove or replace it, or pass skip_corrupt=True to skip bad files"
+            )
         self.skipped = [str(arrays[k]) for k in bad]
         bad_set = set(bad)
         good = [a for k, a in enumerate(arrays) if k not in bad_set]
@@ -135,7 +150,9 @@ class ImageDataset(Dataset):
     With ``cache`` given, images come from the decoded in-memory cache instead of the store.
     """
 
-    def __init__(self, split: SplitData, indices: np.ndarray, transform: Callable | None = None, cache: ImageCache | None = None) -> None:
+    def __init__(
+        self, split: SplitData, indices: np.ndarray, transform: Callable | None = None, cache: ImageCache | None = None
+    ) -> None:
         self.split = split
         self.cache: ImageCache | None = None
         self.indices = np.asarray(indices, np.int64)

@@ -72,7 +72,9 @@ def stratified_subset(
     return _pick(labels, take, rng)
 
 
-def stratified_holdout(labels: np.ndarray, num_classes: int, *, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(
+    labels: np.ndarray, num_classes: int, *, fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into ``(keep, holdout)``: ``round(fraction * n_c)`` of each class held out.
 
     At least one sample of each class with two or more samples is held out and at least one is kept.

@@ -88,7 +88,9 @@ def select_classes(data: LoadedDataset, names: list[str] | tuple[str, ...]) -> L
     for split, sd in data.splits.items():
         idx = np.flatnonzero(np.isin(sd.labels, keep))
         splits[split] = SplitData(SubsetStore(sd.store, idx), new_label[sd.labels[idx]])
-    return LoadedDataset([data.classes[i] for i in keep], splits, f"{data.description} ({len(keep)} of its classes)", data.skipped)
+    return LoadedDataset(
+        [data.classes[i] for i in keep], splits, f"{data.description} ({len(keep)} of its classes)", data.skipped
+    )
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,9 @@ class Location:
 
 def torchvision_default_root() -> Path:
     """Default torchvision download root: ``$TORCH_HOME/datasets`` (``~/.cache/torch/datasets``)."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch")
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch"
+    )
     return Path(torch_home).expanduser() / "datasets"
 
 
@@ -219,12 +223,16 @@ def _split_of(first: str, where: str, seen: dict[str, str]) -> str | None:
     if split is None:
         return None
     if split in seen and seen[split] != first:
-        raise DatasetLayoutError(f"{where} has two folders for the {split!r} split: {seen[split]!r} and {first!r}; keep one")
+        raise DatasetLayoutError(
+            f"{where} has two folders for the {split!r} split: {seen[split]!r} and {first!r}; keep one"
+        )
     seen[split] = first
     return split
 
 
-def _group_layout(rel_paths: list[str], where: str, skip_corrupt: bool, skipped: list[str]) -> dict[str, dict[str, list[str]]]:
+def _group_layout(
+    rel_paths: list[str], where: str, skip_corrupt: bool, skipped: list[str]
+) -> dict[str, dict[str, list[str]]]:
     """``{split: {class: [rel_path, ...]}}`` from paths relative to the dataset folder.
 
     Files outside ``<split>/<class>/`` (e.g. ``classes.tsv`` next to the split folders) and hidden
@@ -259,7 +267,9 @@ def _group_layout(rel_paths: list[str], where: str, skip_corrupt: bool, skipped:
     return layout
 
 
-def _layout_to_splits(layout: dict[str, dict[str, list[str]]], where: str, make_store) -> tuple[list[str], dict[str, SplitData]]:
+def _layout_to_splits(
+    layout: dict[str, dict[str, list[str]]], where: str, make_store
+) -> tuple[list[str], dict[str, SplitData]]:
     if "train" not in layout:
         raise DatasetLayoutError(
             f"{where} has no images under a train/<class>/ folder; expected "
@@ -304,7 +314,8 @@ def load_tar(path: Path, dname: str | None, skip_corrupt: bool) -> LoadedDataset
             prefix = tops[0] + "/"
         else:
             raise DatasetLayoutError(
-                f"archive {path} holds no {dname or '<name>'}/<split>/<class>/<image> layout; its top-level entries are {tops[:10]}"
+                f"archive {path} holds no {dname or '<name>'}/<split>/<class>/<image> layout; its top-level entries "
+                f"are {tops[:10]}"
             )
     where = f"{path}:{prefix.rstrip('/')}" if prefix else str(path)
     pos = {n[len(prefix) :]: i for i, n in enumerate(names) if n.startswith(prefix)}
@@ -369,7 +380,9 @@ def _load_cifar(
         for name in files:
             path = folder / name
             if not path.is_file():
-                raise DatasetNotFoundError(f"{path} is missing (torchvision {base}/ format); re-download with download=True")
+                raise DatasetNotFoundError(
+                    f"{path} is missing (torchvision {base}/ format); re-download with download=True"
+                )
             entry = _unpickle(path)
             arrays.append(np.asarray(entry["data"], np.uint8))
             labels += list(entry[label_key] if label_key in entry else entry["labels"])
@@ -438,7 +451,13 @@ def load_location(spec: DatasetSpec, loc: Location, folder_name: str | None, ski
         return load_dir(loc.path, skip_corrupt)
     if spec.name == "cifar10":
         return _load_cifar(
-            loc.path, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta", "labels", "label_names"
+            loc.path,
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            "test_batch",
+            "batches.meta",
+            "labels",
+            "label_names",
         )
     if spec.name == "cifar100":
         return _load_cifar(loc.path, "cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names")

@@ -88,8 +88,16 @@ KNOWN_DATASETS: tuple[str, ...] = tuple(SPECS)
 # Download sources (URL, file name, md5), the same as torchvision's, so ``prepare_data`` can fetch
 # SVHN and Flowers-102 without torchvision's scipy-dependent dataset classes.
 SVHN_FILES = {
-    "train": ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat", "train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
-    "test": ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat", "test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3"),
+    "train": (
+        "http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
+        "train_32x32.mat",
+        "e26dedcc434d2e4c54c9b2d4a06d8373",
+    ),
+    "test": (
+        "http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
+        "test_32x32.mat",
+        "eb5a983be6a315427106f1b164d9cef3",
+    ),
 }
 FLOWERS_URL_PREFIX = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 FLOWERS_FILES = {

@@ -133,7 +133,9 @@ def _fast_ustar_index(path: str) -> TarIndex | None:
         while True:
             if pos + 512 > total:
                 if pos < total:  # a header cut in two: the archive was cut short
-                    raise CorruptArchiveError(_truncated(path, f"a member header at byte {pos} is cut off after {total - pos} bytes"))
+                    raise CorruptArchiveError(
+                        _truncated(path, f"a member header at byte {pos} is cut off after {total - pos} bytes")
+                    )
                 break  # no end-of-archive marker, but every member whole: accepted, as tarfile does
             hdr = os.pread(fd, 512, pos)
             if hdr == b"\0" * 512:
@@ -157,7 +159,9 @@ def _fast_ustar_index(path: str) -> TarIndex | None:
             data_start = pos + 512
             if typeflag in (b"0", b"\0", b"7") and data_start + size > total:
                 member = name.decode("utf-8", "replace")
-                raise CorruptArchiveError(_truncated(path, f"member {member} needs {size} bytes, {max(0, total - data_start)} remain"))
+                raise CorruptArchiveError(
+                    _truncated(path, f"member {member} needs {size} bytes, {max(0, total - data_start)} remain")
+                )
             if typeflag in (b"0", b"\0", b"7"):
                 names.append(name.decode("utf-8", "surrogateescape"))
                 offsets.append(data_start)
@@ -183,7 +187,9 @@ def _tarfile_index(path: str) -> TarIndex:
             if m.isfile():
                 if m.offset_data + m.size > total:
                     raise CorruptArchiveError(
-                        _truncated(path, f"member {m.name} needs {m.size} bytes, {max(0, total - m.offset_data)} remain")
+                        _truncated(
+                            path, f"member {m.name} needs {m.size} bytes, {max(0, total - m.offset_data)} remain"
+                        )
                     )
                 names.append(m.name)
                 offsets.append(m.offset_data)
@@ -212,7 +218,8 @@ def read_tar_index(path: str | Path) -> TarIndex:
         if "truncated" in str(exc) or "unexpected end" in str(exc):
             raise CorruptArchiveError(_truncated(path, str(exc))) from exc
         raise CorruptArchiveError(
-            f"corrupt archive {path}: it is not a readable tar archive ({exc}). Copy or download it again, or pass the extracted folder"
+            f"corrupt archive {path}: it is not a readable tar archive ({exc}). Copy or download it again, or pass the "
+            "extracted folder"
         ) from exc
     with _INDEX_LOCK:
         _INDEX_CACHE[key] = index
@@ -256,9 +263,9 @@ def check_archive_sha256(path: str | Path) -> bool:
             digest.update(chunk)
     if digest.hexdigest() != expected:
         raise CorruptArchiveError(
-            f"corrupt archive {path}: its SHA-256 is {digest.hexdigest()}, but {path.parent / 'SHA256SUMS'} lists {expected} "
-            f"for it ({st.st_size:,} bytes on disk). Copy or download it again; if you changed the archive on purpose, "
-            "update or remove its line in SHA256SUMS"
+            f"corrupt archive {path}: its SHA-256 is {digest.hexdigest()}, but {path.parent / 'SHA256SUMS'} lists "
+            f"{expected} for it ({st.st_size:,} bytes on disk). Copy or download it again; if you changed the archive "
+            "on purpose, update or remove its line in SHA256SUMS"
         )
     _VERIFIED.add(key)
     return True
@@ -305,7 +312,9 @@ class ImageStore:
 class TarStore(ImageStore):
     """Members of an uncompressed tar archive, read by offset through a per-process handle."""
 
-    def __init__(self, path: str | Path, keys: list[str], offsets: np.ndarray, sizes: np.ndarray, member_prefix: str = "") -> None:
+    def __init__(
+        self, path: str | Path, keys: list[str], offsets: np.ndarray, sizes: np.ndarray, member_prefix: str = ""
+    ) -> None:
         self.path = str(path)
         self.keys = list(keys)
         self.offsets = np.asarray(offsets, np.int64)

@@ -89,7 +89,9 @@ def build_train_transform(
     if augment not in AUGMENT_PRESETS:
         raise ValueError(f"augment={augment!r} is not a preset; choose one of {AUGMENT_PRESETS}")
     if augment == "none":
-        return build_eval_transform(img_size, mean, std, native_size=native_size, interpolation=interpolation, crop_pct=crop_pct)
+        return build_eval_transform(
+            img_size, mean, std, native_size=native_size, interpolation=interpolation, crop_pct=crop_pct
+        )
     paper = augment == "paper"
     aa = auto_augment if auto_augment is not None else (PAPER_AUTO_AUGMENT if paper else None)
     if aa is not None and str(aa).lower() in ("", "none", "null", "false"):

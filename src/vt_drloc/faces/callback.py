@@ -110,8 +110,8 @@ class DrLocCallbackBase:
 
     Logs ``train/drloc`` (L_drloc, unweighted; multi-scale: the sum over stages, each stage also as
     ``train/drloc_stage<i>`` per epoch) and ``train/lambda``. With ``stages`` other than ``"last"`` the
-    earlier stages are found by what runs (:mod:`vt_drloc.core.stages`) and listed in ``stage_sources``. Refuses manual optimisation
-    and sharded strategies (FSDP, DeepSpeed, ModelParallel).
+    earlier stages are found by what runs (:mod:`vt_drloc.core.stages`) and listed in ``stage_sources``.
+    Refuses manual optimisation and sharded strategies (FSDP, DeepSpeed, ModelParallel).
     """
 
     lightning: LightningAPI
@@ -208,9 +208,9 @@ class DrLocCallbackBase:
         cls = type(pl_module).__name__
         if isinstance(trainer.strategy, self.lightning.sharded_strategies):
             raise self._error(
-                f"DrLocCallback does not support the sharded strategy {type(trainer.strategy).__name__}: it attaches the "
-                "DRLoc head to the module at setup and adds the head's parameters to the optimizer afterwards, which "
-                "FSDP / DeepSpeed / ModelParallel cannot take once they have sharded the parameters. Use "
+                f"DrLocCallback does not support the sharded strategy {type(trainer.strategy).__name__}: it attaches "
+                "the DRLoc head to the module at setup and adds the head's parameters to the optimizer afterwards, "
+                "which FSDP / DeepSpeed / ModelParallel cannot take once they have sharded the parameters. Use "
                 "strategy='ddp' (or a single device), or build vt_drloc.core.DrLocLoss into your module yourself."
             )
         if not pl_module.automatic_optimization:
@@ -312,7 +312,9 @@ class DrLocCallbackBase:
         model = type(pl_module).__name__
         outputs = [out for out in record.outputs if out.name == self.tap]
         if not outputs:
-            raise GridTapError(f"DRLoc: a forward of {model} never reached tap={self.tap!r}. The candidates:\n{record.candidates()}")
+            raise GridTapError(
+                f"DRLoc: a forward of {model} never reached tap={self.tap!r}. The candidates:\n{record.candidates()}"
+            )
         out = outputs[0]
         if out.tensor is None:
             raise GridTapError(
@@ -328,7 +330,9 @@ class DrLocCallbackBase:
                 f"candidates:\n{record.candidates()}"
             )
         layouts = FORMAT_LAYOUTS[self.capture.grid_format]
-        readings = grid_readings(out.tensor, PROBE_BATCH, tuple(x.shape[-2:]), self._prefix_for(pl_module, self.tap), layouts)
+        readings = grid_readings(
+            out.tensor, PROBE_BATCH, tuple(x.shape[-2:]), self._prefix_for(pl_module, self.tap), layouts
+        )
         if not readings:
             raise GridTapError(
                 f"DRLoc: the output of tap={self.tap!r} {tuple(out.tensor.shape)} is not a usable grid at input "
@@ -351,7 +355,9 @@ class DrLocCallbackBase:
         backbone, tap_module, backbone_name = self._resolve(trainer, pl_module)
         self._module = pl_module
         capture = self.capture
-        timm_route = tap_module is None and backbone is not None and callable(getattr(backbone, "forward_features", None))
+        timm_route = (
+            tap_module is None and backbone is not None and callable(getattr(backbone, "forward_features", None))
+        )
         if timm_route:
             capture.attach_backbone(backbone, self.config.tap_norm, backbone_name)
             self._undo.append(capture.detach)
@@ -386,8 +392,8 @@ class DrLocCallbackBase:
             if min(height, width) < MIN_GRID:
                 raise GridTapError(
                     f"DRLoc: {path!r} yields a {height}x{width} grid of {channels} channels at input "
-                    f"{tuple(x.shape[-2:])}; DRLoc needs at least {MIN_GRID}x{MIN_GRID}. Use a smaller patch / stride or a "
-                    "larger input, or name an earlier stage with tap=..."
+                    f"{tuple(x.shape[-2:])}; DRLoc needs at least {MIN_GRID}x{MIN_GRID}. Use a smaller patch / stride "
+                    "or a larger input, or name an earlier stage with tap=..."
                 )
             capture.reading = reading
             if point == "input":
@@ -395,9 +401,13 @@ class DrLocCallbackBase:
             else:
                 capture.hook_output(module, f"output of {path!r}", None)
             self._undo.append(capture.detach)
-            self.grid_source = GridSource(path, point, reading.layout, reading.prefix_tokens, (height, width), channels, found)
+            self.grid_source = GridSource(
+                path, point, reading.layout, reading.prefix_tokens, (height, width), channels, found
+            )
         self.lightning.rank_zero_info(f"DrLocCallback reads the DRLoc grid from the {self.grid_source}")
-        specs = self._attach_stages(trainer, pl_module, backbone, backbone_name if timm_route else root_name, (height, width))
+        specs = self._attach_stages(
+            trainer, pl_module, backbone, backbone_name if timm_route else root_name, (height, width)
+        )
         specs += [(channels, (height, width))] if self.final_is_stage else []
 
         param = next(iter(pl_module.parameters()), None)
@@ -433,7 +443,9 @@ class DrLocCallbackBase:
         self._undo.append(self.stage_capture.detach)
         for stage in earlier:
             r = stage.reading
-            self.stage_sources.append(GridSource(stage.module, "stage", r.layout, r.prefix_tokens, (r.height, r.width), r.channels))
+            self.stage_sources.append(
+                GridSource(stage.module, "stage", r.layout, r.prefix_tokens, (r.height, r.width), r.channels)
+            )
         listed = "; ".join(str(source) for source in self.stage_sources) or "none"
         final = "and the final grid" if self.final_is_stage else "without the final grid"
         self.lightning.rank_zero_info(f"DrLocCallback multi-scale stages={self.config.stages!r}: {listed}; {final}")
@@ -481,19 +493,20 @@ class DrLocCallbackBase:
             loss = out["loss"]
         else:
             raise self._error(
-                f"DrLocCallback: {type(pl_module).__name__}.training_step returned {type(out).__name__}; it must return "
-                "the loss tensor or a dict with 'loss' for the DRLoc term to be added."
+                f"DrLocCallback: {type(pl_module).__name__}.training_step returned {type(out).__name__}; it must "
+                "return the loss tensor or a dict with 'loss' for the DRLoc term to be added."
             )
         if raw is None:
             raise RuntimeError(
                 f"DrLocCallback: {type(pl_module).__name__}.training_step did not run the {self.capture.name} with "
-                "gradients enabled, so there is no grid for the DRLoc loss. Point backbone= / tap= at the network it trains."
+                "gradients enabled, so there is no grid for the DRLoc loss. Point backbone= / tap= at the network it "
+                "trains."
             )
         if self.capture.calls > 1 and "calls" not in self._warned:
             self._warned.add("calls")
             self.lightning.rank_zero_warn(
-                f"DrLocCallback: training_step ran the {self.capture.name} {self.capture.calls} times; DRLoc uses the grid "
-                "of the first forward that requires grad."
+                f"DrLocCallback: training_step ran the {self.capture.name} {self.capture.calls} times; DRLoc uses the "
+                "grid of the first forward that requires grad."
             )
         grid = self.capture.to_grid(raw)
         if self.stage_sources:
@@ -514,7 +527,9 @@ class DrLocCallbackBase:
         if self._module is None or self.loss is None:
             return
         if not trainer.optimizers:
-            self.lightning.rank_zero_warn("DrLocCallback: the module configured no optimizer, so the DRLoc head will not be trained.")
+            self.lightning.rank_zero_warn(
+                "DrLocCallback: the module configured no optimizer, so the DRLoc head will not be trained."
+            )
             return
         optimizer = trainer.optimizers[0]
         schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
@@ -523,12 +538,13 @@ class DrLocCallbackBase:
         if added and schedulers and "scheduler" not in self._warned:
             self._warned.add("scheduler")
             self.lightning.rank_zero_warn(
-                f"DrLocCallback added the DRLoc head's parameters to {type(optimizer).__name__} as {added} new parameter "
-                f"group(s) with the hyper-parameters of group 0. Your LR scheduler(s) "
+                f"DrLocCallback added the DRLoc head's parameters to {type(optimizer).__name__} as {added} new "
+                "parameter group(s) with the hyper-parameters of group 0. Your LR scheduler(s) "
                 f"({', '.join(type(s).__name__ for s in schedulers)}) were built before these groups existed: their "
-                "per-group lists (base_lrs, lr_lambdas, min_lrs, ...) were extended with group 0's entry, which covers "
-                "torch's schedulers, but a custom scheduler may not schedule the new groups. To control them yourself, "
-                "build the optimizer over self.parameters(), which includes the head (attached before configure_optimizers)."
+                "per-group lists (base_lrs, lr_lambdas, min_lrs, ...) were extended with group 0's entry, which "
+                "covers torch's schedulers, but a custom scheduler may not schedule the new groups. To control them "
+                "yourself, build the optimizer over self.parameters(), which includes the head (attached before "
+                "configure_optimizers)."
             )
 
     # ------------------------------------------------------------------ checkpoints
@@ -551,7 +567,11 @@ class DrLocCallbackBase:
         head_state = {i: param_state.pop(i) for i in list(param_state) if i in ids}
         schedulers = []
         for scheduler in checkpoint.get("lr_schedulers", []):
-            tails = {k: v[len(groups) :] for k, v in scheduler.items() if isinstance(v, list) and len(v) == len(groups) + added}
+            tails = {
+                k: v[len(groups) :]
+                for k, v in scheduler.items()
+                if isinstance(v, list) and len(v) == len(groups) + added
+            }
             scheduler.update({k: v[: len(groups)] for k, v in scheduler.items() if k in tails})
             schedulers.append(tails)
         checkpoint["callbacks"][self.state_key]["head_optimizer"] = {

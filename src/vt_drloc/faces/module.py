@@ -125,7 +125,8 @@ class DrLocModuleBase:
         optimizer = optimizer_spec(plain(optimizer), betas)
         if lr_decay_epochs is not None and not lr_decay_epochs > 0:
             raise DrLocConfigError(
-                f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches lr_min), or None for max_epochs"
+                f"lr_decay_epochs={lr_decay_epochs} must be > 0 (the epoch the cosine reaches lr_min), or None for "
+                "max_epochs"
             )
         self.save_hyperparameters(
             {
@@ -160,7 +161,9 @@ class DrLocModuleBase:
             self.grid_info = probe_grid(self.model, input_size, name=model_name, tap_norm=config.tap_norm)
             # multi-scale (config.stages): the earlier stages' grids, read by pre-hooks in the same forward
             x = zero_batch(self.model, input_size)
-            self.stage_grids, self.final_is_stage = probe_stage_grids(self.model, x, self.grid_info.hw, config.stages, model_name)
+            self.stage_grids, self.final_is_stage = probe_stage_grids(
+                self.model, x, self.grid_info.hw, config.stages, model_name
+            )
             specs = [(s.reading.channels, (s.reading.height, s.reading.width)) for s in self.stage_grids]
             specs += [(self.grid_info.channels, self.grid_info.hw)] if self.final_is_stage else []
             self.drloc = self.objective.build_losses(specs)
@@ -332,7 +335,9 @@ class DrLocModuleBase:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_options_the_checkpoint_predates(checkpoint.get("hyper_parameters"))
         self.data_info = dict(checkpoint.get("data_info") or {})
-        self.objective.load_checkpoint_state({key[len("drloc_") :]: value for key, value in checkpoint.items() if key.startswith("drloc_")})
+        self.objective.load_checkpoint_state(
+            {key[len("drloc_") :]: value for key, value in checkpoint.items() if key.startswith("drloc_")}
+        )
 
     def _check_options_the_checkpoint_predates(self, hparams: Mapping[str, Any] | None) -> None:
         """A checkpoint whose hyper-parameters lack an option of :data:`EARLIER_DEFAULTS` was trained
@@ -343,12 +348,21 @@ class DrLocModuleBase:
             return
         recorded = {**dict(hparams), **dict(hparams.get("drloc") or {})}
         config = self.config
-        keys = ("tap_norm", "class_head") if config.mode in ("ce", "cbr") else ("tap_norm",)  # only ce/cbr have a class head
-        differ = {key: EARLIER_DEFAULTS[key] for key in keys if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]}
+        keys = (
+            ("tap_norm", "class_head") if config.mode in ("ce", "cbr") else ("tap_norm",)
+        )  # only ce/cbr have a class head
+        differ = {
+            key: EARLIER_DEFAULTS[key]
+            for key in keys
+            if key not in recorded and getattr(config, key) != EARLIER_DEFAULTS[key]
+        }
         if not differ:
             return
         fix = ", ".join(f"{key}={earlier!r}" for key, earlier in differ.items())
-        how = f"DrLocModule.load_from_checkpoint(path, {fix}) (or DrLocModule(..., {fix}) before Trainer.fit(ckpt_path=...))"
+        how = (
+            f"DrLocModule.load_from_checkpoint(path, {fix}) (or DrLocModule(..., {fix}) before "
+            "Trainer.fit(ckpt_path=...))"
+        )
         if "class_head" in differ:
             raise DrLocConfigError(
                 f"this checkpoint predates the option class_head and holds the earlier fused '{config.mode}' head, "

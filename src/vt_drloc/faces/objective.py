@@ -139,15 +139,20 @@ class DrLocConfig:
         hidden = plain(self.hidden_dims)
         self.hidden_dims = hidden if isinstance(hidden, str) else [int(d) for d in hidden]
         if not (_is_real(self.lambda_drloc) and math.isfinite(self.lambda_drloc) and self.lambda_drloc >= 0):
-            raise DrLocConfigError(f"lambda_drloc={self.lambda_drloc!r} must be a number >= 0 (0 = baseline without DRLoc)")
+            raise DrLocConfigError(
+                f"lambda_drloc={self.lambda_drloc!r} must be a number >= 0 (0 = baseline without DRLoc)"
+            )
         if not (_is_integer(self.num_pairs) and self.num_pairs >= 1):
             raise DrLocConfigError(f"num_pairs={self.num_pairs!r} must be an integer >= 1 (the paper uses 64)")
         if self.pool_target is not None and not (_is_integer(self.pool_target) and self.pool_target >= 2):
-            raise DrLocConfigError(f"pool_target={self.pool_target!r} must be an integer >= 2, or None to never pool the grid")
+            raise DrLocConfigError(
+                f"pool_target={self.pool_target!r} must be an integer >= 2, or None to never pool the grid"
+            )
         decay = self.lambda_decay_epochs
         if decay is not None and not (_is_real(decay) and math.isfinite(decay) and decay > 0):
             raise DrLocConfigError(
-                f"lambda_decay_epochs={decay!r} must be a number > 0 (the epoch at which λ reaches 0), or None for max_epochs"
+                f"lambda_decay_epochs={decay!r} must be a number > 0 (the epoch at which λ reaches 0), or None for "
+                "max_epochs"
             )
         self.lambda_drloc = float(self.lambda_drloc)
         self.num_pairs = int(self.num_pairs)
@@ -159,13 +164,23 @@ class DrLocConfig:
         if not (_is_real(warmup) and math.isfinite(warmup) and warmup >= 0):
             raise DrLocConfigError(f"lambda_warmup_epochs={warmup!r} must be a number >= 0 (the released runs: 20)")
         if self.seed is not None and not (_is_integer(self.seed) and self.seed >= 0):
-            raise DrLocConfigError(f"seed={self.seed!r} must be an integer >= 0, or None to derive it from the run's seed")
-        if self.head_weight_decay is not None and not (math.isfinite(float(self.head_weight_decay)) and self.head_weight_decay >= 0):
-            raise DrLocConfigError(f"head_weight_decay={self.head_weight_decay} must be >= 0, or None for the optimizer's weight decay")
+            raise DrLocConfigError(
+                f"seed={self.seed!r} must be an integer >= 0, or None to derive it from the run's seed"
+            )
+        if self.head_weight_decay is not None and not (
+            math.isfinite(float(self.head_weight_decay)) and self.head_weight_decay >= 0
+        ):
+            raise DrLocConfigError(
+                f"head_weight_decay={self.head_weight_decay} must be >= 0, or None for the optimizer's weight decay"
+            )
         if not 0 < float(self.task_threshold) <= 1:
-            raise DrLocConfigError(f"task_threshold={self.task_threshold} must lie in (0, 1] (a fraction of the chance L1)")
+            raise DrLocConfigError(
+                f"task_threshold={self.task_threshold} must lie in (0, 1] (a fraction of the chance L1)"
+            )
         if self.schedule == "adaptive" and self.mode != "l1":
-            raise DrLocConfigError(f"schedule='adaptive' reads the head's L1 against chance: it needs mode='l1', not mode={self.mode!r}")
+            raise DrLocConfigError(
+                f"schedule='adaptive' reads the head's L1 against chance: it needs mode='l1', not mode={self.mode!r}"
+            )
         # the loss's own checks (mode x target, ...) on a dummy grid; its head's
         # initialisation must not move the global RNG (the backbone built next draws from it)
         with torch.random.fork_rng(devices=[]):
@@ -206,7 +221,9 @@ class DrLocConfig:
                 if name not in valid:
                     raise DrLocOptionError(f"unknown DRLoc option {key!r}; valid options: {', '.join(sorted(valid))}")
                 if name in seen:
-                    raise DrLocOptionError(f"DRLoc option {name!r} given twice (as {name!r} and its old name); give it once")
+                    raise DrLocOptionError(
+                        f"DRLoc option {name!r} given twice (as {name!r} and its old name); give it once"
+                    )
                 seen.add(name)
                 merged[name] = value
         return cls(**merged)
@@ -267,11 +284,20 @@ class DrLocObjective:
 
     # ------------------------------------------------------------------ λ
     def lambda_at(self, epoch: int, batch_idx: int, num_batches: int | float | None, max_epochs: int | None) -> float:
-        """λ at batch ``batch_idx`` of ``epoch`` (``max_epochs``: the decay horizon when ``lambda_decay_epochs`` is None)."""
+        """λ at batch ``batch_idx`` of ``epoch``.
+
+        ``max_epochs``: the decay horizon when ``lambda_decay_epochs`` is None.
+        """
         c = self.config
         progress = epoch_progress(epoch, batch_idx, num_batches, c.interval)
         return drloc_lambda(
-            c.lambda_drloc, progress, max_epochs, c.schedule, c.lambda_warmup_epochs, c.lambda_decay_epochs, self.anneal_from
+            c.lambda_drloc,
+            progress,
+            max_epochs,
+            c.schedule,
+            c.lambda_warmup_epochs,
+            c.lambda_decay_epochs,
+            self.anneal_from,
         )
 
     def observe(self, drloc: float, epoch: float) -> None:
@@ -281,7 +307,11 @@ class DrLocObjective:
         assert chance is not None, "observe() runs after build_loss(), in mode='l1'"
         ratio = drloc / chance
         self.task_ratio = ratio if self.task_ratio is None else 0.9 * self.task_ratio + 0.1 * ratio
-        if self.anneal_from is None and epoch >= self.config.lambda_warmup_epochs and self.task_ratio < self.config.task_threshold:
+        if (
+            self.anneal_from is None
+            and epoch >= self.config.lambda_warmup_epochs
+            and self.task_ratio < self.config.task_threshold
+        ):
             self.anneal_from = float(epoch)
 
     def schedule_state(self) -> dict[str, float | None]:
@@ -362,7 +392,11 @@ class DrLocObjective:
         metrics.update({f"train/drloc_stage{i}": value.detach() for i, value in enumerate(stage_losses)})
         if self.config.schedule == "adaptive":
             # each rank decides from its own loss (their running means agree closely)
-            epoch = 0.0 if trainer is None else epoch_progress(trainer.current_epoch, batch_idx, trainer.num_training_batches)
+            epoch = (
+                0.0
+                if trainer is None
+                else epoch_progress(trainer.current_epoch, batch_idx, trainer.num_training_batches)
+            )
             self.observe(float(drloc.detach()), epoch)
             assert self.task_ratio is not None
             metrics["train/drloc_over_chance"] = self.task_ratio

@@ -41,9 +41,13 @@ def optimizer_spec(optimizer: Any = None, betas: Sequence[float] = (0.9, 0.999))
             raise DrLocConfigError(f"optimizer={optimizer!r}: give its settings as keywords, not positional arguments")
         target, kwargs = optimizer.func, dict(optimizer.keywords)
     elif isinstance(optimizer, Mapping):
-        kwargs = {str(k): v for k, v in optimizer.items() if k not in ("_target_", "_partial_", "_recursive_", "_convert_")}
+        kwargs = {
+            str(k): v for k, v in optimizer.items() if k not in ("_target_", "_partial_", "_recursive_", "_convert_")
+        }
         if "_target_" not in optimizer:
-            raise DrLocConfigError(f"optimizer={dict(optimizer)!r} has no _target_: name the class, e.g. _target_: torch.optim.SGD")
+            raise DrLocConfigError(
+                f"optimizer={dict(optimizer)!r} has no _target_: name the class, e.g. _target_: torch.optim.SGD"
+            )
         target = optimizer["_target_"]
     else:
         target, kwargs = optimizer, {}
@@ -54,7 +58,10 @@ def optimizer_spec(optimizer: Any = None, betas: Sequence[float] = (0.9, 0.999))
             f"optimizer ({_dotted(cls)}) sets {', '.join(clash)}: these come from the module's own arguments "
             "(optim.lr, optim.weight_decay; parameter groups are built by the module). Remove them from the optimizer."
         )
-    spec = {"_target_": _dotted(cls), **{k: plain(v) for k, v in kwargs.items()}}  # no OmegaConf nodes: weights_only loads
+    spec = {
+        "_target_": _dotted(cls),
+        **{k: plain(v) for k, v in kwargs.items()},
+    }  # no OmegaConf nodes: weights_only loads
     try:  # bad keywords fail here, at construction, not at the first training step
         build_optimizer(spec, [nn.Parameter(torch.zeros(1))], lr=1e-3, weight_decay=0.0)
     except TypeError as err:
@@ -62,7 +69,9 @@ def optimizer_spec(optimizer: Any = None, betas: Sequence[float] = (0.9, 0.999))
     return spec
 
 
-def build_optimizer(spec: Mapping[str, Any], params: Any, lr: float, weight_decay: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    spec: Mapping[str, Any], params: Any, lr: float, weight_decay: float | None = None
+) -> torch.optim.Optimizer:
     """Instantiate an :func:`optimizer_spec` over ``params`` (tensors or parameter groups)."""
     kwargs = {k: v for k, v in spec.items() if k != "_target_"}
     if "betas" in kwargs:
@@ -83,7 +92,8 @@ def _optimizer_class(target: Any) -> type:
             ) from None
     if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
         raise DrLocConfigError(
-            f"optimizer _target_={target!r} is not a torch.optim.Optimizer class; e.g. torch.optim.AdamW, torch.optim.SGD"
+            f"optimizer _target_={target!r} is not a torch.optim.Optimizer class; e.g. torch.optim.AdamW, "
+            "torch.optim.SGD"
         )
     return target
 
@@ -94,7 +104,9 @@ def _dotted(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float, warmup_prefix: bool = True) -> float:
+def warmup_cosine_factor(
+    step: int, total_steps: int, warmup_steps: int, min_factor: float, warmup_prefix: bool = True
+) -> float:
     """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine to ``min_factor``
     at ``total_steps``.
 
@@ -131,7 +143,9 @@ def extend_scheduler(scheduler: Any, old_groups: int, added: int) -> None:
         extend_scheduler(child, old_groups, added)
 
 
-def add_param_groups(optimizer: Any, module: nn.Module, schedulers: Sequence[Any] = (), weight_decay: float | None = None) -> int:
+def add_param_groups(
+    optimizer: Any, module: nn.Module, schedulers: Sequence[Any] = (), weight_decay: float | None = None
+) -> int:
     """Add ``module``'s parameters that ``optimizer`` does not hold yet, as new groups with group 0's
     hyper-parameters (weights decayed, norms / biases not, when group 0 decays; ``weight_decay``
     replaces group 0's decay), and extend the schedulers' per-group lists to match. Returns the

@@ -81,7 +81,9 @@ __all__ = ["CvT"]
 class ConvEmbed(nn.Module):
     """Convolutional token embedding: strided conv over an NCHW map, then LayerNorm on channels."""
 
-    def __init__(self, in_chs: int, dim: int, kernel: int, stride: int, padding: int, device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self, in_chs: int, dim: int, kernel: int, stride: int, padding: int, device: Any = None, dtype: Any = None
+    ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.kernel, self.stride, self.padding = kernel, stride, padding
@@ -185,7 +187,9 @@ class ConvTransformerBlock(TransformerBlock):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        attn_layer = partial(ConvProjectionAttention, kernel=kernel, q_stride=1, kv_stride=kv_stride, shared_kv_conv=shared_kv_conv)
+        attn_layer = partial(
+            ConvProjectionAttention, kernel=kernel, q_stride=1, kv_stride=kv_stride, shared_kv_conv=shared_kv_conv
+        )
         super().__init__(
             dim,
             num_heads,
@@ -235,7 +239,17 @@ class CvTStage(nn.Module):
         dpr = list(drop_path) or [0.0] * depth
         self.blocks = nn.ModuleList(
             ConvTransformerBlock(
-                dim, num_heads, mlp_ratio, qkv_bias, proj_kernel, kv_stride, proj_drop, attn_drop, dpr[i], shared_kv_conv, **dd
+                dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias,
+                proj_kernel,
+                kv_stride,
+                proj_drop,
+                attn_drop,
+                dpr[i],
+                shared_kv_conv,
+                **dd,
             )
             for i in range(depth)
         )
@@ -284,7 +298,9 @@ class CvT(ClassifierMixin, nn.Module):
     ) -> None:
         super().__init__()
         n = len(embed_dims)
-        self._init_classifier_surface(img_size, in_chans, num_classes, global_pool, embed_dims[-1], 1 if class_token else 0, drop_path_rate)
+        self._init_classifier_surface(
+            img_size, in_chans, num_classes, global_pool, embed_dims[-1], 1 if class_token else 0, drop_path_rate
+        )
         if not all(len(s) == n for s in (depths, num_heads, patch_sizes, patch_strides, patch_paddings)):
             raise ValueError("embed_dims, depths, num_heads and the patch_* tuples must have the same length")
         dd = {"device": device, "dtype": dtype}

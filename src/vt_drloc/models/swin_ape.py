@@ -70,7 +70,9 @@ class PatchEmbedAbsPos(PatchEmbed):
     def forward(self, x: Tensor) -> Tensor:
         x = super().forward(x)
         if self.output_fmt.value != "NHWC":
-            raise ValueError(f"PatchEmbedAbsPos expects output_fmt='NHWC' (Swin's layout), got {self.output_fmt.value!r}")
+            raise ValueError(
+                f"PatchEmbedAbsPos expects output_fmt='NHWC' (Swin's layout), got {self.output_fmt.value!r}"
+            )
         # a dynamic input size gives another grid: resample, as timm's ViT does
         return x + resample_abs_pos_embed_nhwc(self.absolute_pos_embed, list(x.shape[1:3]))
 

@@ -80,7 +80,13 @@ class _TokenLayer(nn.Module):
     on ``LN(x)``, then ``y + MLP(LN(y))``. Subclasses define :meth:`attention`."""
 
     def __init__(
-        self, dim: int, out_dim: int, mlp_ratio: float = 1.0, qkv_bias: bool = True, device: Any = None, dtype: Any = None
+        self,
+        dim: int,
+        out_dim: int,
+        mlp_ratio: float = 1.0,
+        qkv_bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
@@ -132,7 +138,9 @@ class TokenPerformer(_TokenLayer):
         super().__init__(dim, out_dim, mlp_ratio, qkv_bias=True, device=device, dtype=dtype)
         self.num_features_rf = max(1, int(out_dim * kernel_ratio))
         self.eps = eps
-        self.register_buffer("random_features", torch.empty(self.num_features_rf, out_dim, device=device, dtype=torch.float32))
+        self.register_buffer(
+            "random_features", torch.empty(self.num_features_rf, out_dim, device=device, dtype=torch.float32)
+        )
         self.reset_random_features()
 
     @torch.no_grad()
@@ -193,7 +201,9 @@ class T2TModule(nn.Module):
         dd = {"device": device, "dtype": dtype}
         self.img_size = to_2tuple(img_size)
         self.t2t_attn = t2t_attn
-        self.soft_splits = nn.ModuleList(nn.Unfold(kernel_size=k, stride=s, padding=p) for k, s, p in zip(kernels, strides, paddings))
+        self.soft_splits = nn.ModuleList(
+            nn.Unfold(kernel_size=k, stride=s, padding=p) for k, s, p in zip(kernels, strides, paddings)
+        )
         layers = []
         width = in_chans * kernels[0] ** 2
         for k in kernels[1:]:
@@ -277,7 +287,9 @@ class T2TViT(ClassifierMixin, nn.Module):
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
         is_meta = device is not None and torch.device(device).type == "meta"
-        table = torch.empty(1, num_patches + 1, embed_dim, **dd) if is_meta else sinusoid_table(num_patches + 1, embed_dim)
+        table = (
+            torch.empty(1, num_patches + 1, embed_dim, **dd) if is_meta else sinusoid_table(num_patches + 1, embed_dim)
+        )
         self.register_buffer("pos_embed", table.to(**dd), persistent=False)  # fixed, not learned, not saved
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
@@ -295,7 +307,9 @@ class T2TViT(ClassifierMixin, nn.Module):
             for i in range(depth)
         )
         self._init_head(drop_rate, **dd)
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=self.patch_size) for i in range(depth)]
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=self.patch_size) for i in range(depth)
+        ]
 
         init_weights(self)
         if not self.cls_token.is_meta:
@@ -356,7 +370,9 @@ class T2TViT(ClassifierMixin, nn.Module):
             x = self._run_block(blk, x)
             if i in take_indices:
                 y = self.norm(x) if norm else x
-                intermediates.append(tokens_to_nchw(y, self.grid_size, prefix) if output_fmt == "NCHW" else y[:, prefix:])
+                intermediates.append(
+                    tokens_to_nchw(y, self.grid_size, prefix) if output_fmt == "NCHW" else y[:, prefix:]
+                )
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates

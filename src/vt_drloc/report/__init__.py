@@ -16,9 +16,26 @@ none of it; it reads only what runs wrote.
 from vt_drloc.report.cli import main
 from vt_drloc.report.figures import plot_curves, plot_summary
 from vt_drloc.report.stats import paired_delta
-from vt_drloc.report.study import STUDY_FILES, StudyRow, copy_sweep_results, find_cells, load_study, study_markdown, write_study
+from vt_drloc.report.study import (
+    STUDY_FILES,
+    StudyRow,
+    copy_sweep_results,
+    find_cells,
+    load_study,
+    study_markdown,
+    write_study,
+)
 from vt_drloc.report.summary import SweepSummary, write_summary
-from vt_drloc.report.sweep import LAMBDA_KEY, SUMMARY_FILES, TASK_KEY, Setting, Sweep, SweepError, load_sweep, read_curve
+from vt_drloc.report.sweep import (
+    LAMBDA_KEY,
+    SUMMARY_FILES,
+    TASK_KEY,
+    Setting,
+    Sweep,
+    SweepError,
+    load_sweep,
+    read_curve,
+)
 from vt_drloc.report.tables import summary_csv, summary_markdown
 
 __all__ = [

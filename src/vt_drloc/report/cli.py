@@ -27,15 +27,20 @@ def main(argv: list[str] | None = None) -> int:
         description="Write summary.csv / summary.md / summary.png / curves.png into a Hydra multirun sweep dir.",
     )
     parser.add_argument(
-        "sweep_dir", help="the sweep dir of a multirun, e.g. outputs/train/multiruns/<date> (with --study: a folder of sweep dirs)"
+        "sweep_dir",
+        help="the sweep dir of a multirun, e.g. outputs/train/multiruns/<date> (with --study: a folder of sweep dirs)",
     )
     parser.add_argument(
-        "--study", action="store_true", help="sweep_dir holds one sweep dir per cell: summarise each and write study.csv/md/png"
+        "--study",
+        action="store_true",
+        help="sweep_dir holds one sweep dir per cell: summarise each and write study.csv/md/png",
     )
     parser.add_argument(
         "--copy-to",
         metavar="DEST",
-        help="copy the sweep's overrides, configs, results.json and CSV logs into the new folder DEST, then report there",
+        help=(
+            "copy the sweep's overrides, configs, results.json and CSV logs into the new folder DEST, then report there"
+        ),
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
     args = parser.parse_args(argv)

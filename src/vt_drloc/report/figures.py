@@ -65,7 +65,9 @@ def plot_summary(sweep: Sweep):
     least :data:`MIN_SPAN_PCT` points tall; when λ = 0 baselines exist, a last panel shows the
     per-seed paired differences (DRLoc run minus the baseline of the same seed) with a zero line."""
     metrics = [
-        (k, t) for k, t in (("val_acc1", "val acc1"), ("test_acc1", "test acc1")) if any(j.metric(k) is not None for j in sweep.jobs)
+        (k, t)
+        for k, t in (("val_acc1", "val acc1"), ("test_acc1", "test acc1"))
+        if any(j.metric(k) is not None for j in sweep.jobs)
     ]
     metrics = metrics or [("val_acc1", "val acc1")]
     settings = sweep.settings()
@@ -83,7 +85,14 @@ def plot_summary(sweep: Sweep):
             shift = (index - (len(groups) - 1) / 2) * jitter * 0.6
             for i, setting in enumerate(group):
                 values = [100 * v for v in (j.metric(key) for j in setting.ok_jobs) if v is not None]
-                _draw_spread(ax, _setting_x(sweep, setting, positions) + shift, values, f"C{index % 10}", label if i == 0 else None, jitter)
+                _draw_spread(
+                    ax,
+                    _setting_x(sweep, setting, positions) + shift,
+                    values,
+                    f"C{index % 10}",
+                    label if i == 0 else None,
+                    jitter,
+                )
         ax.set_title(f"{title}: each job (dots), mean ± std (n = seeds)", fontsize=9)
         ax.set_ylabel(f"{title} (%)")
         _widen(ax, MIN_SPAN_PCT)
@@ -98,7 +107,12 @@ def plot_summary(sweep: Sweep):
             index = by_group.get(label, 0)
             shift = (index - (len(groups) - 1) / 2) * jitter * 0.6
             _draw_spread(
-                ax, _setting_x(sweep, setting, positions) + shift, diffs, f"C{index % 10}", None if label in labelled else label, jitter
+                ax,
+                _setting_x(sweep, setting, positions) + shift,
+                diffs,
+                f"C{index % 10}",
+                None if label in labelled else label,
+                jitter,
             )
             labelled.add(label)
         ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
@@ -114,10 +128,13 @@ def plot_summary(sweep: Sweep):
     if len(groups) > 1 and axes[0].get_legend_handles_labels()[0]:
         # one legend for all panels, below them, so it hides no point
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", fontsize=7, title=", ".join(sweep.group_keys), title_fontsize=7)
+        fig.legend(
+            handles, labels, loc="outside lower center", fontsize=7, title=", ".join(sweep.group_keys), title_fontsize=7
+        )
     failed = len(sweep.failed)
     fig.suptitle(
-        f"Sweep {sweep.path.name}" + (f" ({failed} failed job{'s' if failed != 1 else ''} left out)" if failed else ""), fontsize=11
+        f"Sweep {sweep.path.name}" + (f" ({failed} failed job{'s' if failed != 1 else ''} left out)" if failed else ""),
+        fontsize=11,
     )
     return fig
 
@@ -129,7 +146,9 @@ def _draw_spread(ax, x: float, values: list[float], color: str, label: str | Non
     offsets = [0.0] if len(values) == 1 else [(-0.5 + i / (len(values) - 1)) * jitter for i in range(len(values))]
     ax.scatter([x + o for o in offsets], values, s=16, alpha=0.5, color=color, linewidths=0)
     mean, std, n = mean_std(values)
-    ax.errorbar([x], [mean], yerr=[std or 0.0], marker="D", markersize=6, capsize=5, color=color, label=label, linestyle="none")
+    ax.errorbar(
+        [x], [mean], yerr=[std or 0.0], marker="D", markersize=6, capsize=5, color=color, label=label, linestyle="none"
+    )
     ax.annotate(f"n={n}", (x, mean), textcoords="offset points", xytext=(7, 4), fontsize=7, color=color)
 
 
@@ -140,7 +159,9 @@ def plot_curves(sweep: Sweep, metric: str = CURVE_METRIC):
     rows = math.ceil(len(groups) / columns)
     fig = new_figure(5.0 * columns, 3.8 * rows)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    x_values = sorted({s.values.get(sweep.x_key, "") for _, ss in groups for s in ss}, key=value_key) if sweep.x_key else [""]
+    x_values = (
+        sorted({s.values.get(sweep.x_key, "") for _, ss in groups for s in ss}, key=value_key) if sweep.x_key else [""]
+    )
     cmap = _colormap()
     drloc_values = [v for v in x_values if not (sweep.x_key == LAMBDA_KEY and as_number(v) == 0.0)]
     anything = False
@@ -163,7 +184,11 @@ def plot_curves(sweep: Sweep, metric: str = CURVE_METRIC):
             ax.plot(epochs, means, marker="o", markersize=3, **style)
             if any(stds):
                 ax.fill_between(
-                    epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], color=style["color"], alpha=0.15
+                    epochs,
+                    [m - s for m, s in zip(means, stds)],
+                    [m + s for m, s in zip(means, stds)],
+                    color=style["color"],
+                    alpha=0.15,
                 )
         if sweep.group_keys:
             ax.set_title(label, fontsize=10)

@@ -46,14 +46,23 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     if not isinstance(panels, list) or not panels:
         raise SweepError(f'{path}: expected {{"panels": [{{"x": ..., "series": {{name: {{x value: row label}}}}}}]}}')
     for panel in panels:
-        if not isinstance(panel, dict) or not isinstance(panel.get("x"), str) or not isinstance(panel.get("series"), dict):
-            raise SweepError(f'{path}: each panel needs "x" (the axis name) and "series" ({{name: {{x value: row label}}}}), got {panel!r}')
+        if (
+            not isinstance(panel, dict)
+            or not isinstance(panel.get("x"), str)
+            or not isinstance(panel.get("series"), dict)
+        ):
+            raise SweepError(
+                f'{path}: each panel needs "x" (the axis name) and "series" ({{name: {{x value: row label}}}}), '
+                f"got {panel!r}"
+            )
         for name, points in panel["series"].items():
             for x in points:
                 try:
                     float(x)
                 except ValueError:
-                    raise SweepError(f'{path}: series {name!r} has x value {x!r}; x values are numbers (e.g. "100")') from None
+                    raise SweepError(
+                        f'{path}: series {name!r} has x value {x!r}; x values are numbers (e.g. "100")'
+                    ) from None
     return spec
 
 
@@ -70,14 +79,25 @@ def gain_points(rows: list, spec: dict[str, Any]) -> list[dict[str, Any]]:
         for series, xs in panel["series"].items():
             for x, label in sorted(xs.items(), key=lambda kv: float(kv[0])):
                 if len(by_label.get(label, ())) != 1:
-                    names = [row.label if len(by_label[row.label]) == 1 else f"'{row.label}, λ={row.lam}'" for row in rows]
-                    problem = "which the study does not have" if label not in by_label else "which names more than one row"
+                    names = [
+                        row.label if len(by_label[row.label]) == 1 else f"'{row.label}, λ={row.lam}'" for row in rows
+                    ]
+                    problem = (
+                        "which the study does not have" if label not in by_label else "which names more than one row"
+                    )
                     raise SweepError(
-                        f"gain curve series {series!r} names row {label!r} at {panel['x']}={x}, {problem}; rows: {', '.join(sorted(names))}"
+                        f"gain curve series {series!r} names row {label!r} at {panel['x']}={x}, {problem}; "
+                        f"rows: {', '.join(sorted(names))}"
                     )
                 row = by_label[label][0]
                 points.append(
-                    {"panel": panel["x"], "series": series, "x": float(x), "row": row, "diffs": [100 * d for d in row.paired_test()]}
+                    {
+                        "panel": panel["x"],
+                        "series": series,
+                        "x": float(x),
+                        "row": row,
+                        "diffs": [100 * d for d in row.paired_test()],
+                    }
                 )
     return points
 
@@ -125,10 +145,25 @@ def plot_gain_curve(points: list[dict[str, Any]], spec: dict[str, Any], title: s
                 continue
             xs = [p["x"] for p in mine]
             stats = [mean_std(p["diffs"]) for p in mine]
-            ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] or 0.0 for s in stats], fmt="-o", color=colors[name], capsize=4, label=name)
+            ax.errorbar(
+                xs,
+                [s[0] for s in stats],
+                yerr=[s[1] or 0.0 for s in stats],
+                fmt="-o",
+                color=colors[name],
+                capsize=4,
+                label=name,
+            )
             for p, (mean, _, n) in zip(mine, stats):
                 ax.scatter([p["x"]] * len(p["diffs"]), p["diffs"], color=colors[name], s=10, alpha=0.5, zorder=3)
-                ax.annotate(f"n={n}", (p["x"], mean), textcoords="offset points", xytext=(6, -10), fontsize=7, color=colors[name])
+                ax.annotate(
+                    f"n={n}",
+                    (p["x"], mean),
+                    textcoords="offset points",
+                    xytext=(6, -10),
+                    fontsize=7,
+                    color=colors[name],
+                )
         ax.axhline(0.0, color="gray", linewidth=1)
         ax.set_xscale("log")
         ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])

@@ -30,7 +30,17 @@ from vt_drloc.report.figures import new_figure, png_bytes
 from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec, plot_gain_curve
 from vt_drloc.report.markdown import markdown_table
 from vt_drloc.report.stats import mean_std, paired_delta, paired_differences
-from vt_drloc.report.sweep import LAMBDA_KEY, TASK_KEY, TASK_TITLE, Setting, Sweep, SweepError, find_job_dirs, load_sweep, natural_key
+from vt_drloc.report.sweep import (
+    LAMBDA_KEY,
+    TASK_KEY,
+    TASK_TITLE,
+    Setting,
+    Sweep,
+    SweepError,
+    find_job_dirs,
+    load_sweep,
+    natural_key,
+)
 from vt_drloc.report.tables import delta_text, pct_text, records_task, task_text
 
 STUDY_FILES = ("study.csv", "study.md", "study.png")
@@ -49,7 +59,9 @@ def copy_sweep_results(sweep_dir: str | Path, dest: str | Path) -> list[Path]:
     if not jobs:
         raise SweepError(f"{str(sweep_dir)!r} holds no job folders (<job>/.hydra/overrides.yaml): nothing to copy.")
     if dest.exists() and any(dest.iterdir()):
-        raise SweepError(f"{str(dest)!r} already holds files; copy into a new or empty folder (nothing was overwritten).")
+        raise SweepError(
+            f"{str(dest)!r} already holds files; copy into a new or empty folder (nothing was overwritten)."
+        )
     written = []
     for job in jobs:
         target = dest / job.relative_to(sweep_dir)
@@ -121,7 +133,10 @@ class StudyRow:
     def values(self) -> dict[str, Any]:
         """The row as raw numbers (fractions, seconds), as written to ``study.csv``."""
         base_test, drl_test = self.baseline.stats("test_acc1"), self.drloc.stats("test_acc1")
-        d_test, d_val = paired_delta(self.drloc, self.baseline, "test_acc1"), paired_delta(self.drloc, self.baseline, "val_acc1")
+        d_test, d_val = (
+            paired_delta(self.drloc, self.baseline, "test_acc1"),
+            paired_delta(self.drloc, self.baseline, "val_acc1"),
+        )
         task_mean, task_std, _ = self.drloc.stats(TASK_KEY)
         return {
             "cell": self.label,
@@ -158,7 +173,9 @@ def load_study(study_dir: str | Path) -> list[StudyRow]:
     """One :class:`StudyRow` per DRLoc setting with a λ=0 baseline, cell by cell."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
-        raise SweepError(f"{str(study_dir)!r} is not a folder. Pass a study dir: a folder holding one sweep dir per cell.")
+        raise SweepError(
+            f"{str(study_dir)!r} is not a folder. Pass a study dir: a folder holding one sweep dir per cell."
+        )
     cells = find_cells(study_dir)
     if not cells or any(job.parent == study_dir for job in find_job_dirs(study_dir)):
         raise SweepError(
@@ -174,7 +191,10 @@ def load_study(study_dir: str | Path) -> list[StudyRow]:
             if baseline is not None and baseline is not setting:
                 rows.append(StudyRow(cell.name, sweep, setting, baseline))
     if not rows:
-        raise SweepError(f"{str(study_dir)!r}: no cell sweeps drloc.lambda_drloc with a λ=0 baseline, so there is nothing to compare.")
+        raise SweepError(
+            f"{str(study_dir)!r}: no cell sweeps drloc.lambda_drloc with a λ=0 baseline, so there is nothing to "
+            "compare."
+        )
     return rows
 
 
@@ -233,7 +253,12 @@ def study_markdown(rows: list[StudyRow], title: str) -> str:
         )
     table = pd.DataFrame([study_cells(row, with_task) for row in rows], dtype=object)
     lines += markdown_table(table)
-    lines += ["", "Per-cell tables and figures: `<cell>/summary.md`, `<cell>/summary.png`, `<cell>/curves.png`; figure: `study.png`.", ""]
+    lines += [
+        "",
+        "Per-cell tables and figures: `<cell>/summary.md`, `<cell>/summary.png`, `<cell>/curves.png`; "
+        "figure: `study.png`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

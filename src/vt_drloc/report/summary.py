@@ -54,7 +54,11 @@ class SweepSummary(Callback):
             paths = write_summary(sweep_dir)
             sweep = load_sweep(sweep_dir)
         except Exception:  # reporting must not turn a finished sweep into a failure
-            log.exception("could not write the sweep summary of %s; retry with: python -m vt_drloc.report %s", sweep_dir, sweep_dir)
+            log.exception(
+                "could not write the sweep summary of %s; retry with: python -m vt_drloc.report %s",
+                sweep_dir,
+                sweep_dir,
+            )
             return
         failed = len(sweep.failed)
         print(

@@ -277,7 +277,8 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SweepError(
-            f"{str(sweep_dir)!r} is not a folder. Pass the sweep dir of a multirun (the folder holding multirun.yaml and one subfolder per job)."
+            f"{str(sweep_dir)!r} is not a folder. Pass the sweep dir of a multirun (the folder holding "
+            "multirun.yaml and one subfolder per job)."
         )
     jobs = [load_job(d, d.relative_to(sweep_dir).as_posix()) for d in find_job_dirs(sweep_dir)]
     if not jobs:

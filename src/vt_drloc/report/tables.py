@@ -144,7 +144,11 @@ def summary_markdown(sweep: Sweep) -> str:
     if sweep.optuna and "best_params" in sweep.optuna:
         best = ", ".join(f"`{k}={v}`" for k, v in sweep.optuna["best_params"].items())
         lines += ["", f"Optuna best: {best} → {sweep.optuna.get('best_value')}"]
-    lines += ["", "Figures: `summary.png` (accuracy vs " + f"`{sweep.x_key or 'job'}`), `curves.png` ({CURVE_METRIC} per epoch).", ""]
+    lines += [
+        "",
+        "Figures: `summary.png` (accuracy vs " + f"`{sweep.x_key or 'job'}`), `curves.png` ({CURVE_METRIC} per epoch).",
+        "",
+    ]
     return "\n".join(lines)
 
 
