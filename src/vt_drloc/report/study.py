@@ -108,7 +108,7 @@ class StudyRow:
     @property
     def options(self) -> str:
         """DRLoc options of the run: target, λ schedule, head, pairs per image (when not 64), loss,
-        grid tap, head init.
+        grid tap, head init, and the stages when not the final grid alone.
 
         A run recorded before these two options existed ran the older defaults (the grid after the
         final norm, PyTorch's head init); they are shown with :data:`OLDER_DEFAULT_MARK` (values:
@@ -119,12 +119,15 @@ class StudyRow:
         hidden = opts.get("hidden_dims", "?")
         parts = [str(opts.get("target", "?")), str(opts.get("schedule", "?"))]
         parts.append("-".join(map(str, hidden)) if isinstance(hidden, list) else str(hidden))  # widths: "256-256"
-        if opts.get("sample_size", DEFAULT_PAIRS) != DEFAULT_PAIRS:
-            parts.append(f"m={opts['sample_size']}")
+        pairs = opts.get("num_pairs", opts.get("sample_size", DEFAULT_PAIRS))  # sample_size: its name before 0.2
+        if pairs != DEFAULT_PAIRS:
+            parts.append(f"m={pairs}")
         parts.append(str(opts.get("mode", "?")))
         for key, label in (("tap_norm", "{}-norm"), ("head_init", "{} init")):
             earlier = label.format(EARLIER_DEFAULTS[key]) + OLDER_DEFAULT_MARK
             parts.append(label.format(opts[key]) if key in opts else earlier)
+        if opts.get("stages", "last") != "last":  # multi-scale; runs before the option read the final grid
+            parts.append(f"stages={opts['stages']}")
         return ", ".join(parts)
 
     def paired_test(self) -> list[float]:
