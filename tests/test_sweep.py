@@ -642,27 +642,34 @@ def test_summary_png_shows_every_job_the_seed_count_and_the_paired_difference_at
     assert legend == ["drloc.schedule=(not set)", "drloc.schedule=warmup_decay"]
 
 
-def test_study_options_name_head_widths_and_a_non_default_pair_count(tmp_path):
+def test_study_options_name_head_widths_a_non_default_pair_count_and_stages(tmp_path):
     from vt_drloc.report.study import load_study
 
     opts = {"target": "abs", "schedule": "warmup_decay", "mode": "l1", "tap_norm": "pre", "head_init": "released"}
+    # the pair count as runs record it today (num_pairs) and before 0.2 (sample_size); multi-scale stages
+    variants = {
+        "16": ([256, 256], {"num_pairs": 16, "stages": "last"}),
+        "32": ("released", {"sample_size": 32}),
+        "64": ("released", {"num_pairs": 64, "stages": "all"}),
+    }
     jobs = []
     for seed in (0, 1):
         jobs.append(
             {"overrides": {"drloc.lambda_drloc": "0", "seed": seed}, "results": fake_results(0.0, seed, 0.3, 0.3)}
         )
-        for m, widths in (("16", [256, 256]), ("64", "released")):
-            drloc = {**opts, "hidden_dims": widths, "sample_size": int(m)}
+        for m, (widths, extra) in variants.items():
+            drloc = {**opts, "hidden_dims": widths, **extra}
             jobs.append(
                 {
-                    "overrides": {"drloc.lambda_drloc": "1", "drloc.sample_size": m, "seed": seed},
+                    "overrides": {"drloc.lambda_drloc": "1", "drloc.num_pairs": m, "seed": seed},
                     "results": fake_results(1.0, seed, 0.4, 0.4, drloc=drloc),
                 }
             )
     load_sweep(fake_sweep(tmp_path / "cell", jobs))
     assert sorted(r.options for r in load_study(tmp_path)) == [
         "abs, warmup_decay, 256-256, m=16, l1, pre-norm, released init",
-        "abs, warmup_decay, released, l1, pre-norm, released init",
+        "abs, warmup_decay, released, l1, pre-norm, released init, stages=all",
+        "abs, warmup_decay, released, m=32, l1, pre-norm, released init",
     ]
 
 
