@@ -141,6 +141,21 @@ def test_results_md_quotes_the_drloc_task_table():
     assert rows and all(r["seeds"] >= 3 and 0 < r["last_over_chance"] < 1.1 for r in rows)
 
 
+def test_results_md_quotes_the_per_stage_head_table():
+    """The multi-scale cells' per-stage head table is bench/stage_task.py's output for the committed runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stage_task", ROOT / "bench" / "stage_task.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.stage_rows(STUDIES)
+    assert rows and all(len(r["stages"]) >= 2 for r in rows)
+    assert all(len(s["last_over_chance"]) >= 3 and 0 < min(s["last_over_chance"]) for r in rows for s in r["stages"])
+    text = RESULTS_MD.read_text()
+    for line in table_lines(bench.markdown(rows)):
+        assert line in text, f"docs/results.md lacks this row of bench/stage_task.py:\n{line}"
+
+
 PROBES = ROOT / "studies" / "probes"
 
 
