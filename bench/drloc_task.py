@@ -42,10 +42,14 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
                 continue  # chance_l1 is the chance level of the l1 loss only
             chance = chance_l1(grid, grid, options.get("target", "abs"))
             label = row.label
-            recorded = row.drloc.ok_jobs[0].results.get("drloc_chance_l1") if row.drloc.ok_jobs else None
+            results = row.drloc.ok_jobs[0].results if row.drloc.ok_jobs else {}
+            recorded, recorded_grid = results.get("drloc_chance_l1"), results.get("drloc_grid")
             if options.get("stages", "last") != "last" and recorded:
                 # multi-scale: the loss is a sum over stages, so its chance is the sum the run recorded
                 chance, label = float(recorded), f"{row.label} (chance: sum over stages)"
+            elif recorded and recorded_grid and list(recorded_grid) != [grid, grid]:
+                # a run whose grid is not grid x grid (a ResNet's 4x4 map, a Swin with patch 4): its own chance
+                chance, label = float(recorded), f"{row.label} (chance: its {recorded_grid[0]}×{recorded_grid[1]} grid)"
             last = [c[-1] for c in curves]
             learned = [next((i + 1 for i, v in enumerate(c) if v < LEARNED_FRACTION * chance), None) for c in curves]
             rows.append(
@@ -67,8 +71,8 @@ def task_rows(study_dirs: list[Path], grid: int) -> list[dict]:
 
 def markdown(rows: list[dict], grid: int) -> str:
     lines = [
-        f"| study | cell | λ | target | seeds | DRLoc loss, epoch 1 | DRLoc loss, last epoch | chance ({grid}×{grid}) "
-        "| last / chance | epoch < chance / 2, per seed |",
+        "| study | cell | λ | target | seeds | DRLoc loss, epoch 1 | DRLoc loss, last epoch "
+        f"| chance ({grid}×{grid} unless the cell says) | last / chance | epoch < chance / 2, per seed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
