@@ -147,6 +147,7 @@ class DrLocCallbackBase:
         self.stage_sources: list[GridSource] = []
         self.final_is_stage = True
         self.stage_capture = StageCapture()
+        self._probe_runner: nn.Module | None = None  # the runner that accepted the setup probe (discovery route)
         self._head_groups = 0  # parameter groups on_fit_start appended to the user's optimizer
 
     # ------------------------------------------------------------------ public helpers
@@ -283,7 +284,9 @@ class DrLocCallbackBase:
             for runner in runners:
                 x = self._probe_batch(trainer, pl_module, runner)
                 try:
-                    return ForwardRecord(pl_module, runner, x, skip=(HEAD_ATTR,)), x
+                    record = ForwardRecord(pl_module, runner, x, skip=(HEAD_ATTR,))
+                    self._probe_runner = runner  # the stages' probe (multi-scale) runs what ran here
+                    return record, x
                 except Exception as err:
                     errors.append(f"{type(runner).__name__}: {type(err).__name__}: {err}")
         finally:
@@ -426,7 +429,7 @@ class DrLocCallbackBase:
         self.stage_sources, self.final_is_stage = [], True
         if self.config.stages == "last":
             return []
-        runner = backbone if backbone is not None else self._runners(pl_module, None)[0]
+        runner = backbone if backbone is not None else self._probe_runner
         x = self._probe_batch(trainer, pl_module, runner)
         earlier, self.final_is_stage = probe_stage_grids(
             runner,
