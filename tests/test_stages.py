@@ -126,6 +126,27 @@ def test_module_reads_every_swin_stage_as_timm_gives_it_in_one_forward():
     )
 
 
+def test_a_reduction_inside_attention_is_not_a_stage():
+    # PVT-v2 shrinks keys and values inside each attention (`attn.sr`); its stages are the stage inputs
+    kwargs = dict(embed_dims=(16, 32, 64, 128), depths=(2, 1, 1, 1), num_heads=(1, 2, 4, 8))
+    module = DrLocModule(
+        "pvt_v2_b0",
+        num_classes=4,
+        lambda_drloc=1.0,
+        input_size=64,
+        model_kwargs=kwargs,
+        drloc=dict(stages="all", **FAST),
+    )
+    assert [s.module for s in module.stage_grids] == ["stages.1", "stages.2", "stages.3"]
+    module.train()
+    x = torch.randn(2, 3, 64, 64)
+    _, grids = module.forward_with_grid(x)
+    with torch.no_grad():
+        _, reference = module.model.forward_intermediates(x, indices=[0, 1, 2], output_fmt="NCHW")
+    for grid, expected in zip(grids[:3], reference):
+        torch.testing.assert_close(grid.detach(), expected, rtol=0, atol=0)
+
+
 def test_module_on_one_stage_only_builds_one_head_for_it():
     module = DrLocModule(SWIN_NAME, num_classes=4, lambda_drloc=1.0, model_kwargs=SWIN, drloc=dict(stages=[0], **FAST))
     assert not module.final_is_stage and isinstance(module.loss, DrLocLoss) and module.loss.spec == ((24, (8, 8)),)

@@ -9,7 +9,8 @@ stage, the final grid, so ``"all"`` equals ``"last"`` there.
 **Which tensor is a stage's grid.** The final stage is the final grid the single-scale tap reads
 (:mod:`vt_drloc.core.tap`, :mod:`vt_drloc.core.discover`). Every earlier stage is found by what
 runs: the *input* of a module whose output is a coarser grid than its input (a patch merging, a
-strided conv embedding, a downsampling stage), recorded after the first transformer block has run.
+strided conv embedding, a downsampling stage), recorded after the first transformer block has run,
+outside any block (a reduction inside attention, as PVT's keys and values, is not a stage).
 That input is the stage's full output, with its residuals, whatever the library returns around it
 (``transformers`` stages return tuples; torchvision's are ``nn.Sequential`` items). The grid read at
 train time is that module's input, captured by a forward pre-hook during the same forward that
@@ -106,6 +107,8 @@ def find_stage_grids(
     by_size: dict[tuple[int, int], StageGrid] = {}
     for entry in record.inputs:
         if not entry.after_block or not (not within or entry.name == within or entry.name.startswith(within + ".")):
+            continue
+        if record.in_block(entry.name):  # a reduction inside a block (PVT's attention `sr`) is not between stages
             continue
         out = outputs.get(entry.name)
         made = _readings(out.tensor if out is not None else None, input_hw, layouts)
