@@ -80,3 +80,19 @@ def test_a_small_run_reaches_the_floor_and_records_it(tmp_path):
     assert results["budget"]["epoch_factor"] == 3 and results["budget"]["stretched"]["optim.lr_warmup_epochs"] == [1, 3]
     with pytest.raises(UserError, match=r"min_train_steps=0 is invalid: use an integer >= 1"):
         train(compose_cfg([*TINY, "min_train_steps=0"], tmp_path / "bad"))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "batches", "epochs", "lambda_warmup"),
+    # CIFAR-10 at batch 64 (2 % held out): 25/class is 3 batches, 100/class 15, 2,000/class 307
+    [("study_cifar10", 3, 300, 60), ("study_cifar10", 15, 60, 12), ("study_cifar10", 307, 30, 6)]
+    # Flowers-102: 1,020 training images, 16 batches
+    + [("study_flowers102", 16, 60, 12)],
+)
+def test_the_study_recipes_train_at_least_900_steps(experiment, batches, epochs, lambda_warmup):
+    """The study recipes' floor is the 900 steps that taught the 25/class head its task (docs/results.md,
+    "Less data"): a run with fewer stretches every schedule by one factor, a longer one is left alone."""
+    cfg = compose_cfg([f"experiment={experiment}"])
+    record = stretch_to_min_steps(cfg, Data(batches=batches))
+    assert cfg.trainer.max_epochs == epochs and cfg.drloc.lambda_warmup_epochs == lambda_warmup
+    assert batches * cfg.trainer.max_epochs >= 900 == record["min_train_steps"]

@@ -159,6 +159,25 @@ def test_results_md_quotes_the_per_stage_head_table():
 PROBES = ROOT / "studies" / "probes"
 
 
+def test_results_md_quotes_the_head_onset_table():
+    """'Less data': when each ViT run's head left its plateau is bench/head_onset.py's output for the
+    committed runs; its λ·steps sum follows the run's λ schedule step by step."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("head_onset", ROOT / "bench" / "head_onset.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # warm-up over 2 epochs then linear decay to 0 at epoch 10, one step per epoch: 0 + 0.5 + 1 + 7/8
+    options = {"schedule": "warmup_decay", "warmup_epochs": 2, "decay_epochs": None, "interval": "step"}
+    assert bench.lambda_steps(options, 1.0, 10, 1, 4) == pytest.approx(2.375)
+    assert bench.lambda_steps({**options, "schedule": "constant"}, 3.0, 10, 1, 4) == pytest.approx(12.0)
+    rows = bench.onset_rows([*STUDIES, PROBES / "study_cifar10"], 0.8, 0.2, ["*vit*"])
+    assert rows and all(r["steps"] > 0 and len(r["onset_step"]) == r["seeds"] for r in rows)
+    text = RESULTS_MD.read_text()
+    for line in table_lines(bench.markdown(rows, 0.8, 0.2)):
+        assert line in text, f"docs/results.md lacks this row of bench/head_onset.py:\n{line}"
+
+
 @pytest.mark.parametrize(
     "cell", sorted(PROBES.glob("*/*/summary.md")) if PROBES.is_dir() else [], ids=lambda p: p.parent.name
 )

@@ -1,12 +1,13 @@
 """A floor on optimizer steps: small data sets train for longer, with every schedule stretched alike.
 
-Whether the DRLoc head learns its task follows optimizer steps, not epochs (docs/results.md, "Less
-data"): 30 epochs of 1,000 images are 450 steps at batch 64 and the head reaches 0.05-0.3 of chance
-L1; 30 epochs of 250 images are 90 steps and it stays near chance. ``min_train_steps`` lifts a run
-whose ``trainer.max_epochs`` give fewer steps than that floor: every epoch-denominated setting (the
-run's length, the LR warm-up and decay, λ's warm-up and decay, the validation interval) is
-multiplied by one integer factor, so each schedule keeps its shape and the baseline (λ = 0) gets the
-same budget as the DRLoc run it is paired with.
+When the DRLoc head starts learning its task follows optimizer steps and λ, not epochs or images
+(docs/results.md, "Less data"; ``bench/head_onset.py``): at λ = 1 it leaves its plateau near chance
+after about 170-240 steps whatever the data size, and fewer images then need more steps to bring it
+down; 30 epochs of 250 images are 90 steps and it never starts. ``min_train_steps`` lifts a run
+whose ``trainer.max_epochs`` give fewer steps than that floor (the study recipes: 900): every
+epoch-denominated setting (the run's length, the LR warm-up and decay, λ's warm-up and decay, the
+validation interval) is multiplied by one integer factor, so each schedule keeps its shape and the
+baseline (λ = 0) gets the same budget as the DRLoc run it is paired with.
 """
 
 from __future__ import annotations
