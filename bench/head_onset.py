@@ -50,19 +50,14 @@ def _per_seed(values: list[int | None]) -> str:
 def lambda_steps(options: dict[str, Any], lam: float, epochs: int, steps_per_epoch: int, steps: int) -> float:
     """Σ λ over the first ``steps`` optimizer steps of a run with these DRLoc ``options``."""
     schedule = options.get("schedule", "warmup_decay")
-    if schedule == "adaptive":  # held at its peak after the warm-up until the head learned, past the onset
-        schedule = "warmup_decay"
-        decay = None
-        epochs_for_decay: int | None = None
-    else:
-        decay = options.get("decay_epochs", options.get("lambda_decay_epochs"))
-        epochs_for_decay = epochs
+    decay = options.get("decay_epochs", options.get("lambda_decay_epochs"))
     warmup = options.get("warmup_epochs", options.get("lambda_warmup_epochs", 0)) or 0
     by_epoch = options.get("interval", "step") == "epoch"
     total = 0.0
     for step in range(steps):
         epoch = step // steps_per_epoch if by_epoch else step / steps_per_epoch
-        total += drloc_lambda(lam, epoch, epochs_for_decay, schedule, warmup, decay_epochs=decay)
+        # adaptive: anneal_from=None, λ held at its peak, as it was until its head had learned (after the onset)
+        total += drloc_lambda(lam, epoch, epochs, schedule, warmup, decay_epochs=decay, anneal_from=None)
     return total
 
 

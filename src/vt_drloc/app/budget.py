@@ -2,7 +2,7 @@
 
 When the DRLoc head starts learning its task follows optimizer steps and λ, not epochs or images
 (docs/results.md, "Less data"; ``bench/head_onset.py``): at λ = 1 it leaves its plateau near chance
-after about 170-240 steps whatever the data size, and fewer images then need more steps to bring it
+after about 165-280 steps whatever the data size, and fewer images then need more steps to bring it
 down; 30 epochs of 250 images are 90 steps and it never starts. ``min_train_steps`` lifts a run
 whose ``trainer.max_epochs`` give fewer steps than that floor (the study recipes: 900): every
 epoch-denominated setting (the run's length, the LR warm-up and decay, λ's warm-up and decay, the
