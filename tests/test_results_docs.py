@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec
+from vt_drloc.report.gain_curve import gain_curve_markdown, gain_curve_specs, gain_points, load_spec
 from vt_drloc.report.study import find_cells, load_study, study_markdown
 from vt_drloc.report.sweep import load_sweep
 from vt_drloc.report.tables import summary_markdown
@@ -39,12 +39,13 @@ def test_committed_summaries_and_results_md_match_the_results_json(study):
         text = document.read_text()
         for line in table_lines(markdown):
             assert line in text, f"{document.name} lacks this row of {study.name}/study.md:\n{line}"
-    if (study / GAIN_CURVE_SPEC).is_file():  # the gain curve too, and results.md quotes its rows
-        spec = load_spec(study / GAIN_CURVE_SPEC)
+    for spec_file in gain_curve_specs(study):  # the gain curves too, and results.md quotes their rows
+        spec = load_spec(spec_file)
         curve = gain_curve_markdown(gain_points(rows, spec), spec.get("title", study.name))
-        assert (study / "gain_curve.md").read_text() == curve, f"rerun python -m vt_drloc.report --study {study}"
+        written = study / f"{spec_file.stem}.md"
+        assert written.read_text() == curve, f"rerun python -m vt_drloc.report --study {study}"
         for line in table_lines(curve):
-            assert line in RESULTS_MD.read_text(), f"results.md lacks this row of {study.name}/gain_curve.md:\n{line}"
+            assert line in RESULTS_MD.read_text(), f"results.md lacks this row of {study.name}/{written.name}:\n{line}"
     for row in rows:  # every row compares >= 3 seeds, each run on the full test split
         assert row.values()["seeds_paired"] >= 3, row.label
         assert all(job.results.get("status") == "ok" for job in row.drloc.jobs + row.baseline.jobs), row.label

@@ -709,6 +709,16 @@ def test_gain_curve_draws_the_rows_a_study_names_from_their_paired_seeds(tmp_pat
         ("100", delta([0.05, 0.04, 0.06]), "spc100"),
         ("500", delta([0.07, 0.08, 0.06]), "spc500"),
     ]
+    # a second question gets its own figure and table from gain_curve_<name>.json; the first is kept
+    other = {"title": "other", "panels": [{"x": "epochs", "series": {"λ 1": {"30": "spc500"}}}]}
+    (study / "gain_curve_epochs.json").write_text(json.dumps(other))
+    first = (study / "gain_curve.md").read_text()
+    assert report.main(["--study", str(study), "-q"]) == 0
+    assert (study / "gain_curve.md").read_text() == first
+    assert (study / "gain_curve_epochs.png").read_bytes().startswith(b"\x89PNG")
+    epochs = (study / "gain_curve_epochs.md").read_text()
+    assert "# Gain curve: other" in epochs and f"| epochs | λ 1 | 30 | {delta([0.07, 0.08, 0.06])} |" in epochs
+    (study / "gain_curve_epochs.json").unlink()
     spec["panels"][0]["series"]["λ 1"]["2000"] = "spc2000"
     (study / "gain_curve.json").write_text(json.dumps(spec))
     assert report.main(["--study", str(study), "-q"]) == 2

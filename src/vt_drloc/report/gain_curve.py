@@ -2,7 +2,8 @@
 per class, epochs, ...), one line per λ policy.
 
 A study dir that holds a ``gain_curve.json`` gets ``gain_curve.png`` and ``gain_curve.md`` from
-:func:`vt_drloc.report.study.write_study` (``python -m vt_drloc.report --study <dir>``). The file
+:func:`vt_drloc.report.study.write_study` (``python -m vt_drloc.report --study <dir>``), and every
+other ``gain_curve_<name>.json`` its own ``gain_curve_<name>.png`` / ``.md`` (one figure per question). The file
 names, per panel, the x-axis and for each series (a λ policy) the study row at each x value, by its
 label in ``study.md`` (the cell name, plus its other swept values when the cell sweeps more; the
 cell name alone serves for a cell with one DRLoc setting, and ``"<label>, λ=<λ>"`` as in
@@ -33,6 +34,11 @@ from vt_drloc.report.sweep import SweepError
 from vt_drloc.report.tables import delta_text, task_text
 
 GAIN_CURVE_SPEC = "gain_curve.json"
+
+
+def gain_curve_specs(study_dir: str | Path) -> list[Path]:
+    """The study dir's gain-curve specs: ``gain_curve.json`` and ``gain_curve_<name>.json``, sorted by name."""
+    return sorted(p for p in Path(study_dir).glob("gain_curve*.json") if p.is_file())
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:

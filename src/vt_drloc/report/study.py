@@ -9,8 +9,9 @@ A study dir holds one sweep dir per *cell* (a model × data setting swept over �
   DRLoc options (target, λ schedule, head), seeds, test top-1 of both (mean ± std), the paired
   per-seed difference DRLoc − baseline (mean ± std) on test and validation, wall time per run;
 * ``study.png``: the paired test differences per row, each seed a dot, the mean with its std;
-* ``gain_curve.md`` / ``gain_curve.png`` where the study dir holds a ``gain_curve.json``: chosen
-  rows' paired differences along an axis (:mod:`vt_drloc.report.gain_curve`).
+* ``gain_curve.md`` / ``gain_curve.png`` where the study dir holds a ``gain_curve.json`` (and
+  ``gain_curve_<name>.md`` / ``.png`` per ``gain_curve_<name>.json``): chosen rows' paired differences
+  along an axis (:mod:`vt_drloc.report.gain_curve`).
 
 ``python -m vt_drloc.report --study <study dir>`` also rewrites each cell's own summary files
 (:func:`vt_drloc.report.summary.write_summary`). Everything is computed from the jobs' ``results.json``.
@@ -27,7 +28,7 @@ import pandas as pd
 
 from vt_drloc.base.files import EARLIER_DEFAULTS, write_atomic
 from vt_drloc.report.figures import new_figure, png_bytes
-from vt_drloc.report.gain_curve import GAIN_CURVE_SPEC, gain_curve_markdown, gain_points, load_spec, plot_gain_curve
+from vt_drloc.report.gain_curve import gain_curve_markdown, gain_curve_specs, gain_points, load_spec, plot_gain_curve
 from vt_drloc.report.markdown import markdown_table
 from vt_drloc.report.stats import mean_std, paired_delta, paired_differences
 from vt_drloc.report.sweep import (
@@ -288,7 +289,7 @@ def plot_study(rows: list[StudyRow], title: str):
 
 def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path]:
     """Write ``study.csv``, ``study.md`` and ``study.png`` (and, with ``cells_too``, each cell's summary);
-    ``gain_curve.md`` / ``gain_curve.png`` too where the study dir holds a ``gain_curve.json``."""
+    ``<spec>.md`` / ``<spec>.png`` too for each ``gain_curve*.json`` the study dir holds."""
     from vt_drloc.report.summary import write_summary
 
     study_dir = Path(study_dir)
@@ -301,12 +302,12 @@ def write_study(study_dir: str | Path, cells_too: bool = True) -> dict[str, Path
         "study.md": study_markdown(rows, study_dir.name).encode(),
         "study.png": png_bytes(plot_study(rows, study_dir.name)),
     }
-    if (study_dir / GAIN_CURVE_SPEC).is_file():  # the rows to draw as gain curves, named by the study
-        spec = load_spec(study_dir / GAIN_CURVE_SPEC)
+    for spec_file in gain_curve_specs(study_dir):  # the rows to draw as gain curves, named by the study
+        spec = load_spec(spec_file)
         points = gain_points(rows, spec)
         title = spec.get("title", study_dir.name)
-        outputs["gain_curve.md"] = gain_curve_markdown(points, title).encode()
-        outputs["gain_curve.png"] = png_bytes(plot_gain_curve(points, spec, title))
+        outputs[f"{spec_file.stem}.md"] = gain_curve_markdown(points, title).encode()
+        outputs[f"{spec_file.stem}.png"] = png_bytes(plot_gain_curve(points, spec, title))
     paths = {}
     for name, data in outputs.items():
         write_atomic(study_dir / name, data)
