@@ -187,3 +187,21 @@ def test_single_seed_probes_are_what_the_report_writes(cell):
     what the report writes from its committed jobs, and quoted in docs/results.md."""
     assert cell.read_text() == summary_markdown(load_sweep(cell.parent))
     assert f"probes/{cell.parent.parent.name}/{cell.parent.name}" in RESULTS_MD.read_text()
+
+
+def test_results_md_quotes_the_pretraining_only_comparison(monkeypatch):
+    """'Fine-tuning': DRLoc during pretraining only is bench/paired_runs.py's pairing of the committed
+    fine-tuning runs (all at λ = 0), from the checkpoint pretrained without and with DRLoc."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paired_runs", ROOT / "bench" / "paired_runs.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    baseline, treatment = Path("studies/study_cifar10/ft5_cvt"), Path("studies/pretrain/ft5_cvt_ptdrloc")
+    monkeypatch.chdir(ROOT)  # the table names the dirs relative to the repository root, as the documented command
+    row = bench.compare("DRLoc in pretraining only (CvT)", baseline, treatment, {"lambda_drloc": "0"})
+    assert len(row["test_acc1"]["delta"]) == 3
+    inits = {j.results["init_from"] for j in bench.select(ROOT / treatment, {}).jobs}
+    assert len(inits) == 1 and "pretrain5_cvt_drloc" in inits.pop()
+    for line in table_lines(bench.markdown([row])):
+        assert line in RESULTS_MD.read_text(), f"docs/results.md lacks this row of bench/paired_runs.py:\n{line}"
