@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vt_drloc.report.stats import mean_std, paired_differences  # noqa: E402
-from vt_drloc.report.sweep import Setting, as_number, hashable, load_sweep  # noqa: E402
+from vt_drloc.report.sweep import Setting, SweepError, as_number, hashable, load_sweep  # noqa: E402
 
 METRICS = (("test_acc1", "test acc1"), ("val_acc1", "val acc1"))
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         row = compare(args.label, args.baseline, args.treatment, dict(args.where))
-    except ValueError as err:
+    except (ValueError, SweepError) as err:  # two runs of one seed; a folder that is not a sweep dir
         print(err, file=sys.stderr)
         return 2
     if len(row["test_acc1"]["delta"]) < 1:

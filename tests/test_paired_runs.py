@@ -80,3 +80,10 @@ def test_nothing_to_pair_exits_2_with_a_message(sweeps, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         bench.main(["--label", "L", "--baseline", str(base), "--treatment", str(treat), "--where", "lambda_drloc"])
     assert err.value.code == 2
+
+
+def test_a_folder_that_is_not_a_sweep_dir_exits_2(sweeps, tmp_path, capsys):
+    bench = _bench()
+    _, treat = sweeps
+    rc = bench.main(["--label", "L", "--baseline", str(tmp_path / "nope"), "--treatment", str(treat)])
+    assert rc == 2 and "is not a folder" in capsys.readouterr().err

@@ -33,8 +33,6 @@ from vt_drloc.report.stats import mean_std
 from vt_drloc.report.sweep import SweepError
 from vt_drloc.report.tables import delta_text, task_text
 
-GAIN_CURVE_SPEC = "gain_curve.json"
-
 
 def gain_curve_specs(study_dir: str | Path) -> list[Path]:
     """The study dir's gain-curve specs: ``gain_curve.json`` and ``gain_curve_<name>.json``, sorted by name."""
